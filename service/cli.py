@@ -1,0 +1,62 @@
+"""The ``regsearch`` command.
+
+Each group of subcommands lives in its own module with a ``register(subparsers)`` function that
+adds its parsers and sets ``func`` (called with the parsed arguments; its return value is the exit
+code). Modules are imported only for the subcommand being run, so ``regsearch best`` never pays for
+importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> module that registers it
+COMMANDS: dict[str, str] = {
+    "train": "trainer._cli",
+    "retrain": "trainer._retrain_cli",
+    "serve": "service._cli_server",
+    "worker": "service._cli_server",
+    "dashboard": "service._cli_server",
+    "migrate": "service._cli_server",
+    "submit": "service._cli_client",
+    "watch": "service._cli_client",
+    "best": "service._cli_client",
+    "studies": "service._cli_client",
+}
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit code 1 (or ``code``)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regsearch", description="Search the regularization of Keras CIFAR-10 convnets.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    modules = [COMMANDS[only]] if only in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for module_name in modules:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as error:
+        print(f"regsearch {args.command}: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

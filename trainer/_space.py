@@ -1,0 +1,281 @@
+"""The regularization search space, declared once as data.
+
+Everything else derives from :data:`SEARCH_SPACE`: the API schema (service), the Optuna
+distributions (the worker's objective), validation of configs (:class:`RegularizationConfig`)
+and the export (``best?format=...``, :func:`trainer.load_best`).
+
+How the numbers map to Keras and to the textbook
+-------------------------------------------------
+``weight_decay`` is the total penalty strength and ``l1_ratio`` splits it::
+
+    l1 = weight_decay * l1_ratio
+    l2 = weight_decay * (1 - l1_ratio)
+    kernel_regularizer = keras.regularizers.L1L2(l1=l1, l2=l2)   # on every Conv2D and Dense kernel
+
+Keras adds ``l1 * sum(|w|) + l2 * sum(w**2)`` to *each batch's mean loss*; it does not divide by the
+number of training examples n. The textbook writes the L2 cost as E = E0 + lambda/(2n) * sum(w**2),
+with E0 the mean loss over the n training examples, so the two forms agree when::
+
+    l2 = lambda / (2 n)        i.e.  lambda = 2 n * l2
+    l1 = lambda_1 / n          i.e.  lambda_1 = n * l1
+
+``lambda`` (the textbook's regularization parameter) is the quantity that stays fixed when the
+training set grows; the Keras coefficients shrink as 1/n. :func:`rescale_for_train_size` is the one
+place that applies this rule (used by ``regsearch retrain`` when it moves from the study's subset to
+the full training set).
+
+The gradient of the L2 term is ``2 * l2 * w = (lambda / n) * w``, so plain SGD performs the
+textbook update W <- W - eta * (dE0/dW + (lambda/n) * W): weights decay towards zero but rarely
+reach it. The L1 term pushes each weight towards zero by a constant amount and drives many of
+them to (near) zero, which is why training reports the share of |w| < 1e-3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "BestConfig",
+    "MODELS",
+    "ParamSpec",
+    "SEARCH_SPACE",
+    "SEARCH_SPACE_BY_NAME",
+    "RegularizationConfig",
+    "rescale_for_train_size",
+    "validate_bounds",
+]
+
+#: The networks the trainer can build (see :mod:`trainer._models`).
+MODELS: tuple[str, ...] = ("baseline", "vgg")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamSpec:
+    """One searchable hyperparameter.
+
+    ``low``/``high`` are the default search bounds; ``minimum``/``maximum`` the values a config
+    may take at all (with ``*_inclusive`` saying whether the end point itself is allowed).
+    """
+
+    name: str
+    default: float  # the value of the CIFAR-10 baseline / a sensible starting point
+    low: float  # default lower search bound
+    high: float  # default upper search bound
+    log: bool  # searched on a log scale
+    minimum: float
+    minimum_inclusive: bool
+    maximum: float
+    maximum_inclusive: bool
+    description: str
+
+    def check(self, value: Any, what: str | None = None) -> float:
+        """Return ``value`` as a float, or raise ``ValueError`` naming the field."""
+        label = what or self.name
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{label} must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{label} must be finite, got {value!r}")
+        too_low = value < self.minimum or (value == self.minimum and not self.minimum_inclusive)
+        too_high = value > self.maximum or (value == self.maximum and not self.maximum_inclusive)
+        if too_low or too_high:
+            raise ValueError(f"{label} must be in {self.range_text()}, got {value!r}")
+        return value
+
+    def range_text(self) -> str:
+        left = "[" if self.minimum_inclusive else "("
+        right = "]" if self.maximum_inclusive else ")"
+        high = "inf" if math.isinf(self.maximum) else f"{self.maximum:g}"
+        return f"{left}{self.minimum:g}, {high}{right}"
+
+
+SEARCH_SPACE: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        name="weight_decay",
+        default=1e-4,  # the book's CIFAR-10 baseline
+        low=1e-6,
+        high=1e-2,
+        log=True,
+        minimum=0.0,
+        minimum_inclusive=False,
+        maximum=math.inf,
+        maximum_inclusive=False,
+        description="Total regularization strength (l1 + l2 of keras.regularizers.L1L2), > 0.",
+    ),
+    ParamSpec(
+        name="l1_ratio",
+        default=0.0,  # pure L2, as in the baseline
+        low=0.0,
+        high=1.0,
+        log=False,
+        minimum=0.0,
+        minimum_inclusive=True,
+        maximum=1.0,
+        maximum_inclusive=True,
+        description="Share of weight_decay given to L1: l1 = weight_decay*l1_ratio, l2 = weight_decay*(1-l1_ratio).",
+    ),
+    ParamSpec(
+        name="dropout_conv",
+        default=0.3,
+        low=0.3,
+        high=0.5,
+        log=False,
+        minimum=0.0,
+        minimum_inclusive=True,
+        maximum=1.0,
+        maximum_inclusive=False,
+        description="Dropout rate after each pooling block of the convnet.",
+    ),
+    ParamSpec(
+        name="dropout_dense",
+        default=0.5,
+        low=0.3,
+        high=0.5,
+        log=False,
+        minimum=0.0,
+        minimum_inclusive=True,
+        maximum=1.0,
+        maximum_inclusive=False,
+        description="Dropout rate before the classifier (after the dense hidden layer in vgg).",
+    ),
+)
+
+SEARCH_SPACE_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SEARCH_SPACE}
+
+
+def validate_bounds(name: str, low: Any, high: Any) -> tuple[float, float]:
+    """Check a search range ``[low, high]`` for parameter ``name``; ``ValueError`` names the field."""
+    spec = SEARCH_SPACE_BY_NAME.get(name)
+    if spec is None:
+        raise ValueError(f"unknown search parameter {name!r}; expected one of {sorted(SEARCH_SPACE_BY_NAME)}")
+    low = spec.check(low, f"{name}.low")
+    high = spec.check(high, f"{name}.high")
+    if low > high:
+        raise ValueError(f"{name}: low ({low:g}) must not exceed high ({high:g})")
+    return low, high
+
+
+@dataclasses.dataclass(frozen=True)
+class RegularizationConfig:
+    """A point of the search space; validated on construction (``ValueError`` names the field)."""
+
+    weight_decay: float = SEARCH_SPACE_BY_NAME["weight_decay"].default
+    l1_ratio: float = SEARCH_SPACE_BY_NAME["l1_ratio"].default
+    dropout_conv: float = SEARCH_SPACE_BY_NAME["dropout_conv"].default
+    dropout_dense: float = SEARCH_SPACE_BY_NAME["dropout_dense"].default
+
+    def __post_init__(self) -> None:
+        for spec in SEARCH_SPACE:
+            object.__setattr__(self, spec.name, spec.check(getattr(self, spec.name)))
+
+    @property
+    def l1(self) -> float:
+        """The Keras L1 coefficient: weight_decay * l1_ratio."""
+        return self.weight_decay * self.l1_ratio
+
+    @property
+    def l2(self) -> float:
+        """The Keras L2 coefficient: weight_decay * (1 - l1_ratio)."""
+        return self.weight_decay * (1.0 - self.l1_ratio)
+
+    def to_dict(self) -> dict[str, float]:
+        return {spec.name: getattr(self, spec.name) for spec in SEARCH_SPACE}
+
+    def keras_values(self) -> dict[str, float]:
+        """The values as Keras layers take them."""
+        return {"l1": self.l1, "l2": self.l2, "dropout_conv": self.dropout_conv, "dropout_dense": self.dropout_dense}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RegularizationConfig":
+        """Build from a mapping holding every search parameter; ``ValueError`` names a missing/unknown field."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"a regularization config must be a mapping, got {type(values).__name__}")
+        missing = [spec.name for spec in SEARCH_SPACE if spec.name not in values]
+        if missing:
+            raise ValueError(f"config is missing field(s): {', '.join(missing)}")
+        unknown = sorted(set(values) - set(SEARCH_SPACE_BY_NAME))
+        if unknown:
+            raise ValueError(f"config has unknown field(s): {', '.join(unknown)}")
+        return cls(**{spec.name: values[spec.name] for spec in SEARCH_SPACE})
+
+
+def rescale_for_train_size(config: RegularizationConfig, n_from: int, n_to: int) -> RegularizationConfig:
+    """Carry a config found on ``n_from`` training examples over to ``n_to`` examples.
+
+    Keeps the textbook's lambda fixed (l2 = lambda/(2n), l1 = lambda_1/n), so ``weight_decay``
+    scales by ``n_from / n_to``; the L1/L2 mix and the dropout rates are unchanged.
+    """
+    if n_from <= 0 or n_to <= 0:
+        raise ValueError(f"training set sizes must be positive, got n_from={n_from}, n_to={n_to}")
+    return dataclasses.replace(config, weight_decay=config.weight_decay * n_from / n_to)
+
+
+@dataclasses.dataclass(frozen=True)
+class BestConfig:
+    """The best configuration of a study, as ``GET /v1/studies/{name}/best`` and ``regsearch best -o`` give it.
+
+    ``train_size`` is the number of images the study's trials trained on (after the validation split):
+    the ``n`` of the lambda/(2n) rule, needed to carry the strength over to a larger training set.
+    """
+
+    model: str
+    regularization: RegularizationConfig
+    width: float = 1.0
+    study: str | None = None
+    trial_number: int | None = None
+    value: float | None = None
+    metric: str = "val_accuracy"
+    train_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not self.width > 0:
+            raise ValueError(f"width must be a positive number, got {self.width!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "BestConfig":
+        """Read the JSON form; a missing or out-of-range field raises ``ValueError`` naming it."""
+        if not isinstance(values, Mapping):
+            raise ValueError(f"a best config must be a JSON object, got {type(values).__name__}")
+        if "model" not in values:
+            raise ValueError("config is missing field(s): model")
+        if "params" not in values:
+            raise ValueError("config is missing field(s): params")
+        optional = {
+            name: values[name]
+            for name in ("study", "trial_number", "value", "metric", "train_size", "epochs", "batch_size", "seed", "augment")
+            if values.get(name) is not None
+        }
+        return cls(
+            model=values["model"],
+            regularization=RegularizationConfig.from_dict(values["params"]),
+            width=values.get("width", 1.0),
+            **optional,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the same keys the service's ``best`` endpoint returns)."""
+        out = {
+            "study": self.study,
+            "model": self.model,
+            "width": self.width,
+            "params": self.regularization.to_dict(),
+            "keras": self.regularization.keras_values(),
+            "value": self.value,
+            "metric": self.metric,
+            "trial_number": self.trial_number,
+            "train_size": self.train_size,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "augment": self.augment,
+        }
+        return out
