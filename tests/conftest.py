@@ -1,0 +1,56 @@
+"""Fixtures shared by every test module: the CIFAR-10 subset and real databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from tests.support import CIFAR_DIR
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+POSTGRES_ADMIN_URL = os.environ.get("REGSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> str:
+    """The shipped CIFAR-10 subset (official layout under ``cifar-10-batches-py/``)."""
+    assert (CIFAR_DIR / "cifar-10-batches-py" / "data_batch_1").exists()
+    return str(CIFAR_DIR)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'regsearch.db'}"
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL, dropped afterwards."""
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"regsearch_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as error:
+        admin.dispose()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"local PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {error.orig}")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request) -> str:
+    """One test body, run against each storage (Optuna's pattern)."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
