@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "apply_regularization": "trainer._export",
     "keras_settings": "trainer._export",
     "python_snippet": "trainer._export",
+    "BestConfigUnavailable": "trainer._export",
     "retrain": "trainer._retrain",
 }
 

@@ -1,0 +1,192 @@
+"""``regsearch submit | watch | best | studies``: the command-line client of the HTTP API."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from service.cli import CommandError
+
+FINAL_STATUSES = ("completed", "stopped", "failed")
+
+
+def _add_url(parser) -> None:
+    parser.add_argument("--url", default=None, help="server URL (default REGSEARCH_URL or http://127.0.0.1:8000)")
+
+
+def register(subparsers) -> None:
+    submit = subparsers.add_parser(
+        "submit", help="submit a study (a JSON/YAML spec file and/or flags)",
+        description="Submit a study. Flags override the spec file's fields; every field but the name has a default.",
+    )
+    submit.add_argument("spec", nargs="?", help="study spec file (.json, .yaml or .yml)")
+    submit.add_argument("--name", help="study name (a slug)")
+    submit.add_argument("--model", help="baseline or vgg")
+    submit.add_argument("--width", type=float, help="width multiplier")
+    submit.add_argument("--n-trials", type=int, dest="n_trials")
+    submit.add_argument("--epochs", type=int)
+    submit.add_argument("--batch-size", type=int, dest="batch_size")
+    submit.add_argument("--learning-rate", type=float, dest="learning_rate")
+    submit.add_argument("--sampler", help="tpe or random")
+    submit.add_argument("--pruner", help="median, hyperband or none")
+    submit.add_argument("--seed", type=int)
+    submit.add_argument("--train-size", type=int, dest="train_size", help="training images drawn before the validation split")
+    submit.add_argument("--val-fraction", type=float, dest="val_fraction")
+    submit.add_argument("--augment", action="store_true", default=None)
+    submit.add_argument("--watch", action="store_true", help="then watch it until it ends")
+    _add_url(submit)
+    submit.set_defaults(func=_submit)
+
+    watch = subparsers.add_parser("watch", help="live progress of a study until it ends")
+    watch.add_argument("name")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    _add_url(watch)
+    watch.set_defaults(func=_watch)
+
+    best = subparsers.add_parser("best", help="the best config of a study")
+    best.add_argument("name")
+    best.add_argument("--json", action="store_true", help="print the best-config JSON")
+    best.add_argument("-o", "--output", help="write the config to this file (json unless --format says otherwise)")
+    best.add_argument("--format", choices=("json", "keras", "python"), default=None)
+    _add_url(best)
+    best.set_defaults(func=_best)
+
+    listing = subparsers.add_parser("studies", help="list the studies")
+    listing.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_url(listing)
+    listing.set_defaults(func=_studies)
+
+
+def _client(args):
+    from service.client import RegsearchClient
+
+    return RegsearchClient(args.url)
+
+
+def _call(function, *args: Any, **kwargs: Any) -> Any:
+    from service.client import ClientError
+
+    try:
+        return function(*args, **kwargs)
+    except ClientError as error:
+        raise CommandError(str(error)) from None
+
+
+def _load_spec(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as error:
+        raise CommandError(f"cannot read spec file {path}: {error.strerror}") from None
+    try:
+        if file.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            spec = yaml.safe_load(text)
+        else:
+            spec = json.loads(text)
+    except Exception as error:  # noqa: BLE001 - any parse error is the user's file
+        raise CommandError(f"cannot parse spec file {path}: {error}".splitlines()[0]) from None
+    if not isinstance(spec, dict):
+        raise CommandError(f"spec file {path} must hold a mapping of study fields")
+    return spec
+
+
+def _submit(args) -> int:
+    spec = _load_spec(args.spec) if args.spec else {}
+    for field in ("name", "model", "width", "n_trials", "epochs", "batch_size", "learning_rate", "sampler", "pruner", "seed"):
+        if getattr(args, field) is not None:
+            spec[field] = getattr(args, field)
+    data = dict(spec.get("data") or {})
+    for field in ("train_size", "val_fraction", "augment"):
+        if getattr(args, field) is not None:
+            data[field] = getattr(args, field)
+    if data:
+        spec["data"] = data
+    if "name" not in spec:
+        raise CommandError("a study needs a name: --name NAME or a 'name' in the spec file")
+    with _client(args) as client:
+        study, created = _call(client.submit, spec)
+        verb = "submitted" if created else "already exists (identical spec)"
+        print(f"study {study['name']} {verb}: {study['status']}, {study['n_trials']} trials of {study['spec']['model']}")
+        print(f"  {client.url}{study['links']['self']}")
+        print(f"  dashboard: {client.url}{study['links']['dashboard']}")
+        if args.watch:
+            return _watch_study(client, study["name"], 2.0)
+    return 0
+
+
+def _best_text(best: dict[str, Any] | None) -> str:
+    if not best:
+        return "best -"
+    return f"best {best['value']:.4f} (#{best['trial_number']})"
+
+
+def _watch_study(client, name: str, interval: float) -> int:
+    from tqdm import tqdm
+
+    study = _call(client.study, name)
+    bar = tqdm(total=study["n_trials"], initial=study["trials_finished"], desc=name, unit="trial", file=sys.stderr, dynamic_ncols=True)
+    try:
+        while True:
+            bar.update(study["trials_finished"] - bar.n)
+            counts = study["counts"]
+            bar.set_postfix_str(f"{_best_text(study['best'])}, {counts['running']} running, {counts['pruned']} pruned, {study['status']}")
+            if study["status"] in FINAL_STATUSES:
+                break
+            time.sleep(interval)
+            study = _call(client.study, name)
+    finally:
+        bar.close()
+    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials, {_best_text(study['best'])}"
+          + (f" - {study['error']}" if study["status"] == "failed" and study.get("error") else ""))
+    return 1 if study["status"] == "failed" else 0
+
+
+def _watch(args) -> int:
+    with _client(args) as client:
+        return _watch_study(client, args.name, args.interval)
+
+
+def _best(args) -> int:
+    output_format = args.format or "json"
+    with _client(args) as client:
+        best = _call(client.best, args.name, output_format)
+    if output_format == "python":
+        text = best
+    else:
+        text = json.dumps(best, indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+        return 0
+    if args.json or args.format:
+        sys.stdout.write(text)
+        return 0
+    params = ", ".join(f"{key}={value:.4g}" for key, value in best["params"].items())
+    keras_values = ", ".join(f"{key}={value:.4g}" for key, value in best["keras"].items())
+    print(f"study {best['study']}: best {best['metric']} {best['value']:.4f} (trial {best['trial_number']}, since {best['best_since']})")
+    print(f"  params: {params}")
+    print(f"  keras:  {keras_values}")
+    print(f"  model {best['model']} width {best['width']}, trained on {best['train_size']} images, {best['epochs']} epochs")
+    return 0
+
+
+def _studies(args) -> int:
+    with _client(args) as client:
+        rows = _call(client.studies)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no studies")
+        return 0
+    width = max(4, *(len(row["name"]) for row in rows))
+    print(f"{'NAME':<{width}}  {'STATUS':<9}  {'TRIALS':>9}  {'RUNNING':>7}  BEST")
+    for row in rows:
+        best = f"{row['best']['value']:.4f}" if row["best"] else "-"
+        print(f"{row['name']:<{width}}  {row['status']:<9}  {row['trials_finished']:>4}/{row['n_trials']:<4}  {row['counts']['running']:>7}  {best}")
+    return 0

@@ -1,0 +1,194 @@
+"""``regsearch serve | worker | dashboard | migrate``: the processes of the service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from service.cli import CommandError
+
+log = logging.getLogger("regsearch")
+
+
+def register(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the API, the dashboard (at /dashboard) and local workers",
+        description="Apply migrations, then serve the API and the Optuna dashboard (at /dashboard) on one port, "
+        "with N local worker processes.",
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default REGSEARCH_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default REGSEARCH_PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="local worker processes to start (0: API only; default 1)")
+    serve.add_argument("--no-dashboard", action="store_true", help="do not mount the Optuna dashboard")
+    serve.set_defaults(func=_serve)
+
+    worker = subparsers.add_parser(
+        "worker", help="run trials of the studies in the database",
+        description="Pull runnable studies from the database and train their trials, one at a time, until stopped.",
+    )
+    worker.add_argument("--poll-interval", type=float, default=None, help="seconds between looks for work when idle")
+    worker.add_argument("--exit-when-idle", action="store_true", help="exit once no study has a trial left to run")
+    worker.set_defaults(func=_worker)
+
+    dashboard = subparsers.add_parser("dashboard", help="run the Optuna dashboard alone on the service's database")
+    dashboard.add_argument("--host", default=None, help="address to bind (default REGSEARCH_HOST or 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    dashboard.set_defaults(func=_dashboard)
+
+    migrate = subparsers.add_parser("migrate", help="apply the database migrations and exit")
+    migrate.set_defaults(func=_migrate)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _settings():
+    from pydantic import ValidationError
+
+    from service.config import get_settings
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        raise CommandError(f"invalid settings: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}") from None
+
+
+def _database_error(error: Exception) -> CommandError:
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    return CommandError(f"database unavailable: {detail}")
+
+
+class WorkerPool:
+    """N ``regsearch worker`` subprocesses, restarted if one dies, stopped with the server."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.processes: list[subprocess.Popen] = []
+        self._stopping = threading.Event()
+        self._monitor = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+
+    def _spawn(self) -> subprocess.Popen:
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+        return subprocess.Popen([sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "worker"], env=env)
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.count)]
+        if self.count:
+            log.info("started %d worker(s): pid %s", self.count, ", ".join(str(p.pid) for p in self.processes))
+            self._monitor.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(2.0):
+            for index, process in enumerate(self.processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    log.warning("worker pid %d exited with %s; starting another", process.pid, process.returncode)
+                    self.processes[index] = self._spawn()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (each worker re-queues its trial at the next epoch), then SIGKILL after ``timeout``."""
+        self._stopping.set()
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _exit_on_sigterm(_signum, _frame) -> None:
+    raise SystemExit(0)
+
+
+def _serve(args) -> int:
+    import sqlalchemy as sa
+    import uvicorn
+
+    from service.api.main import create_app
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; turn SIGTERM into an
+    # exception so that the workers are stopped in the `finally` below instead of being orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _logging()
+    settings = _settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    if args.workers < 0:
+        raise CommandError("--workers must be >= 0")
+    try:
+        app = create_app(settings, dashboard=not args.no_dashboard)
+    except sa.exc.OperationalError as error:
+        raise _database_error(error) from None
+    pool = WorkerPool(args.workers)
+    pool.start()
+    log.info("regsearch API on http://%s:%d (docs /docs%s)", host, port, "" if args.no_dashboard else ", dashboard /dashboard")
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+    finally:
+        pool.stop()
+    return 0
+
+
+def _worker(args) -> int:
+    from service.worker import Worker
+
+    _logging()
+    settings = _settings()
+    worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
+
+    def _on_signal(signum, _frame) -> None:
+        if worker.shutdown_requested:  # second signal: stop now
+            raise KeyboardInterrupt
+        log.info("worker %s: %s received, finishing the current epoch", worker.name, signal.Signals(signum).name)
+        worker.request_shutdown()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    code = worker.run()
+    # Everything is saved and disposed of by now; skip TensorFlow's slow interpreter teardown.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _dashboard(args) -> int:
+    import optuna_dashboard
+    import sqlalchemy as sa
+    import uvicorn
+    from a2wsgi import WSGIMiddleware
+
+    from service.db import migrate, optuna_storage
+
+    _logging()
+    settings = _settings()
+    try:
+        migrate(settings)
+        storage = optuna_storage(settings)
+    except sa.exc.OperationalError as error:
+        raise _database_error(error) from None
+    uvicorn.run(WSGIMiddleware(optuna_dashboard.wsgi(storage)), host=args.host or settings.host, port=args.port, log_level="info")
+    return 0
+
+
+def _migrate(_args) -> int:
+    import sqlalchemy as sa
+
+    from service.db import migrate
+
+    settings = _settings()
+    try:
+        revision = migrate(settings)
+    except sa.exc.OperationalError as error:
+        raise _database_error(error) from None
+    print(f"database at revision {revision}")
+    return 0

@@ -1,0 +1,237 @@
+"""``/v1/studies``: submit, list, inspect, stop and delete studies; read trials and the best config."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy.orm import Session
+
+from service import studies
+from service.api.deps import SessionDep, SessionFactoryDep, SettingsDep, StorageDep
+from service.db import OPTUNA_STUDIES
+from service.models import SearchStudy, as_utc
+from service.schemas import (
+    BestConfigOut,
+    BestSummary,
+    Links,
+    StudyList,
+    StudyOut,
+    StudySpec,
+    TrialList,
+    TrialOut,
+)
+
+router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+_STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+
+
+def _links(session: Session, name: str) -> Links:
+    optuna_id = session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == name))
+    base = f"/v1/studies/{name}"
+    return Links(
+        self=base,
+        trials=f"{base}/trials",
+        best=f"{base}/best",
+        stop=f"{base}/stop",
+        dashboard=f"/dashboard/studies/{optuna_id}" if optuna_id is not None else "/dashboard",
+    )
+
+
+def _study_out(session: Session, row: SearchStudy) -> StudyOut:
+    counts = studies.trial_counts(session, row.name)
+    best = studies.best_record(session, row.id)
+    return StudyOut(
+        name=row.name,
+        status=row.status,
+        n_trials=row.n_trials,
+        trials_finished=counts.complete + counts.pruned,
+        counts=counts,
+        best=None
+        if best is None
+        else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
+        error=row.error,
+        spec=StudySpec.model_validate(row.spec),
+        created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
+        links=_links(session, row.name),
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StudyOut,
+    summary="Submit a study",
+    responses={
+        200: {"description": "An identical study with this name already exists: it is returned unchanged.", "model": StudyOut},
+        409: {"description": "A study with this name exists with a different spec."},
+        422: {"description": "Invalid spec: the error names the field and the reason."},
+    },
+)
+def submit_study(spec: StudySpec, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep) -> Any:
+    """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
+    if spec.n_trials > settings.max_trials:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "less_than_equal",
+                    "loc": ("body", "n_trials"),
+                    "msg": f"n_trials must be at most {settings.max_trials} (the server's REGSEARCH_MAX_TRIALS)",
+                    "input": spec.n_trials,
+                }
+            ]
+        )
+    try:
+        row, created = studies.submit_study(factory, storage, spec)
+    except studies.StudyConflict as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    with factory() as session:
+        body = _study_out(session, row)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.get("", response_model=StudyList, summary="List studies")
+def list_studies(session: SessionDep) -> StudyList:
+    return StudyList(studies=[_study_out(session, row) for row in studies.list_studies(session)])
+
+
+@router.get("/{name}", response_model=StudyOut, summary="A study's status, trial counts and best so far")
+def get_study(name: str, session: SessionDep) -> StudyOut:
+    return _study_out(session, studies.get_study(session, name))
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Optuna stores naive local times; the API answers in UTC like everything else."""
+    return None if value is None else value.astimezone(dt.timezone.utc)
+
+
+def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+@router.get("/{name}/trials", response_model=TrialList, summary="Every trial: params, per-epoch values, state, gap, durations")
+def list_trials(name: str, session: SessionDep, storage: StorageDep) -> TrialList:
+    studies.get_study(session, name)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return TrialList(study=name, trials=[])
+    out = []
+    for trial in storage.get_all_trials(study_id, deepcopy=False):
+        attrs = trial.user_attrs
+        retry_history = trial.system_attrs.get("retry_history") or []
+        out.append(
+            TrialOut(
+                number=trial.number,
+                state=_STATE_NAMES.get(trial.state.name, trial.state.name.lower()),
+                params=trial.params,
+                value=trial.value if trial.state.name == "COMPLETE" else None,
+                intermediate_values=dict(trial.intermediate_values),
+                history=attrs.get("history", []),
+                train_accuracy=attrs.get("train_accuracy"),
+                gap=attrs.get("gap"),
+                images_per_second=attrs.get("images_per_second"),
+                wall_time_s=attrs.get("wall_time_s"),
+                duration_s=_seconds(trial.datetime_start, trial.datetime_complete),
+                datetime_start=_utc(trial.datetime_start),
+                datetime_complete=_utc(trial.datetime_complete),
+                retry_of=retry_history[-1] if retry_history else None,
+                fail_reason=attrs.get("fail_reason"),
+                worker=attrs.get("worker"),
+            )
+        )
+    return TrialList(study=name, trials=out)
+
+
+def best_config(row: SearchStudy, session: Session) -> dict[str, Any] | None:
+    """The best-config JSON of the contract, or None before any trial completes."""
+    from trainer import BestConfig, RegularizationConfig
+
+    record = studies.best_record(session, row.id)
+    if record is None:
+        return None
+    spec = StudySpec.model_validate(row.spec)
+    best = BestConfig(
+        model=spec.model,
+        regularization=RegularizationConfig.from_dict(record.params),
+        width=spec.width,
+        study=row.name,
+        trial_number=record.trial_number,
+        value=record.value,
+        metric="val_accuracy",
+        train_size=record.train_size,
+        epochs=spec.epochs,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        augment=spec.data.augment,
+    )
+    return {**best.to_dict(), "best_since": as_utc(record.created_at).isoformat(), "direction": "maximize"}
+
+
+@router.get(
+    "/{name}/best",
+    response_model=BestConfigOut,
+    summary="The best config so far",
+    responses={
+        404: {"description": "Unknown study, or no trial has completed yet."},
+        200: {"content": {"text/x-python": {}}, "description": "format=python returns a Python snippet."},
+    },
+)
+def get_best(
+    name: str,
+    session: SessionDep,
+    output_format: Annotated[
+        Literal["json", "keras", "python"],
+        Query(alias="format", description="json: the best-config JSON; keras: Keras layer arguments; python: a snippet"),
+    ] = "json",
+) -> Any:
+    row = studies.get_study(session, name)
+    body = best_config(row, session)
+    if body is None:
+        counts = studies.trial_counts(session, name)
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"study {name!r} has no completed trial yet (status {row.status}, "
+            f"{counts.complete + counts.pruned} of {row.n_trials} trials finished, {counts.running} running); "
+            "the best config appears when the first trial completes",
+        )
+    if output_format == "json":
+        return JSONResponse(body)
+    try:
+        from trainer import BestConfig
+        from trainer._export import keras_settings, python_snippet
+    except ImportError:
+        raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"format={output_format} is not available in this build") from None
+    best = BestConfig.from_dict(body)
+    if output_format == "keras":
+        return JSONResponse(keras_settings(best))
+    return PlainTextResponse(python_snippet(best), media_type="text/x-python")
+
+
+@router.post(
+    "/{name}/stop",
+    response_model=StudyOut,
+    summary="Stop a study: no new trials; running ones stop within one epoch",
+    responses={409: {"description": "The study already completed or failed."}},
+)
+def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
+    row = studies.stop_study(factory, name)
+    if row.status in ("completed", "failed"):
+        raise HTTPException(status.HTTP_409_CONFLICT, f"study {name!r} already {row.status}; nothing to stop")
+    with factory() as session:
+        return _study_out(session, row)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials and its Optuna study")
+def delete_study(name: str, factory: SessionFactoryDep, storage: StorageDep) -> Response:
+    studies.delete_study(factory, storage, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,90 @@
+"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = ["ClientError", "RegsearchClient", "error_message"]
+
+
+class ClientError(Exception):
+    """A failed request, with a one-line message fit for a terminal (``status`` is None if unreachable)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def error_message(response: httpx.Response) -> str:
+    """The API's error as one line: ``detail`` as is, or each validation error as ``field: reason``."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            location = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+            parts.append(f"{location}: {item.get('msg', 'invalid')}" if location else str(item.get("msg")))
+        return "; ".join(parts)
+    if detail:
+        return str(detail)
+    return f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+class RegsearchClient:
+    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+        if url is None:
+            from service.config import get_settings
+
+            url = get_settings().url
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RegsearchClient":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
+        if response.status_code >= 400:
+            raise ClientError(error_message(response), response.status_code)
+        return response
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz").json()
+
+    def submit(self, spec: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Submit a study; return ``(study, created)`` (created is False for an identical repeat)."""
+        response = self._request("POST", "/v1/studies", json=spec)
+        return response.json(), response.status_code == 201
+
+    def studies(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/studies").json()["studies"]
+
+    def study(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/studies/{name}").json()
+
+    def trials(self, name: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/studies/{name}/trials").json()["trials"]
+
+    def best(self, name: str, output_format: str = "json") -> Any:
+        """The best config: a dict for json and keras, the snippet's text for python."""
+        response = self._request("GET", f"/v1/studies/{name}/best", params={"format": output_format})
+        return response.text if output_format == "python" else response.json()
+
+    def stop(self, name: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/studies/{name}/stop").json()
+
+    def delete(self, name: str) -> None:
+        self._request("DELETE", f"/v1/studies/{name}")

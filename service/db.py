@@ -1,0 +1,189 @@
+"""Database access: engines, sessions, migrations and Optuna's storage, on one URL.
+
+SQLite (the embedded default) and PostgreSQL behave the same from the caller's side: every engine
+pings connections before use (a dropped connection is replaced, not fatal), and SQLite runs in WAL
+mode with a busy timeout so the API and several workers can write to the same file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+
+__all__ = [
+    "create_engine",
+    "engine_kwargs",
+    "is_sqlite",
+    "migrate",
+    "optuna_storage",
+    "session_factory",
+    "session_scope",
+    "trial_state_counts",
+    "OPTUNA_STUDIES",
+    "OPTUNA_TRIALS",
+    "VERSION_TABLE",
+]
+
+log = logging.getLogger(__name__)
+_migrate_lock = threading.Lock()  # Alembic's context is process-global: one migration per process at a time
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Optuna keeps its own Alembic history in ``alembic_version``; ours must not share it.
+VERSION_TABLE = "regsearch_alembic_version"
+_MIGRATION_LOCK_KEY = 0x7265_6773  # "regs": PostgreSQL advisory lock serializing concurrent migrators
+
+# Lightweight views of Optuna's tables, for cheap counts without loading every trial.
+OPTUNA_STUDIES = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
+OPTUNA_TRIALS = sa.table("trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"))
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def engine_kwargs(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for every engine on ``settings.database_url`` (ours and Optuna's)."""
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if is_sqlite(settings.database_url):
+        kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_s}
+    return kwargs
+
+
+def create_engine(settings: Settings) -> sa.Engine:
+    engine = sa.create_engine(settings.database_url, **engine_kwargs(settings))
+    if is_sqlite(settings.database_url):
+        busy_ms = int(settings.sqlite_busy_timeout_s * 1000)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI objects
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+def session_factory(engine: sa.Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session committed on success and rolled back on error."""
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def optuna_storage(
+    settings: Settings,
+    *,
+    heartbeat: bool = False,
+    on_stale_trial: Callable[[Any, Any], None] | None = None,
+    create_tables: bool = False,
+):
+    """Optuna's ``RDBStorage`` on the service's database.
+
+    With ``heartbeat=True`` (workers) every running trial records a heartbeat each
+    ``heartbeat_interval`` s; a trial silent for ``grace_period`` s (its worker was killed) is failed
+    by the next worker that asks for a trial, and ``on_stale_trial`` is called with it.
+    """
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            settings.database_url,
+            engine_kwargs=engine_kwargs(settings),
+            heartbeat_interval=settings.heartbeat_interval if heartbeat else None,
+            grace_period=settings.grace_period if heartbeat else None,
+            heartbeat_stale_trial_callback=on_stale_trial if heartbeat else None,
+            skip_table_creation=not create_tables,
+        )
+
+
+def _alembic_config(connection: sa.Connection):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(settings: Settings, attempts: int = 5) -> str:
+    """Apply the service's Alembic migrations and create Optuna's tables; return the head revision.
+
+    Safe to run from several processes at once (API and workers starting together): PostgreSQL
+    serializes them with an advisory lock; SQLite's losers retry once the winner has committed.
+    """
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with _migrate_lock:
+        return _migrate(settings, attempts)
+
+
+def _migrate(settings: Settings, attempts: int) -> str:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_engine(settings)
+    postgres = engine.dialect.name == "postgresql"
+    try:
+        for attempt in range(1, attempts + 1):
+            try:
+                with engine.connect() as connection:
+                    if postgres:
+                        connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                        connection.commit()
+                    try:
+                        command.upgrade(_alembic_config(connection), "head")
+                        connection.commit()
+                        optuna_storage(settings, create_tables=True).engine.dispose()
+                        revision = MigrationContext.configure(
+                            connection, opts={"version_table": VERSION_TABLE}
+                        ).get_current_revision()
+                    finally:
+                        if postgres:
+                            connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                            connection.commit()
+                return revision or ""
+            except sa.exc.OperationalError as error:
+                if attempt == attempts:
+                    raise
+                log.warning("migration attempt %d failed (%s); retrying", attempt, str(error.orig).strip().splitlines()[0])
+                time.sleep(0.5 * attempt)
+    finally:
+        engine.dispose()
+    raise AssertionError("unreachable")
+
+
+def trial_state_counts(session: Session, study_name: str) -> dict[str, int]:
+    """Number of trials per Optuna state (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
+    state = sa.cast(OPTUNA_TRIALS.c.state, sa.String)
+    rows = session.execute(
+        sa.select(state, sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == study_name)
+        .group_by(state)
+    ).all()
+    return {str(name).rsplit(".", 1)[-1]: int(count) for name, count in rows}

@@ -1,0 +1,81 @@
+"""The service's own tables (SQLAlchemy 2 ORM), next to Optuna's in the same database.
+
+Optuna's RDBStorage owns ``studies``, ``trials`` and friends; ours are prefixed ``regsearch_`` so
+the two never collide, and our Alembic history uses its own version table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["Base", "BestConfigRecord", "SearchStudy", "STATUSES", "ACTIVE_STATUSES", "utc_now", "as_utc"]
+
+#: queued: no trial started yet; running: trials claimed; the rest are final.
+STATUSES = ("queued", "running", "completed", "stopped", "failed")
+ACTIVE_STATUSES = ("queued", "running")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; everything the service writes is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: sa.JSON, dt.datetime: sa.DateTime(timezone=True)}
+
+
+class SearchStudy(Base):
+    """A submitted study: its spec, its status and the trial-slot counter that caps ``n_trials``.
+
+    ``claimed`` counts the trial slots taken by workers (finished, running or about to run); a
+    worker takes one with a conditional ``UPDATE ... WHERE claimed < n_trials`` and gives it back
+    when its trial fails, so no number of workers can run more than ``n_trials`` trials.
+    ``claims_total`` only grows: it seeds each trial's sampler so that parallel workers draw
+    different points yet a study stays reproducible.
+    """
+
+    __tablename__ = "regsearch_studies"
+    __table_args__ = (sa.CheckConstraint("claimed >= 0 AND claimed <= n_trials", name="ck_regsearch_studies_claimed"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued", index=True)
+    n_trials: Mapped[int]
+    claimed: Mapped[int] = mapped_column(default=0)
+    claims_total: Mapped[int] = mapped_column(default=0)
+    failed_trials: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    best_history: Mapped[list["BestConfigRecord"]] = relationship(
+        back_populates="study", cascade="all, delete-orphan", passive_deletes=True, order_by="BestConfigRecord.id"
+    )
+
+
+class BestConfigRecord(Base):
+    """One row each time a study's best value improves (the last row is the current best)."""
+
+    __tablename__ = "regsearch_best_configs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_studies.id", ondelete="CASCADE"), index=True)
+    trial_number: Mapped[int]
+    value: Mapped[float]
+    params: Mapped[dict[str, Any]]
+    train_size: Mapped[int | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+
+    study: Mapped[SearchStudy] = relationship(back_populates="best_history")

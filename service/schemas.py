@@ -1,0 +1,231 @@
+"""Request and response models of the HTTP API.
+
+The search-space part is generated from :data:`trainer.SEARCH_SPACE` (one field per declared
+parameter, its default bounds and its validity range), so adding a parameter to the trainer's
+declaration adds it to the API, its validation and its OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+
+from trainer import MODELS, SEARCH_SPACE, SEARCH_SPACE_BY_NAME, validate_bounds
+
+__all__ = [
+    "Bounds",
+    "BestConfigOut",
+    "BestSummary",
+    "DataSpec",
+    "Links",
+    "SearchSpace",
+    "StudyList",
+    "StudyOut",
+    "StudySpec",
+    "TrialCounts",
+    "TrialList",
+    "TrialOut",
+    "SLUG_PATTERN",
+]
+
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+
+ModelName = Literal[MODELS]  # type: ignore[valid-type]
+SamplerName = Literal["tpe", "random"]
+PrunerName = Literal["median", "hyperband", "none"]
+StudyStatus = Literal["queued", "running", "completed", "stopped", "failed"]
+
+
+class Bounds(BaseModel):
+    """A search range; a missing end takes the trainer's default for that parameter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: float
+    high: float
+
+
+def _fill_default_bounds(value: Any, info: ValidationInfo) -> Any:
+    if isinstance(value, dict):
+        spec = SEARCH_SPACE_BY_NAME[info.field_name]
+        return {"low": spec.low, "high": spec.high, **value}
+    return value
+
+
+def _check_bounds(value: Bounds, info: ValidationInfo) -> Bounds:
+    low, high = validate_bounds(info.field_name, value.low, value.high)  # ValueError names the field
+    return Bounds(low=low, high=high)
+
+
+_NAMES = [spec.name for spec in SEARCH_SPACE]
+
+SearchSpace = create_model(
+    "SearchSpace",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Per searched parameter, the range to search (defaults: the trainer's declaration).",
+    __validators__={
+        "fill_defaults": field_validator(*_NAMES, mode="before")(_fill_default_bounds),
+        "check_bounds": field_validator(*_NAMES, mode="after")(_check_bounds),
+    },
+    **{
+        spec.name: (
+            Bounds,
+            Field(
+                default_factory=lambda spec=spec: Bounds(low=spec.low, high=spec.high),
+                description=f"{spec.description} Allowed {spec.range_text()}; "
+                f"default [{spec.low:g}, {spec.high:g}]{', log scale' if spec.log else ''}.",
+            ),
+        )
+        for spec in SEARCH_SPACE
+    },
+)
+
+
+class DataSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train_size: int | None = Field(
+        None, ge=20, le=50_000, description="Training images drawn (class-balanced) before the validation split; null: all."
+    )
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the drawn images held out for validation.")
+    augment: bool = Field(False, description="Random flips and shifts during training.")
+
+
+class StudySpec(BaseModel):
+    """What to search. Every field but ``name`` has a default."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "baseline-quick",
+                    "model": "baseline",
+                    "width": 0.5,
+                    "n_trials": 8,
+                    "epochs": 3,
+                    "data": {"train_size": 2000},
+                }
+            ]
+        },
+    )
+
+    name: str = Field(description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).")
+    model: ModelName = Field("baseline", description="Which convnet to train.")
+    width: float = Field(1.0, gt=0.0, le=8.0, description="Width multiplier of the network's layers.")
+    n_trials: int = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
+    epochs: int = Field(10, ge=1, le=1000, description="The most epochs any trial trains (pruning may stop it earlier).")
+    batch_size: int = Field(128, ge=1, le=8192)
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
+    search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
+    sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
+    pruner: PrunerName = Field("median", description="Stops weak trials early from each epoch's validation accuracy.")
+    data: DataSpec = Field(default_factory=DataSpec)
+    seed: int = Field(0, ge=0, description="Seeds the sampler, the data split and the networks' initialisation.")
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG_PATTERN.match(value):
+            raise ValueError(
+                "name must be a slug: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
+            )
+        return value
+
+
+
+class Links(BaseModel):
+    self: str
+    trials: str
+    best: str
+    stop: str
+    dashboard: str
+
+
+class TrialCounts(BaseModel):
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = Field(0, description="Trials queued for a retry (same params) after a failure.")
+
+
+class BestSummary(BaseModel):
+    value: float
+    metric: str = "val_accuracy"
+    trial_number: int
+    params: dict[str, float]
+    best_since: dt.datetime
+
+
+class StudyOut(BaseModel):
+    name: str
+    status: StudyStatus
+    n_trials: int
+    trials_finished: int = Field(description="Complete plus pruned trials (the ones that count towards n_trials).")
+    counts: TrialCounts
+    best: BestSummary | None
+    error: str | None = None
+    spec: StudySpec
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    links: Links
+
+
+class StudyList(BaseModel):
+    studies: list[StudyOut]
+
+
+class TrialOut(BaseModel):
+    number: int
+    state: Literal["running", "complete", "pruned", "failed", "waiting"]
+    params: dict[str, float]
+    value: float | None = Field(description="Final validation accuracy (complete trials).")
+    intermediate_values: dict[int, float] = Field(description="Validation accuracy reported after each epoch.")
+    history: list[dict[str, float]] = Field(description="Per-epoch metrics: loss, accuracy, val_loss, val_accuracy, gap.")
+    train_accuracy: float | None = None
+    gap: float | None = Field(None, description="train_accuracy - val_accuracy of the last epoch.")
+    images_per_second: float | None = None
+    wall_time_s: float | None = None
+    duration_s: float | None = None
+    datetime_start: dt.datetime | None
+    datetime_complete: dt.datetime | None
+    retry_of: int | None = Field(None, description="Number of the failed trial this one re-runs with the same params.")
+    fail_reason: str | None = None
+    worker: str | None = None
+
+
+class TrialList(BaseModel):
+    study: str
+    trials: list[TrialOut]
+
+
+class KerasValues(BaseModel):
+    l1: float
+    l2: float
+    dropout_conv: float
+    dropout_dense: float
+
+
+class BestConfigOut(BaseModel):
+    """The best-config JSON: ``trainer.BestConfig.to_dict()`` plus when it became best and the direction."""
+
+    study: str
+    model: str
+    width: float
+    params: dict[str, float]
+    keras: KerasValues
+    value: float
+    metric: str
+    trial_number: int
+    train_size: int | None
+    epochs: int
+    batch_size: int
+    seed: int
+    augment: bool
+    best_since: dt.datetime
+    direction: Literal["maximize"] = "maximize"

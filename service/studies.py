@@ -1,0 +1,271 @@
+"""Study bookkeeping in SQL, shared by the API and the workers.
+
+The invariants live here: one row per study name (identical re-submissions return it), the
+trial-slot counter that keeps every study at or under ``n_trials`` whatever the number of workers,
+the status transitions, and the best-config history (a row only when the best strictly improves).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import session_scope, trial_state_counts
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, utc_now
+from service.schemas import StudySpec, TrialCounts
+
+__all__ = [
+    "StudyConflict",
+    "StudyNotFound",
+    "best_record",
+    "claim_slot",
+    "complete_if_done",
+    "delete_study",
+    "get_study",
+    "list_studies",
+    "record_best",
+    "record_failure",
+    "release_slot",
+    "runnable_studies",
+    "status_of",
+    "stop_study",
+    "submit_study",
+    "trial_counts",
+]
+
+
+class StudyNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"study {name!r} not found")
+        self.name = name
+
+
+class StudyConflict(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"a study named {name!r} already exists with a different spec; choose another name or DELETE it first"
+        )
+        self.name = name
+
+
+def _spec_dict(spec: StudySpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json")
+
+
+def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -> tuple[SearchStudy, bool]:
+    """Create the study (and its Optuna study); return ``(row, created)``.
+
+    An identical spec under an existing name returns the existing row (``created=False``); a
+    different one raises :class:`StudyConflict`. Concurrent identical submissions create one row:
+    the unique name decides, the losers read the winner's row.
+    """
+    import optuna
+
+    from service._optuna import open_study
+
+    wanted = _spec_dict(spec)
+    row: SearchStudy | None = None
+    created = False
+    try:
+        with session_scope(factory) as session:
+            row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+            if row is None:
+                row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status="queued",
+                                  claimed=0, claims_total=0, failed_trials=0, created_at=utc_now())
+                session.add(row)
+                session.flush()
+                created = True
+    except sa.exc.IntegrityError:
+        with factory() as session:
+            row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+        created = False
+    if row is None:  # deleted between the insert race and the read: let the client retry
+        raise StudyConflict(spec.name)
+    if not created and row.spec != wanted:
+        raise StudyConflict(spec.name)
+    study = open_study(storage, spec)
+    if created:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["val_accuracy"])  # the dashboard's axis label
+        study.set_user_attr("regsearch_spec", wanted)
+    return row, created
+
+
+def get_study(session: Session, name: str) -> SearchStudy:
+    row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
+    if row is None:
+        raise StudyNotFound(name)
+    return row
+
+
+def list_studies(session: Session) -> list[SearchStudy]:
+    return list(session.scalars(sa.select(SearchStudy).order_by(SearchStudy.created_at, SearchStudy.id)))
+
+
+def trial_counts(session: Session, name: str) -> TrialCounts:
+    by_state = trial_state_counts(session, name)
+    return TrialCounts(
+        complete=by_state.get("COMPLETE", 0),
+        pruned=by_state.get("PRUNED", 0),
+        failed=by_state.get("FAIL", 0),
+        running=by_state.get("RUNNING", 0),
+        waiting=by_state.get("WAITING", 0),
+    )
+
+
+def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
+    return session.scalar(
+        sa.select(BestConfigRecord)
+        .where(BestConfigRecord.study_id == study_id)
+        .order_by(BestConfigRecord.value.desc(), BestConfigRecord.id)
+        .limit(1)
+    )
+
+
+def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
+    """Mark an active study stopped (workers stop its running trials within one epoch); idempotent."""
+    with session_scope(factory) as session:
+        row = get_study(session, name)
+        session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == row.id, SearchStudy.status.in_(ACTIVE_STATUSES))
+            .values(status="stopped", finished_at=utc_now())
+        )
+        session.refresh(row)
+        return row
+
+
+def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> None:
+    """Delete the study, its best-config history and its Optuna study (trials included)."""
+    import optuna
+
+    with session_scope(factory) as session:
+        row = get_study(session, name)
+        session.execute(sa.delete(BestConfigRecord).where(BestConfigRecord.study_id == row.id))
+        session.delete(row)
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+
+
+def status_of(factory: sessionmaker[Session], study_id: int) -> str | None:
+    """The study's current status, or None once it has been deleted."""
+    with factory() as session:
+        return session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == study_id))
+
+
+def runnable_studies(session: Session) -> list[SearchStudy]:
+    """Active studies, least-served first (so studies submitted side by side share the workers)."""
+    return list(
+        session.scalars(
+            sa.select(SearchStudy)
+            .where(SearchStudy.status.in_(ACTIVE_STATUSES))
+            .order_by(SearchStudy.claimed, SearchStudy.id)
+        )
+    )
+
+
+def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
+    """Atomically take one of the study's ``n_trials`` slots; return its serial number, or None if full.
+
+    A single conditional UPDATE: whichever the number of workers and the database, no more than
+    ``n_trials`` slots are ever held at once.
+    """
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.claimed < SearchStudy.n_trials,
+                SearchStudy.status.in_(ACTIVE_STATUSES),
+            )
+            .values(
+                claimed=SearchStudy.claimed + 1,
+                claims_total=SearchStudy.claims_total + 1,
+                status="running",
+                started_at=sa.func.coalesce(SearchStudy.started_at, utc_now()),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            return None
+        # Same transaction: the row is ours until commit, so this reads our own increment.
+        return session.scalar(sa.select(SearchStudy.claims_total).where(SearchStudy.id == study_id))
+
+
+def release_slot(factory: sessionmaker[Session], study_id: int) -> None:
+    """Give a slot back (its trial failed): the retry, or a fresh trial, takes it."""
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == study_id, SearchStudy.claimed > 0)
+            .values(claimed=SearchStudy.claimed - 1)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def record_failure(factory: sessionmaker[Session], study_id: int, message: str, max_failed_trials: int) -> bool:
+    """Count a trial whose training raised; mark the study failed after too many. Return True if it did."""
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == study_id)
+            .values(failed_trials=SearchStudy.failed_trials + 1, error=message[:2000])
+            .execution_options(synchronize_session=False)
+        )
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.failed_trials >= max_failed_trials,
+                SearchStudy.status.in_(ACTIVE_STATUSES),
+            )
+            .values(status="failed", finished_at=utc_now())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def _lock_study(session: Session, study_id: int) -> bool:
+    """Take the study row's write lock (PostgreSQL row lock; SQLite's database write lock)."""
+    result = session.execute(
+        sa.update(SearchStudy).where(SearchStudy.id == study_id).values(id=SearchStudy.id)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def record_best(
+    factory: sessionmaker[Session], study_id: int, trial_number: int, value: float, params: dict[str, float],
+    train_size: int | None,
+) -> bool:
+    """Append a best-config row if ``value`` beats the study's best so far; return True if it did."""
+    with session_scope(factory) as session:
+        if not _lock_study(session, study_id):
+            return False
+        current = session.scalar(sa.select(sa.func.max(BestConfigRecord.value)).where(BestConfigRecord.study_id == study_id))
+        if current is not None and value <= current:
+            return False
+        session.add(BestConfigRecord(study_id=study_id, trial_number=trial_number, value=float(value),
+                                     params=dict(params), train_size=train_size, created_at=utc_now()))
+        return True
+
+
+def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int) -> bool:
+    """Mark the study completed once ``n_trials`` trials finished (complete or pruned) and none runs."""
+    with session_scope(factory) as session:
+        counts = trial_counts(session, name)
+        if counts.complete + counts.pruned < n_trials or counts.running:
+            return False
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == study_id, SearchStudy.status.in_(ACTIVE_STATUSES))
+            .values(status="completed", finished_at=utc_now())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1

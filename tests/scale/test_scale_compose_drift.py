@@ -1,0 +1,153 @@
+"""docker-compose.yml and the docker/ images against the code they run: fast, structural checks.
+
+Each check names what drifted: a command ``regsearch`` would reject, a variable no setting reads,
+an entrypoint the image does not contain, a port the command does not listen on.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+
+import pytest
+
+from service.cli import COMMANDS, build_parser
+from service.config import Settings
+from tests.scale.compose_stack import (
+    DATABASE_SERVICE,
+    ComposeStack,
+    as_list,
+    dockerfile_instructions,
+    dockerfile_of,
+    image_workdir,
+    interpolate,
+    load_compose,
+    local_path,
+    published_ports,
+)
+from tests.support import ROOT, base_env
+
+COMPOSE = load_compose()
+SERVICES = COMPOSE["services"]
+REGSEARCH_SERVICES = sorted(name for name in SERVICES if name != DATABASE_SERVICE)
+RESOLVED = {name: interpolate(service, {}) for name, service in SERVICES.items()}  # compose's defaults
+
+
+def test_topology_declares_database_migrations_api_dashboard_and_workers():
+    assert {"postgres", "migrate", "api", "dashboard", "worker"} <= set(SERVICES)
+    postgres = RESOLVED["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(as_list(postgres["healthcheck"]["test"]))
+    volume = postgres["volumes"][0].split(":")[0]
+    assert volume in COMPOSE["volumes"], "the database lives on a named volume"
+    assert RESOLVED["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name in ("api", "dashboard", "worker"):
+        assert RESOLVED[name]["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}, name
+
+
+@pytest.mark.parametrize("name", REGSEARCH_SERVICES)
+def test_each_command_is_one_regsearch_accepts(name):
+    command = as_list(RESOLVED[name]["command"])
+    assert command[0] == "regsearch", f"{name}: the command must be the regsearch CLI, got {command}"
+    assert command[1] in COMMANDS, f"{name}: regsearch has no subcommand {command[1]!r}"
+    try:
+        build_parser(command[1]).parse_args(command[1:])
+    except SystemExit as error:
+        pytest.fail(f"{name}: `{' '.join(command)}` is rejected by regsearch (exit {error.code})")
+
+
+@pytest.mark.parametrize("name", REGSEARCH_SERVICES)
+def test_each_environment_names_only_real_settings(name):
+    environment = RESOLVED[name]["environment"]
+    known = {f"REGSEARCH_{field.upper()}" for field in Settings.model_fields}
+    unknown = sorted(key for key in environment if key.startswith("REGSEARCH_") and key not in known)
+    assert not unknown, f"{name}: no setting reads {unknown} (service/config.py has {sorted(known)})"
+    Settings(**{key[len("REGSEARCH_"):].lower(): value for key, value in environment.items() if key in known})
+    postgres = RESOLVED["postgres"]["environment"]
+    expected = (
+        f"postgresql+psycopg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
+        f"@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
+    )
+    assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database"
+
+
+@pytest.mark.parametrize("name", REGSEARCH_SERVICES)
+def test_each_entrypoint_is_in_its_image(name):
+    service = RESOLVED[name]
+    dockerfile = dockerfile_of(service)
+    assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+    entrypoint = as_list(service["entrypoint"])
+    script = local_path(service, entrypoint[0])
+    assert script.is_file() and script.stat().st_mode & 0o111, f"{name}: {script} is missing or not executable"
+    relative = script.relative_to(ROOT).as_posix()
+    copies = [args.split() for instruction, args in dockerfile_instructions(dockerfile) if instruction == "COPY"]
+    assert any(parts[0] in (relative, "docker", "docker/", ".") for parts in copies), f"{dockerfile.name} does not COPY {relative}"
+    declared = [args for instruction, args in dockerfile_instructions(dockerfile) if instruction == "ENTRYPOINT"]
+    assert declared and entrypoint[0] in declared[-1], f"{dockerfile.name}'s ENTRYPOINT differs from the compose file's"
+    assert image_workdir(service) == "/app"
+
+
+def test_worker_reserves_a_gpu_and_scales():
+    worker = RESOLVED["worker"]
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "container_name" not in worker and "ports" not in worker, "--scale worker=N needs no fixed name or port"
+    instructions = dockerfile_instructions(dockerfile_of(worker))
+    base = next(args for instruction, args in instructions if instruction == "FROM")
+    default_version = next(args.split("=", 1)[1] for instruction, args in instructions if instruction == "ARG" and args.startswith("TENSORFLOW_VERSION="))
+    assert base == "tensorflow/tensorflow:${TENSORFLOW_VERSION}-gpu"
+    assert worker["build"]["args"]["TENSORFLOW_VERSION"] == default_version
+    import importlib.metadata
+
+    installed = importlib.metadata.version("tensorflow")
+    assert default_version.split(".")[:2] == installed.split(".")[:2], "the worker image runs the TensorFlow the tests run"
+
+
+@pytest.mark.parametrize("name", ["api", "dashboard"])
+def test_published_port_is_the_one_the_command_listens_on(name):
+    service = RESOLVED[name]
+    command = as_list(service["command"])
+    port = int(command[command.index("--port") + 1])
+    assert published_ports(service) == [port]
+    assert command[command.index("--host") + 1] == "0.0.0.0", "inside a container the server must listen on all interfaces"
+    assert f":{port}/" in " ".join(as_list(service["healthcheck"]["test"]))
+
+
+def test_api_image_installs_everything_but_the_training_stack():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[\[<>=!~; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    requirements = [line for line in (ROOT / "docker" / "requirements-api.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert all("==" in line for line in requirements), "the API image pins its dependencies"
+    assert {name(line) for line in requirements} == {name(dep) for dep in declared} - {"tensorflow", "keras", "optuna-integration"}
+    instructions = dockerfile_instructions(ROOT / "docker" / "api.Dockerfile")
+    assert ("FROM", "python:3.11-slim") in instructions
+    assert any(instruction == "RUN" and "--no-deps ." in args for instruction, args in instructions)
+
+
+def test_entrypoint_refuses_to_start_without_the_shared_database():
+    env = {key: value for key, value in base_env().items() if key != "REGSEARCH_DATABASE_URL"}
+    result = subprocess.run([str(ROOT / "docker" / "entrypoint.sh"), "true"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0 and "REGSEARCH_DATABASE_URL" in result.stderr
+    env["REGSEARCH_DATABASE_URL"] = "postgresql+psycopg://u:p@db:5432/x"
+    result = subprocess.run([str(ROOT / "docker" / "entrypoint.sh"), "sh", "-c", "echo $TF_CPP_MIN_LOG_LEVEL"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "2"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_images():
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "*.db", "tests"} <= set(ignored)
+
+
+def test_stack_maps_every_service_to_a_local_process(tmp_path):
+    """The harness itself: each service resolves to an existing script, the test database and local ports."""
+    stack = ComposeStack("postgresql+psycopg://postgres@127.0.0.1:5432/x", tmp_path)
+    for name in REGSEARCH_SERVICES:
+        argv = stack.argv(name)
+        assert argv[0] == str(ROOT / "docker" / "entrypoint.sh") and argv[1] == "regsearch"
+        assert "0.0.0.0" not in argv
+        assert stack.environment(name)["REGSEARCH_DATABASE_URL"].endswith("/x")
+    assert str(stack.port("api", 8000)) in stack.argv("api")

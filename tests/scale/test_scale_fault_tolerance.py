@@ -1,0 +1,149 @@
+"""Crash safety of the compose topology on PostgreSQL, with the compose file's own processes.
+
+Four workers share one study. Mid-study, one worker's whole process group is killed with SIGKILL
+in the middle of a trial, and every database connection of the study's database is terminated
+(twice) while the other workers train. Short heartbeats come through the compose file's own
+variables (``REGSEARCH_HEARTBEAT_INTERVAL``, ``REGSEARCH_GRACE_PERIOD``), as an operator would set them.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.scale.compose_stack import ComposeStack, wait_for_status
+from tests.scale.test_scale_compose_e2e import tiny_study
+from tests.support import CIFAR_DIR, wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+N_TRIALS = 6
+COUNTED = ("RUNNING", "COMPLETE", "PRUNED")  # trials holding or having used one of the n_trials slots
+
+
+class SlotMonitor(threading.Thread):
+    """Polls the database: the most trials ever running-or-finished at once, and the slot counter."""
+
+    def __init__(self, url: str, study: str) -> None:
+        super().__init__(daemon=True)
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        self.study = study
+        self.max_counted = 0
+        self.max_claimed = 0
+        self.samples = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        query = sa.text(
+            "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) "
+            "WHERE study_name = :name AND CAST(state AS VARCHAR) IN :states"
+        ).bindparams(sa.bindparam("states", expanding=True))
+        while not self.stop.wait(0.2):
+            try:
+                with self.engine.connect() as conn:
+                    counted = conn.execute(query, {"name": self.study, "states": list(COUNTED)}).scalar_one()
+                    claimed = conn.execute(sa.text("SELECT claimed FROM regsearch_studies WHERE name = :name"), {"name": self.study}).scalar()
+            except sa.exc.OperationalError:
+                continue  # our own connection was terminated too
+            self.max_counted = max(self.max_counted, counted)
+            self.max_claimed = max(self.max_claimed, claimed or 0)
+            self.samples += 1
+
+
+def terminate_connections(url: str) -> int:
+    """``pg_terminate_backend`` on every other connection to the test database; how many there were."""
+    database = url.rsplit("/", 1)[1]
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            return len(
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"),
+                    {"db": database},
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_path):
+    stack = ComposeStack(
+        postgres_url,
+        tmp_path / "stack",
+        variables={"REGSEARCH_HEARTBEAT_INTERVAL": "1", "REGSEARCH_GRACE_PERIOD": "4", "REGSEARCH_MAX_RETRIES": "2"},
+        extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR)},
+    )
+    monitor = SlotMonitor(postgres_url, "crash")
+    try:
+        stack.up("api")
+        stack.wait_healthy("api")
+        workers = stack.up("worker", scale=4)
+        client = httpx.Client(base_url=stack.url("api", 8000), timeout=30)
+        monitor.start()
+        spec = {**tiny_study("crash", n_trials=N_TRIALS, seed=3), "epochs": 2}
+        assert client.post("/v1/studies", json=spec).status_code == 201
+
+        # SIGKILL a worker's process group while its trial runs (before the trial's first epoch ends).
+        def running_trial():
+            trials = client.get("/v1/studies/crash/trials").json()["trials"]
+            return next((t for t in trials if t["state"] == "running" and t["worker"] and not t["intermediate_values"]), None)
+
+        victim_trial = wait_until(running_trial, timeout=120, interval=0.2, what="a running trial")
+        victim_pid = int(victim_trial["worker"].rsplit(":", 1)[1])
+        victim = next(process for process in workers if process.pid == victim_pid)
+        stack.kill(victim, signal.SIGKILL)
+
+        # Drop every database connection, twice, while the other workers train.
+        dropped = [terminate_connections(postgres_url)]
+        time.sleep(3)
+        dropped.append(terminate_connections(postgres_url))
+        assert min(dropped) > 0, "the workers and the API held connections to drop"
+
+        study = wait_for_status(client, "crash", ("completed", "failed", "stopped"), 300, stack)
+        monitor.stop.set()
+        monitor.join(timeout=10)
+        trials = {trial["number"]: trial for trial in client.get("/v1/studies/crash/trials").json()["trials"]}
+
+        # The study ends with exactly n_trials finished, nothing left running or queued.
+        assert study["status"] == "completed", f"{study}\n{stack.logs()}"
+        assert study["trials_finished"] == N_TRIALS
+        assert study["counts"]["running"] == 0 and study["counts"]["waiting"] == 0
+        finished = [trial for trial in trials.values() if trial["state"] in ("complete", "pruned")]
+        assert len(finished) == N_TRIALS
+
+        # The killed trial failed and was re-run, with the same params, by another worker.
+        killed = trials[victim_trial["number"]]
+        assert killed["state"] == "failed" and killed["params"] == victim_trial["params"]
+        retries = [trial for trial in trials.values() if trial["retry_of"] == killed["number"]]
+        assert len(retries) == 1, retries
+        assert retries[0]["params"] == killed["params"] and retries[0]["state"] == "complete"
+        assert retries[0]["worker"] != killed["worker"]
+        # Any other failure (a trial whose connection was dropped under it) was retried the same way.
+        for trial in trials.values():
+            if trial["state"] == "failed":
+                assert any(other["retry_of"] == trial["number"] and other["params"] == trial["params"] for other in trials.values())
+
+        # Every completed trial is intact: its value, both epochs and the metrics the worker recorded.
+        for trial in finished:
+            assert trial["state"] == "complete" and 0.0 <= trial["value"] <= 1.0
+            assert sorted(trial["intermediate_values"]) == ["0", "1"] or sorted(trial["intermediate_values"]) == [0, 1]
+            assert len(trial["history"]) == 2 and trial["train_accuracy"] is not None
+            assert trial["value"] == pytest.approx(trial["history"][-1]["val_accuracy"])
+
+        # Four workers never held more than n_trials trials, at any moment observed.
+        assert monitor.samples > 10
+        assert monitor.max_counted <= N_TRIALS and monitor.max_claimed <= N_TRIALS
+        # The surviving workers outlived the dropped connections, and so did the API.
+        survivors = [process for process in workers if process is not victim]
+        assert all(process.poll() is None for process in survivors), stack.logs("worker")
+        assert client.get("/healthz").status_code == 200
+        client.close()
+    finally:
+        monitor.stop.set()
+        stack.down()
+        monitor.engine.dispose()

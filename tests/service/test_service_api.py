@@ -1,0 +1,171 @@
+"""The HTTP API's contract, in-process (FastAPI's TestClient) on real SQLite and PostgreSQL databases.
+
+Fast: no training here. Every bad input gets its 4xx naming the field and the reason.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.config import Settings
+
+SPEC = {"name": "api-demo", "n_trials": 3, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
+
+
+@pytest.fixture
+def client(storage_url):
+    app = create_app(Settings(database_url=storage_url, max_trials=50), dashboard=False)
+    with TestClient(app) as test_client:
+        yield test_client
+    app.state.engine.dispose()
+    app.state.optuna_storage.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def sqlite_client(tmp_path_factory):
+    """One app for the read-only checks below (they create nothing that matters to each other)."""
+    database = tmp_path_factory.mktemp("api") / "regsearch.db"
+    app = create_app(Settings(database_url=f"sqlite:///{database}", max_trials=50), dashboard=False)
+    with TestClient(app) as test_client:
+        yield test_client
+    app.state.engine.dispose()
+
+
+def test_submit_read_repeat_conflict_stop_delete(client):
+    created = client.post("/v1/studies", json=SPEC)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["status"] == "queued"
+    assert body["n_trials"] == 3 and body["trials_finished"] == 0
+    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    assert body["best"] is None
+    # Defaults come from the trainer's declaration of the search space.
+    assert body["spec"]["search_space"]["dropout_conv"] == {"low": 0.3, "high": 0.5}
+    assert body["links"]["best"] == "/v1/studies/api-demo/best"
+    assert body["links"]["dashboard"].startswith("/dashboard/studies/")
+
+    repeat = client.post("/v1/studies", json=SPEC)
+    assert repeat.status_code == 200
+    assert repeat.json()["created_at"] == body["created_at"]
+
+    conflict = client.post("/v1/studies", json={**SPEC, "n_trials": 4})
+    assert conflict.status_code == 409
+    assert "different spec" in conflict.json()["detail"]
+
+    listing = client.get("/v1/studies").json()["studies"]
+    assert [study["name"] for study in listing] == ["api-demo"]
+    assert client.get("/v1/studies/api-demo").json()["spec"]["width"] == 0.25
+    assert client.get("/v1/studies/api-demo/trials").json() == {"study": "api-demo", "trials": []}
+
+    best = client.get("/v1/studies/api-demo/best")
+    assert best.status_code == 404
+    assert "no completed trial yet" in best.json()["detail"]
+
+    stopped = client.post("/v1/studies/api-demo/stop")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    assert client.post("/v1/studies/api-demo/stop").json()["status"] == "stopped"  # idempotent
+
+    assert client.delete("/v1/studies/api-demo").status_code == 204
+    assert client.get("/v1/studies/api-demo").status_code == 404
+    with pytest.raises(KeyError):  # the Optuna study went with it
+        client.app.state.optuna_storage.get_study_id_from_name("api-demo")
+    # The same name starts afresh.
+    assert client.post("/v1/studies", json={**SPEC, "n_trials": 4}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "reason"),
+    [
+        ({"search_space": {"l1_ratio": {"low": 0.8, "high": 0.2}}}, "search_space.l1_ratio", "must not exceed high"),
+        ({"search_space": {"weight_decay": {"low": 1e-2, "high": 1e-5}}}, "search_space.weight_decay", "must not exceed high"),
+        ({"search_space": {"dropout_conv": {"low": 0.3, "high": 1.0}}}, "search_space.dropout_conv", "must be in [0, 1)"),
+        ({"search_space": {"dropout_dense": {"low": -0.1, "high": 0.5}}}, "search_space.dropout_dense", "must be in [0, 1)"),
+        ({"search_space": {"momentum": {"low": 0.1, "high": 0.5}}}, "search_space.momentum", "Extra inputs are not permitted"),
+        ({"n_trials": 0}, "n_trials", "greater than or equal to 1"),
+        ({"n_trials": -3}, "n_trials", "greater than or equal to 1"),
+        ({"n_trials": 51}, "n_trials", "at most 50"),
+        ({"model": "resnet"}, "model", "'baseline' or 'vgg'"),
+        ({"pruner": "asha"}, "pruner", "'median', 'hyperband' or 'none'"),
+        ({"sampler": "cmaes"}, "sampler", "'tpe' or 'random'"),
+        ({"name": "Not A Slug!"}, "name", "must be a slug"),
+        ({"name": "-leading-dash"}, "name", "must be a slug"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 1"),
+        ({"epochs": "many"}, "epochs", "valid integer"),
+    ],
+)
+def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, reason):
+    response = sqlite_client.post("/v1/studies", json={**SPEC, **change})
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    locations = {".".join(str(part) for part in error["loc"][1:]): error["msg"] for error in errors}
+    assert field in locations, errors
+    assert reason in locations[field]
+
+
+def test_missing_name_malformed_json_and_unknown_study(sqlite_client):
+    client = sqlite_client
+    missing = client.post("/v1/studies", json={"n_trials": 3})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "name"]
+    malformed = client.post("/v1/studies", content=b"{not json", headers={"content-type": "application/json"})
+    assert malformed.status_code == 422
+    for method, path in [
+        ("GET", "/v1/studies/ghost"),
+        ("GET", "/v1/studies/ghost/trials"),
+        ("GET", "/v1/studies/ghost/best"),
+        ("POST", "/v1/studies/ghost/stop"),
+        ("DELETE", "/v1/studies/ghost"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.json()["detail"] == "study 'ghost' not found"
+    client.post("/v1/studies", json={**SPEC, "name": "format-check"})
+    bad_format = client.get("/v1/studies/format-check/best", params={"format": "yaml"})
+    assert bad_format.status_code == 422 and bad_format.json()["detail"][0]["loc"] == ["query", "format"]
+
+
+def test_health_and_openapi(sqlite_client):
+    client = sqlite_client
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/studies", "/v1/studies/{name}", "/v1/studies/{name}/trials", "/v1/studies/{name}/best",
+            "/v1/studies/{name}/stop", "/healthz"} <= set(schema["paths"])
+    # The search space in the schema is the trainer's declaration.
+    from trainer import SEARCH_SPACE
+
+    assert set(schema["components"]["schemas"]["SearchSpace"]["properties"]) == {spec.name for spec in SEARCH_SPACE}
+    assert client.get("/docs").status_code == 200
+
+
+def test_api_process_never_imports_tensorflow(tmp_path):
+    """The API serves every endpoint (best formats included) without TensorFlow or Keras loaded."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from fastapi.testclient import TestClient
+        from service.api import create_app
+        from service.config import Settings
+        from service import studies
+        app = create_app(Settings(database_url="sqlite:///{tmp_path}/api.db"))
+        client = TestClient(app)
+        assert client.post("/v1/studies", json={{"name": "no-tf", "n_trials": 2}}).status_code == 201
+        # A best config, as a worker would record it, so that every format has something to render.
+        studies.record_best(app.state.session_factory, 1, 0, 0.5,
+                            {{"weight_decay": 1e-4, "l1_ratio": 0.2, "dropout_conv": 0.3, "dropout_dense": 0.4}}, 270)
+        for path in ["/healthz", "/v1/studies", "/v1/studies/no-tf", "/v1/studies/no-tf/trials",
+                     "/v1/studies/no-tf/best", "/v1/studies/no-tf/best?format=keras",
+                     "/v1/studies/no-tf/best?format=python", "/dashboard", "/docs"]:
+            assert client.get(path).status_code == 200, path
+        loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras"))
+        assert not loaded, loaded[:5]
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")

@@ -1,0 +1,206 @@
+"""End to end over real HTTP: a real ``regsearch serve`` (uvicorn), two real ``regsearch worker``
+processes training real Keras networks on the shipped CIFAR-10 subset, the real CLI client, and the
+dashboard rendered by headless Chromium.
+
+One server and one pair of workers serve the whole module (on one SQLite file); the tests run in
+order and each uses its own study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 300}}
+ARTIFACTS = ROOT / "artifacts"
+
+
+@dataclasses.dataclass
+class Service:
+    root: Path
+    env: dict[str, str]
+    port: int
+    server: subprocess.Popen
+    workers: list[subprocess.Popen]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_server(self) -> None:
+        self.server = spawn([REGSEARCH, "serve", "--port", str(self.port), "--workers", "0"], self.env, self.root / "server.log")
+        wait_healthy(self.url, timeout=90)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", timeout=30, **kwargs)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.root.glob("*.log")))
+
+    def wait_status(self, name: str, statuses: tuple[str, ...], timeout: float = 240) -> dict:
+        try:
+            return wait_until(
+                lambda: (study := self.get(f"/v1/studies/{name}").json())["status"] in statuses and study,
+                timeout=timeout, interval=0.5, what=f"study {name} to reach {statuses}",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([REGSEARCH, *args], env={**self.env, "REGSEARCH_URL": self.url}, capture_output=True,
+                              text=True, timeout=300, cwd=self.root)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    root = tmp_path_factory.mktemp("service-e2e")
+    env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}")
+    svc = Service(root=root, env=env, port=free_port(), server=None, workers=[])  # type: ignore[arg-type]
+    svc.start_server()
+    svc.workers = [spawn([REGSEARCH, "worker", "--poll-interval", "0.5"], env, root / f"worker{index}.log") for index in range(2)]
+    try:
+        yield svc
+    finally:
+        processes = [svc.server, *svc.workers]
+        for process in processes:  # all at once: each exits in its own time
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            kill_group(process, signal.SIGTERM, timeout=20)
+
+
+def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_path):
+    spec_file = tmp_path / "study.yaml"
+    spec_file.write_text("name: e2e-demo\nn_trials: 3\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ndata:\n  train_size: 300\n")
+    submitted = service.cli("submit", str(spec_file))
+    assert submitted.returncode == 0, submitted.stderr
+    assert "study e2e-demo submitted" in submitted.stdout
+
+    watched = service.cli("watch", "e2e-demo", "--interval", "0.5")  # returns when the study ends
+    assert watched.returncode == 0, watched.stderr + service.logs()
+    assert "study e2e-demo completed: 3/3 trials" in watched.stdout
+
+    study = service.get("/v1/studies/e2e-demo").json()
+    assert study["status"] == "completed" and study["finished_at"] is not None
+    assert study["counts"]["complete"] + study["counts"]["pruned"] == 3 and study["counts"]["running"] == 0
+
+    trials = service.get("/v1/studies/e2e-demo/trials").json()["trials"]
+    assert len(trials) == 3  # two workers, never more than n_trials
+    for trial in trials:
+        assert trial["state"] == "complete"
+        assert 0.3 <= trial["params"]["dropout_conv"] <= 0.5 and 1e-6 <= trial["params"]["weight_decay"] <= 1e-2
+        assert list(trial["intermediate_values"]) == ["0"] and len(trial["history"]) == 1
+        assert trial["intermediate_values"]["0"] == pytest.approx(trial["value"])
+        assert trial["train_accuracy"] is not None and trial["gap"] is not None and trial["images_per_second"] > 0
+        assert trial["duration_s"] > 0 and trial["worker"]
+
+    best = service.get("/v1/studies/e2e-demo/best").json()
+    top = max(trials, key=lambda trial: trial["value"])
+    assert best["value"] == pytest.approx(top["value"]) and best["metric"] == "val_accuracy"
+    assert best["params"] == top["params"] or best["value"] == pytest.approx(top["value"])
+    assert best["keras"]["l1"] == pytest.approx(best["params"]["weight_decay"] * best["params"]["l1_ratio"])
+    assert best["keras"]["l2"] == pytest.approx(best["params"]["weight_decay"] * (1 - best["params"]["l1_ratio"]))
+    assert best["train_size"] == 270 and best["epochs"] == 1 and best["width"] == 0.25  # 300 drawn, 10% held out
+    assert best["best_since"] and best["direction"] == "maximize"
+    assert study["best"]["value"] == pytest.approx(best["value"])
+
+    # The CLI writes the same JSON, which the trainer reads back for production training.
+    written = service.cli("best", "e2e-demo", "-o", str(tmp_path / "best.json"))
+    assert written.returncode == 0, written.stderr
+    from trainer import BestConfig
+
+    loaded = BestConfig.from_dict(json.loads((tmp_path / "best.json").read_text()))
+    assert loaded.regularization.to_dict() == best["params"] and loaded.study == "e2e-demo"
+    listing = service.cli("studies")
+    assert "e2e-demo" in listing.stdout and "completed" in listing.stdout
+
+
+def test_cli_errors_are_one_line(service):
+    unknown = service.cli("best", "ghost")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "regsearch best: study 'ghost' not found"
+    invalid = service.cli("submit", "--name", "Bad Name")
+    assert invalid.returncode == 1 and "name: Value error, name must be a slug" in invalid.stderr
+    unreachable = service.cli("studies", "--url", f"http://127.0.0.1:{free_port()}")
+    assert unreachable.returncode == 1 and "cannot reach the regsearch server" in unreachable.stderr
+    assert "Traceback" not in unknown.stderr + invalid.stderr + unreachable.stderr
+
+
+def test_server_restart_mid_study_loses_nothing(service):
+    assert service.post("/v1/studies", json={"name": "e2e-restart", "n_trials": 4, **SMALL}).status_code == 201
+    wait_until(lambda: service.get("/v1/studies/e2e-restart").json()["trials_finished"] >= 1, timeout=180, interval=0.5,
+               what="a first finished trial")
+    before = {trial["number"]: trial for trial in service.get("/v1/studies/e2e-restart/trials").json()["trials"]
+              if trial["state"] == "complete"}
+
+    kill_group(service.server, signal.SIGTERM)
+    service.start_server()
+
+    study = service.wait_status("e2e-restart", ("completed",))
+    assert study["trials_finished"] == 4 and study["counts"]["running"] == 0
+    after = {trial["number"]: trial for trial in service.get("/v1/studies/e2e-restart/trials").json()["trials"]}
+    assert len(after) == 4
+    for number, trial in before.items():  # what was there before the restart is intact
+        assert after[number]["params"] == trial["params"] and after[number]["value"] == trial["value"]
+    assert service.get("/v1/studies/e2e-restart/best").status_code == 200
+
+
+def test_stop_ends_running_trials_within_an_epoch_and_starts_no_more(service):
+    spec = {"name": "e2e-stop", "n_trials": 40, **SMALL, "epochs": 30, "pruner": "none"}
+    assert service.post("/v1/studies", json=spec).status_code == 201
+
+    def a_trial_has_reported():
+        trials = service.get("/v1/studies/e2e-stop/trials").json()["trials"]
+        return any(trial["intermediate_values"] for trial in trials)
+
+    wait_until(a_trial_has_reported, timeout=180, interval=0.5, what="a trial's first epoch")
+    stopped = service.post("/v1/studies/e2e-stop/stop")
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+
+    wait_until(lambda: service.get("/v1/studies/e2e-stop").json()["counts"]["running"] == 0, timeout=60, interval=0.5,
+               what="running trials to stop")
+    trials = service.get("/v1/studies/e2e-stop/trials").json()["trials"]
+    assert trials and all(trial["state"] == "failed" and trial["fail_reason"] == "stopped" for trial in trials)
+    assert all(len(trial["intermediate_values"]) < 30 for trial in trials)
+    time.sleep(2)  # four poll intervals: nothing new starts
+    assert len(service.get("/v1/studies/e2e-stop/trials").json()["trials"]) == len(trials)
+    assert service.get("/v1/studies/e2e-stop").json()["status"] == "stopped"
+
+
+def _chromium(chromium: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+             f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1400,1000", *args],
+            capture_output=True, text=True, timeout=120,
+        )
+
+
+def test_dashboard_shows_the_study(service, chromium):
+    study = service.get("/v1/studies/e2e-demo").json()
+    url = f"{service.url}{study['links']['dashboard']}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "service-dashboard.png"
+    screenshot.unlink(missing_ok=True)
+    rendered = _chromium(chromium, f"--screenshot={screenshot}", "--dump-dom", url)
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    assert "e2e-demo" in rendered.stdout, rendered.stdout[-2000:]  # the rendered DOM, not the HTML shell
+    assert "e2e-demo" not in service.get("/dashboard").text
+    assert screenshot.stat().st_size > 10_000, rendered.stderr[-2000:]

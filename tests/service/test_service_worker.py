@@ -1,0 +1,240 @@
+"""The worker's bookkeeping on real SQLite and PostgreSQL: slot claims, retries, dead workers, best history.
+
+These run the real Worker against the real database with a stand-in for Keras training (a few
+arithmetic "epochs"), so the coordination is tested in milliseconds; end-to-end training runs in
+``test_service_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import optuna
+import pytest
+import sqlalchemy as sa
+
+from service import studies
+from service.config import Settings
+from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.models import BestConfigRecord, SearchStudy
+from service.schemas import StudySpec
+from service.worker import Worker
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture
+def database(storage_url):
+    settings = Settings(database_url=storage_url, heartbeat_interval=1, grace_period=1, poll_interval=0.05)
+    migrate(settings)
+    engine = create_engine(settings)
+    storage = optuna_storage(settings)
+    yield settings, session_factory(engine), storage
+    storage.engine.dispose()
+    engine.dispose()
+
+
+def quick_training(fail_on_calls=()):
+    """A stand-in for trainer.train: 3 "epochs" whose accuracy depends on the params."""
+    calls = {"count": 0}
+    lock = threading.Lock()
+
+    def train(spec, config, on_epoch_end):
+        with lock:
+            calls["count"] += 1
+            call = calls["count"]
+        if call in fail_on_calls:
+            raise RuntimeError(f"training blew up on call {call}")
+        accuracy = 0.5 + 0.4 * config.dropout_conv - 10 * config.weight_decay
+        for epoch in range(spec.epochs):
+            on_epoch_end(epoch, {"loss": 1.0, "accuracy": accuracy + 0.05, "val_loss": 1.1, "val_accuracy": accuracy, "gap": 0.05})
+        return {"val_accuracy": accuracy, "train_accuracy": accuracy + 0.05, "gap": 0.05, "train_size": 270}
+
+    return train
+
+
+def run_workers(settings, train, count):
+    workers = [Worker(settings, train=train, exit_when_idle=True, name=f"test-{index}") for index in range(count)]
+    threads = [threading.Thread(target=worker.run) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return workers
+
+
+def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
+    settings, factory, _storage = database
+    assert migrate(settings) == migrate(settings) == "0001"
+    tables = set(sa.inspect(create_engine(settings)).get_table_names())
+    assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
+    assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
+
+
+def test_claims_never_exceed_n_trials_under_contention(database):
+    _settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="claims", n_trials=5))
+    claimed: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def claimer():
+        barrier.wait()
+        for _ in range(4):
+            serial = studies.claim_slot(factory, row.id)
+            if serial is not None:
+                claimed.append(serial)
+
+    threads = [threading.Thread(target=claimer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == [1, 2, 3, 4, 5]  # five slots, each serial handed out once
+    studies.release_slot(factory, row.id)
+    assert studies.claim_slot(factory, row.id) == 6
+    assert studies.claim_slot(factory, row.id) is None
+
+
+def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(database):
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(name="retry", n_trials=6, epochs=3, pruner="none"))
+    run_workers(settings, quick_training(fail_on_calls={2}), count=3)
+
+    trials = optuna.load_study(study_name="retry", storage=storage).trials
+    failed = [trial for trial in trials if trial.state == optuna.trial.TrialState.FAIL]
+    finished = [trial for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    assert len(failed) == 1 and len(finished) == 6 and len(trials) == 7
+    assert failed[0].user_attrs["fail_reason"] == "error"
+    assert "training blew up" in failed[0].user_attrs["error"]
+    retry = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [failed[0].number])
+    assert retry.params == failed[0].params and retry.state == optuna.trial.TrialState.COMPLETE
+    with factory() as session:
+        row = studies.get_study(session, "retry")
+        assert (row.status, row.claimed, row.failed_trials) == ("completed", 6, 1)
+        history = list(session.scalars(sa.select(BestConfigRecord).where(BestConfigRecord.study_id == row.id).order_by(BestConfigRecord.id)))
+    values = [record.value for record in history]
+    assert values == sorted(values) and len(set(values)) == len(values)  # a row only when the best improves
+    assert values[-1] == max(trial.value for trial in finished)
+    assert history[-1].train_size == 270
+
+
+def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
+    """A worker that vanished mid-trial (no more heartbeats): its trial is failed and re-run, its slot reused."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="orphan", n_trials=2, epochs=2, pruner="none"))
+    # The "dead worker": claims a slot, asks for a trial, beats once, then disappears.
+    assert studies.claim_slot(factory, row.id) == 1
+    heartbeat_storage = optuna_storage(settings, heartbeat=True)
+    study = optuna.load_study(study_name="orphan", storage=heartbeat_storage)
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(): this is the crash
+        warnings.simplefilter("ignore", UserWarning)
+        orphan = study.ask({"weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                            "l1_ratio": optuna.distributions.FloatDistribution(0.0, 1.0),
+                            "dropout_conv": optuna.distributions.FloatDistribution(0.3, 0.5),
+                            "dropout_dense": optuna.distributions.FloatDistribution(0.3, 0.5)})
+    heartbeat_storage.record_heartbeat(orphan._trial_id)
+    time.sleep(settings.grace_period + 1.0)
+
+    run_workers(settings, quick_training(), count=2)
+
+    trials = optuna.load_study(study_name="orphan", storage=storage).trials
+    states = sorted(trial.state.name for trial in trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    rerun = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [orphan.number])
+    assert rerun.params == orphan.params and rerun.state == optuna.trial.TrialState.COMPLETE
+    with factory() as session:
+        assert session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == row.id)) == "completed"
+    heartbeat_storage.engine.dispose()
+
+
+def test_stopped_study_stops_its_running_trial_within_an_epoch(database):
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="halt", n_trials=5, epochs=50, pruner="none"))
+    epochs_seen: list[int] = []
+
+    def slow_training(spec, config, on_epoch_end):
+        for epoch in range(spec.epochs):
+            epochs_seen.append(epoch)
+            if epoch == 2:
+                studies.stop_study(factory, "halt")  # the user stops the study during epoch 3
+            on_epoch_end(epoch, {"val_accuracy": 0.5, "accuracy": 0.6, "loss": 1.0, "val_loss": 1.0, "gap": 0.1})
+        return {"val_accuracy": 0.5}
+
+    run_workers(settings, slow_training, count=1)
+    assert epochs_seen == [0, 1, 2]
+    trials = optuna.load_study(study_name="halt", storage=storage).trials
+    assert [(trial.state.name, trial.user_attrs.get("fail_reason")) for trial in trials] == [("FAIL", "stopped")]
+    with factory() as session:
+        stopped = session.get(SearchStudy, row.id)
+        assert (stopped.status, stopped.claimed) == ("stopped", 0)
+
+
+def test_repeated_training_errors_mark_the_study_failed(database):
+    settings, factory, storage = database
+    settings = settings.model_copy(update={"max_failed_trials": 3, "max_retries": 1})
+    studies.submit_study(factory, storage, StudySpec(name="broken", n_trials=4, epochs=1))
+
+    def broken(spec, config, on_epoch_end):
+        raise FileNotFoundError("no CIFAR-10 files in /nowhere")
+
+    run_workers(settings, broken, count=1)
+    with factory() as session:
+        row = studies.get_study(session, "broken")
+        assert row.status == "failed" and row.failed_trials == 3
+        assert "no CIFAR-10 files" in row.error
+
+
+def test_worker_loads_each_data_set_once(cifar_dir):
+    """Trials of studies on the same data share one decoded copy; other data params get their own."""
+    from service.worker import KerasTraining
+
+    training = KerasTraining(cifar_dir)
+    spec = StudySpec(name="cache", data={"train_size": 200})
+    first = training.data(spec)
+    assert training.data(spec.model_copy(update={"name": "other-study", "n_trials": 7})) is first
+    assert training.loads == 1
+    assert len(first.x_train) == 180 and len(first.x_val) == 20  # 200 drawn, 10% held out
+    resized = training.data(StudySpec(name="cache", data={"train_size": 300}))
+    assert resized is not first and len(resized.x_train) == 270 and training.loads == 2
+
+
+@pytest.mark.postgres
+def test_worker_survives_its_database_connections_being_dropped(postgres_url):
+    """PostgreSQL terminates every connection of the worker mid-trial: the worker carries on, nothing is lost."""
+    settings = Settings(database_url=postgres_url, heartbeat_interval=1, grace_period=2, poll_interval=0.05)
+    migrate(settings)
+    engine = create_engine(settings)
+    factory, storage = session_factory(engine), optuna_storage(settings)
+    studies.submit_study(factory, storage, StudySpec(name="drop", n_trials=4, epochs=3, pruner="none"))
+    database = postgres_url.rsplit("/", 1)[1]
+    calls = {"count": 0}
+    admin = sa.create_engine(postgres_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+
+    def train(spec, config, on_epoch_end):
+        calls["count"] += 1
+        for epoch in range(spec.epochs):
+            if calls["count"] == 2 and epoch == 1:
+                with admin.connect() as connection:
+                    dropped = connection.execute(
+                        sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).scalar()
+                assert dropped > 0
+            on_epoch_end(epoch, {"val_accuracy": 0.4 + config.dropout_conv / 10, "accuracy": 0.5, "loss": 1.0, "val_loss": 1.0, "gap": 0.1})
+        return {"val_accuracy": 0.4 + config.dropout_conv / 10}
+
+    worker = Worker(settings, train=train, exit_when_idle=True)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    engine.dispose()
+    storage.engine.dispose()
+    admin.dispose()
+    engine = create_engine(settings)
+    with session_factory(engine)() as session:
+        row = studies.get_study(session, "drop")
+        counts = studies.trial_counts(session, "drop")
+    assert row.status == "completed" and counts.complete == 4 and counts.running == 0
+    engine.dispose()

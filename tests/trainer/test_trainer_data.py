@@ -1,0 +1,97 @@
+"""CIFAR-10 loading: the official layout and archive, balanced subsets, the stratified split, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer import DataError, load_cifar10
+from trainer._data import make_dataset
+
+FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+
+
+def test_loads_the_official_layout_with_a_stratified_validation_split(cifar_dir):
+    data = load_cifar10(cifar_dir, val_fraction=0.1, seed=0)
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (32, 32, 3)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (540, 60, 200)
+    assert np.bincount(data.y_val, minlength=10).tolist() == [6] * 10
+    assert np.bincount(data.y_train, minlength=10).tolist() == [54] * 10
+    # validation images come from the training batches, never from the test batch
+    train_pixels = {image.tobytes() for image in data.x_train}
+    test_pixels = {image.tobytes() for image in data.x_test}
+    assert not any(image.tobytes() in train_pixels for image in data.x_val)
+    assert not any(image.tobytes() in test_pixels for image in data.x_val)
+
+
+def test_train_size_draws_a_class_balanced_seeded_subset(cifar_dir):
+    data = load_cifar10(cifar_dir, train_size=200, val_fraction=0.2, seed=3)
+    assert len(data.y_train) + len(data.y_val) == 200
+    assert np.bincount(data.y_train, minlength=10).tolist() == [16] * 10
+    assert np.bincount(data.y_val, minlength=10).tolist() == [4] * 10
+    again = load_cifar10(cifar_dir, train_size=200, val_fraction=0.2, seed=3)
+    other = load_cifar10(cifar_dir, train_size=200, val_fraction=0.2, seed=4)
+    np.testing.assert_array_equal(again.x_val, data.x_val)
+    assert not np.array_equal(other.x_val, data.x_val)
+
+
+def test_reads_the_archive_and_the_environment_variable(cifar_dir, tmp_path, monkeypatch):
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(Path(cifar_dir) / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    monkeypatch.setenv("REGSEARCH_DATA_DIR", str(tmp_path))
+    from_archive = load_cifar10(train_size=100, seed=1)
+    from_directory = load_cifar10(cifar_dir, train_size=100, seed=1)
+    assert from_archive.source == str(tmp_path)
+    np.testing.assert_array_equal(from_archive.x_train, from_directory.x_train)
+    np.testing.assert_array_equal(from_archive.y_test, from_directory.y_test)
+
+
+def test_missing_directory_names_it_and_the_expected_files(tmp_path):
+    with pytest.raises(DataError) as error:
+        load_cifar10(tmp_path / "nowhere")
+    message = str(error.value)
+    assert str(tmp_path / "nowhere") in message and "data_batch_1" in message and "cifar-10-python.tar.gz" in message
+
+
+def test_empty_directory_and_missing_file_are_named(cifar_dir, tmp_path):
+    with pytest.raises(DataError, match="no CIFAR-10 data in .*data_batch_1"):
+        load_cifar10(tmp_path)
+    copy = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(Path(cifar_dir) / "cifar-10-batches-py", copy)
+    (copy / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3"):
+        load_cifar10(tmp_path)
+
+
+def test_corrupt_batch_is_reported_with_its_path(cifar_dir, tmp_path):
+    copy = tmp_path / "cifar-10-batches-py"
+    shutil.copytree(Path(cifar_dir) / "cifar-10-batches-py", copy)
+    (copy / "data_batch_2").write_bytes(b"not a pickle at all")
+    with pytest.raises(DataError, match=r"data_batch_2: not a CIFAR-10 batch"):
+        load_cifar10(tmp_path)
+    with pytest.raises(ValueError):  # DataError is a ValueError, as the API contract says
+        load_cifar10(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"train_size": 5}, "train_size"), ({"train_size": 10_000}, "train_size"), ({"val_fraction": 1.0}, "val_fraction")],
+)
+def test_bad_arguments_name_the_field(cifar_dir, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        load_cifar10(cifar_dir, **kwargs)
+
+
+def test_pipeline_batches_float_pixels_and_augments(cifar_dir):
+    data = load_cifar10(cifar_dir, train_size=100, seed=0)
+    plain = next(iter(make_dataset(data.x_train, data.y_train, 16)))
+    augmented = next(iter(make_dataset(data.x_train, data.y_train, 16, augment=True, seed=1)))
+    assert plain[0].shape == (16, 32, 32, 3) and plain[0].dtype.name == "float32"
+    np.testing.assert_array_equal(plain[0].numpy(), data.x_train[:16].astype("float32"))
+    np.testing.assert_array_equal(augmented[1].numpy(), data.y_train[:16])  # same order, labels untouched
+    assert not np.allclose(augmented[0].numpy(), plain[0].numpy())
+    assert 0.0 <= float(augmented[0].numpy().min()) and float(augmented[0].numpy().max()) <= 255.0

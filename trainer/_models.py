@@ -1,0 +1,243 @@
+"""The two CIFAR-10 convnets, defined once, built either as plain Keras or as a reusable search model.
+
+``baseline`` is the CIFAR-10 network of the book's project (``base_hidden_units = 32``)::
+
+    input (raw pixels 0..255) -> Rescaling(1/255)
+    block 1: [Conv2D(32, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
+    block 2: [Conv2D(64, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
+    block 3: [Conv2D(128, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
+    Flatten -> Dropout(dropout_dense) -> Dense(10, softmax)
+
+309,290 parameters at width 1. The book puts a dropout after each pooling block (rates 0.2/0.3/0.4
+there); here all three take ``dropout_conv``. ``dropout_dense`` is the dropout on the classifier's
+input (after Flatten); it follows block 3's ``dropout_conv`` directly, so that input keeps a unit
+with probability (1 - dropout_conv) * (1 - dropout_dense).
+
+``vgg`` is the VGG-like convnet of the Keras guide (``valid`` padding, no BatchNorm)::
+
+    input -> Rescaling(1/255)
+    [Conv2D(32, 3x3) -> ReLU] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
+    [Conv2D(64, 3x3) -> ReLU] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
+    Flatten -> Dense(256, ReLU) -> Dropout(dropout_dense) -> Dense(10, softmax)
+
+Every Conv2D and Dense kernel carries ``L1L2(l1=weight_decay*l1_ratio, l2=weight_decay*(1-l1_ratio))``
+(biases and BatchNorm parameters are not penalized, as in the book). ``width`` multiplies the
+number of filters and hidden units (at least 1), for quick runs.
+
+Why two builds of one definition: :func:`build_model` gives plain Keras layers
+(``keras.regularizers.L1L2``, ``keras.layers.Dropout``) for export and production. The search
+(:mod:`trainer._train`) instead builds the *same* graph with :class:`TunableL1L2` and
+:class:`TunableDropout`, whose coefficients and rates are backend variables: one compiled train step
+then serves every trial of a worker, and a new trial only assigns four numbers and re-initialises
+the weights. Both compute exactly the same function (same penalty, inverted dropout with the same
+rate); the layer and weight order are identical, so weights move freely between the two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import keras
+
+from trainer._settings import check_model_args
+from trainer._space import MODELS, BestConfig, RegularizationConfig
+
+__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "check_model_args", "scaled"]
+
+
+def scaled(units: int, width: float) -> int:
+    """Filters/units after the width multiplier (never below 1)."""
+    return max(1, int(round(units * width)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Variable-backed regularizer and dropout (the search build)
+# --------------------------------------------------------------------------------------------------
+
+
+class Knobs:
+    """The four searchable numbers of one search model, as non-trainable backend variables.
+
+    Kept outside the layers (a plain object, which Keras does not track) so the search model has
+    exactly the weights of the plain model.
+    """
+
+    def __init__(self, config: RegularizationConfig) -> None:
+        def variable(name: str, value: float) -> keras.Variable:
+            return keras.Variable(value, dtype="float32", trainable=False, name=name)
+
+        self.l1 = variable("l1", config.l1)
+        self.l2 = variable("l2", config.l2)
+        self.dropout_conv = variable("dropout_conv", config.dropout_conv)
+        self.dropout_dense = variable("dropout_dense", config.dropout_dense)
+
+    def assign(self, config: RegularizationConfig) -> None:
+        self.l1.assign(config.l1)
+        self.l2.assign(config.l2)
+        self.dropout_conv.assign(config.dropout_conv)
+        self.dropout_dense.assign(config.dropout_dense)
+
+
+class TunableL1L2(keras.regularizers.Regularizer):
+    """``l1 * sum(|w|) + l2 * sum(w**2)`` (what ``keras.regularizers.L1L2`` computes) with variable coefficients."""
+
+    def __init__(self, knobs: Knobs) -> None:
+        self.knobs = knobs
+
+    def __call__(self, x):
+        x = keras.ops.cast(x, "float32")
+        return self.knobs.l1 * keras.ops.sum(keras.ops.abs(x)) + self.knobs.l2 * keras.ops.sum(keras.ops.square(x))
+
+    def get_config(self) -> dict[str, float]:
+        return {"l1": float(self.knobs.l1.numpy()), "l2": float(self.knobs.l2.numpy())}
+
+
+class TunableDropout(keras.layers.Layer):
+    """Inverted dropout (as ``keras.layers.Dropout``) whose rate is a backend variable.
+
+    Keeps a unit when a uniform draw is >= rate and scales kept units by 1/(1 - rate); identity at
+    inference. ``which`` names the knob (``"dropout_conv"`` or ``"dropout_dense"``).
+    """
+
+    def __init__(self, knobs: Knobs, which: str, seed: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._knobs = knobs
+        self.which = which
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    @property
+    def rate(self) -> keras.Variable:
+        return getattr(self._knobs, self.which)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rate = keras.ops.cast(self.rate, inputs.dtype)
+        draw = keras.random.uniform(keras.ops.shape(inputs), dtype=inputs.dtype, seed=self.seed_generator)
+        keep = keras.ops.cast(draw >= rate, inputs.dtype)
+        return inputs * keep / (1.0 - rate)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+# --------------------------------------------------------------------------------------------------
+# The one architecture definition
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """How the architecture gets its regularizer and dropouts (plain Keras, or variable-backed)."""
+
+    regularizer: Callable[[], Any]
+    dropout: Callable[[str, str], keras.layers.Layer]  # (which knob, layer name) -> layer
+    dtype: Any = None  # dtype policy of the hidden layers (e.g. "mixed_bfloat16")
+
+
+def _architecture(model: str, width: float, input_shape: tuple[int, int, int], num_classes: int, parts: _Parts) -> keras.Model:
+    dtype = parts.dtype
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype=dtype)(inputs)
+
+    def conv(filters: int, name: str, padding: str) -> keras.layers.Layer:
+        return keras.layers.Conv2D(
+            scaled(filters, width),
+            3,
+            padding=padding,
+            kernel_regularizer=parts.regularizer(),
+            name=name,
+            dtype=dtype,
+        )
+
+    if model == "baseline":
+        for block, filters in enumerate((32, 64, 128), start=1):
+            for index in (1, 2):
+                x = conv(filters, f"block{block}_conv{index}", "same")(x)
+                x = keras.layers.Activation("relu", name=f"block{block}_relu{index}", dtype=dtype)(x)
+                x = keras.layers.BatchNormalization(name=f"block{block}_bn{index}", dtype=dtype)(x)
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=dtype)(x)
+            x = parts.dropout("dropout_conv", f"block{block}_dropout")(x)
+        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
+        x = parts.dropout("dropout_dense", "classifier_dropout")(x)
+    elif model == "vgg":
+        for block, filters in enumerate((32, 64), start=1):
+            for index in (1, 2):
+                x = conv(filters, f"block{block}_conv{index}", "valid")(x)
+                x = keras.layers.Activation("relu", name=f"block{block}_relu{index}", dtype=dtype)(x)
+            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=dtype)(x)
+            x = parts.dropout("dropout_conv", f"block{block}_dropout")(x)
+        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
+        x = keras.layers.Dense(
+            scaled(256, width), activation="relu", kernel_regularizer=parts.regularizer(), name="dense", dtype=dtype
+        )(x)
+        x = parts.dropout("dropout_dense", "classifier_dropout")(x)
+    else:  # pragma: no cover - guarded by check_model_args
+        raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
+    # The classifier computes in float32 under mixed precision so the softmax and the loss stay stable.
+    outputs = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_regularizer=parts.regularizer(),
+        name="classifier",
+        dtype=None if dtype is None else "float32",
+    )(x)
+    return keras.Model(inputs, outputs, name=model)
+
+
+def _resolve(config: Any, model: str | None, width: float | None) -> tuple[RegularizationConfig, str, float]:
+    if isinstance(config, BestConfig):
+        return config.regularization, model or config.model, config.width if width is None else width
+    if isinstance(config, RegularizationConfig):
+        return config, model or "baseline", 1.0 if width is None else width
+    raise ValueError(f"config must be a RegularizationConfig or BestConfig, got {type(config).__name__}")
+
+
+def build_model(
+    config: RegularizationConfig | BestConfig,
+    model: str | None = None,
+    *,
+    width: float | None = None,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    num_classes: int = 10,
+) -> keras.Model:
+    """Build ``model`` (``"baseline"`` or ``"vgg"``) as a plain, uncompiled Functional Keras model.
+
+    ``config`` is a :class:`RegularizationConfig`, or a :class:`BestConfig` whose ``model`` and
+    ``width`` are used unless given here (``model`` defaults to ``"baseline"``, ``width`` to 1).
+    Every Conv2D/Dense kernel gets ``keras.regularizers.L1L2(l1=config.l1, l2=config.l2)``; the
+    dropouts are ``keras.layers.Dropout`` placed as the module docstring shows. The model takes raw
+    pixel values (0..255, as :func:`trainer.load_cifar10` returns them) and outputs class
+    probabilities. Raises ``ValueError`` naming the field for an unknown model or bad arguments.
+    """
+    regularization, model, width = _resolve(config, model, width)
+    check_model_args(model, width, input_shape, num_classes)
+    rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
+    parts = _Parts(
+        regularizer=lambda: keras.regularizers.L1L2(l1=regularization.l1, l2=regularization.l2),
+        dropout=lambda which, name: keras.layers.Dropout(rates[which], name=name),
+    )
+    return _architecture(model, float(width), tuple(input_shape), num_classes, parts)
+
+
+def build_search_model(
+    knobs: Knobs,
+    model: str,
+    *,
+    width: float = 1.0,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    num_classes: int = 10,
+    dtype: Any = None,
+) -> keras.Model:
+    """The same network as :func:`build_model`, with regularization and dropout read from ``knobs``."""
+    check_model_args(model, width, input_shape, num_classes)
+    regularizer = TunableL1L2(knobs)  # one shared instance: same coefficients on every kernel
+    parts = _Parts(
+        regularizer=lambda: regularizer,
+        dropout=lambda which, name: TunableDropout(knobs, which, name=name, dtype=dtype),
+        dtype=dtype,
+    )
+    return _architecture(model, float(width), tuple(input_shape), num_classes, parts)

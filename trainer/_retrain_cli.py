@@ -1,0 +1,130 @@
+"""``regsearch retrain NAME``: the final training of a study's best config (see :mod:`trainer._retrain`).
+
+The best config is read first (pure Python, no TensorFlow), so a wrong study name or an
+unreachable server fails in a fraction of a second with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DESCRIPTION = """\
+Train the study's best regularization on all training images (training + validation split), evaluate
+it once on the test set, and save DIR/model.keras and DIR/provenance.json (study, trial, both configs,
+data fingerprint, seed, epochs, package versions, test accuracy).
+
+The best config comes from the service (--url, or REGSEARCH_URL) or from a file written by
+`regsearch best NAME -o best.json` (--config).
+
+Carrying the strength over (the lambda/(2n) rule): Keras adds l1*sum|w| + l2*sum(w^2) to each batch's
+mean loss, not divided by the number of training images n, while the textbook's lambda
+(l2 = lambda/(2n), l1 = lambda_1/n) is what stays fixed as the training set grows. So when the study
+trained on n_study images and this run trains on n_full, weight_decay (hence l1 and l2) is multiplied
+by n_study/n_full; l1_ratio and the dropout rates are unchanged. --no-rescale keeps the study's
+coefficients. provenance.json records both configs.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "retrain",
+        help="final training of a study's best config on train+val, tested once",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("name", metavar="NAME", help="the study whose best config to train")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--url", help="service URL (default: REGSEARCH_URL, else http://127.0.0.1:8000)")
+    source.add_argument("--config", metavar="BEST_JSON", help="a file written by `regsearch best NAME -o BEST_JSON`")
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the study's epochs)")
+    parser.add_argument("--output", metavar="DIR", help="where model.keras and provenance.json go (default: retrain-NAME)")
+    parser.add_argument("--data-dir", help="CIFAR-10 directory in the official layout (default: REGSEARCH_DATA_DIR, else download)")
+    parser.add_argument("--seed", type=int, help="random seed (default: the study's)")
+    parser.add_argument("--batch-size", type=int, help="batch size (default: the study's)")
+    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-3, the study default)")
+    parser.add_argument(
+        "--no-rescale",
+        dest="rescale",
+        action="store_false",
+        help="keep the study's l1/l2 instead of scaling them by n_study/n_full (the lambda/(2n) rule)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _load(args: argparse.Namespace):
+    from service.cli import CommandError
+    from trainer._export import BestConfigUnavailable, load_best
+
+    try:
+        if args.config:
+            return load_best(args.config, study=args.name)
+        url = args.url
+        if not url:
+            from service.config import get_settings
+
+            url = get_settings().url
+        return load_best(url, study=args.name)
+    except (BestConfigUnavailable, ValueError, OSError) as error:
+        raise CommandError(str(error)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.cli import CommandError
+
+    best = _load(args)
+    output = Path(args.output or f"retrain-{args.name}")
+    epochs = args.epochs if args.epochs is not None else best.epochs
+    if epochs is None:
+        raise CommandError("the best config does not say how many epochs the study trained; give --epochs")
+    for name in ("epochs", "batch_size"):
+        value = epochs if name == "epochs" else args.batch_size
+        if value is not None and value < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+    found = f"trial {best.trial_number}" if best.trial_number is not None else "best config"
+    if best.value is not None:
+        found += f" ({best.metric} {best.value:.4f})"
+    print(f"study {best.study or args.name}: {found}, model {best.model} width {best.width:g}, {epochs} epoch(s)", flush=True)
+    started = time.perf_counter()
+
+    def report(epoch: int, metrics: dict) -> None:
+        print(
+            f"epoch {epoch + 1}/{epochs}: loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+            f"monitor accuracy {metrics['val_accuracy']:.4f} ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+
+    from trainer._retrain import retrain  # imports TensorFlow
+
+    try:
+        result = retrain(
+            best,
+            output=output,
+            data_dir=args.data_dir,
+            epochs=epochs,
+            seed=args.seed,
+            rescale=args.rescale,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            on_epoch_end=report,
+        )
+    except (ValueError, OSError) as error:  # DataError is a ValueError: bad --data-dir, bad arguments
+        raise CommandError(str(error)) from None
+
+    carry = result.provenance["train_size_rescale"]
+    found = result.provenance["config"]["found"]["params"]["weight_decay"]
+    trained = result.provenance["config"]["trained"]["params"]["weight_decay"]
+    if carry["applied"]:
+        print(
+            f"weight_decay {found:.4g} found on {carry['n_study']} images -> {trained:.4g} on {carry['n_full']} "
+            f"(x{carry['factor']:.4g}, lambda/(2n) rule)"
+        )
+    else:
+        print(f"weight_decay {trained:.4g} kept as found ({carry['reason']})")
+    print(f"test accuracy {result.test_accuracy:.4f} on {result.provenance['test']['images']} images")
+    print(f"wrote {result.model_path} and {result.provenance_path}")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,466 @@
+"""Training one regularization config: the loop the workers run many times per process.
+
+Three choices shape this module:
+
+* **One compiled step per worker.** Building, compiling and tracing a Keras model costs a few
+  seconds, comparable to a whole short trial. :func:`train` therefore keeps, per process, a small
+  cache of *search models* (see :mod:`trainer._models`) keyed by everything that changes the graph
+  (model, width, input shape, classes, batch size, precision). The regularization coefficients and
+  dropout rates are backend variables, so a new trial assigns them, re-initialises every weight from
+  its layer's own initializer (seeded), restores the optimizer's initial state and sets the learning
+  rate: the same starting point as a freshly built model, without rebuilding or retracing.
+  ``TrainSettings(reuse_compiled=False)`` builds afresh (after ``keras.backend.clear_session()``).
+
+* **Validation that means something after one epoch ("precise BatchNorm").** BatchNormalization
+  normalizes with batch statistics while training but with moving averages (momentum 0.99) at
+  inference; after a few hundred steps those averages still remember their initial values, and a
+  short trial's validation accuracy sits near chance while its training accuracy climbs. Before
+  each validation we recompute every BN layer's population statistics from training batches
+  (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's ``update_bn_stats``): a forward
+  pass in inference mode except that each BN layer normalizes with its batch's moments, whose
+  per-batch means and variances are averaged and written into ``moving_mean``/``moving_variance``.
+  The architecture keeps the book's BN layers and momentum.
+
+* **Metrics that explain regularization.** Each epoch records train/val loss and accuracy, the
+  generalization gap (train minus val accuracy), the L1 and L2 norms of the penalized kernels and
+  their sparsity (share of |w| < 1e-3, which L1 raises), the epoch's wall time and images/s.
+  Losses include the regularization penalty (Keras adds it to both).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import dataclasses
+import functools
+import gc
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from trainer._data import CifarData, make_dataset
+from trainer._models import Knobs, build_model, build_search_model
+from trainer._settings import PRECISIONS, TrainSettings
+from trainer._space import BestConfig, RegularizationConfig
+
+__all__ = [
+    "PRECISIONS",
+    "SPARSITY_THRESHOLD",
+    "TrainResult",
+    "TrainSettings",
+    "clear_compiled_cache",
+    "resolve_precision",
+    "train",
+]
+
+SPARSITY_THRESHOLD = 1e-3
+
+#: Whether benchmarks/trainer_throughput.py has shown mixed_bfloat16 within 1 point of float32
+#: validation accuracy (mean of 3 seeds). Until it has, ``auto`` keeps float32 on CPUs even where
+#: AVX512_BF16/AMX would make bfloat16 fast.
+BF16_PARITY_SHOWN = False
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What one training returns. ``history`` holds one dict per epoch (the keys of :meth:`to_dict`'s ``history``).
+
+    ``weight_norms`` = ``{"l1": sum|w|, "l2": sqrt(sum w**2)}`` over the penalized (Conv2D/Dense)
+    kernels; ``sparsity`` is their share of |w| < 1e-3. ``model`` is the trained network as a plain
+    Keras model (:func:`trainer.build_model`'s layers, float32), materialized on first access.
+    """
+
+    history: list[dict[str, float]]
+    val_accuracy: float
+    val_loss: float
+    train_accuracy: float
+    train_loss: float
+    gap: float
+    weight_norms: dict[str, float]
+    sparsity: float
+    wall_time_s: float
+    images_per_second: float
+    epochs_run: int
+    precision: str
+    config: RegularizationConfig
+    settings: TrainSettings
+    train_size: int
+    val_size: int
+    _weights: list[np.ndarray] | None = dataclasses.field(default=None, repr=False)
+    _model: Any = dataclasses.field(default=None, repr=False)
+    _input_shape: tuple[int, int, int] = dataclasses.field(default=(32, 32, 3), repr=False)
+    _num_classes: int = dataclasses.field(default=10, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The trained Keras model (plain layers), or None when no weights were kept."""
+        if self._model is None and self._weights is not None:
+            model = build_model(
+                self.config,
+                self.settings.model,
+                width=self.settings.width,
+                input_shape=self._input_shape,
+                num_classes=self._num_classes,
+            )
+            model.set_weights(self._weights)
+            self._model = model
+        return self._model
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready metrics (no model)."""
+        return {
+            "model": self.settings.model,
+            "width": self.settings.width,
+            "config": self.config.to_dict(),
+            "keras": self.config.keras_values(),
+            "settings": self.settings.to_dict(),
+            "precision": self.precision,
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "epochs_run": self.epochs_run,
+            "val_accuracy": self.val_accuracy,
+            "val_loss": self.val_loss,
+            "train_accuracy": self.train_accuracy,
+            "train_loss": self.train_loss,
+            "gap": self.gap,
+            "weight_norms": dict(self.weight_norms),
+            "sparsity": self.sparsity,
+            "wall_time_s": self.wall_time_s,
+            "images_per_second": self.images_per_second,
+            "history": [dict(epoch) for epoch in self.history],
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Precision
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_fast_bfloat16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.lru_cache(maxsize=1)
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with AVX512_BF16/AMX once
+    parity is shown (:data:`BF16_PARITY_SHOWN`); else ``float32``. Other values pass through."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if _has_gpu():
+        return "mixed_float16"
+    if BF16_PARITY_SHOWN and _cpu_has_fast_bfloat16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+# --------------------------------------------------------------------------------------------------
+# The compiled search model
+# --------------------------------------------------------------------------------------------------
+
+_PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
+
+
+class _SearchModel:
+    """A compiled search model plus what it takes to start a new trial on it."""
+
+    def __init__(self, model_name: str, width: float, input_shape: tuple[int, int, int], num_classes: int, batch_size: int, precision: str) -> None:
+        import keras
+
+        self.batch_size = batch_size
+        self.precision = precision
+        self.knobs = Knobs(RegularizationConfig())
+        dtype = None if precision == "float32" else precision
+        self.model = build_search_model(
+            self.knobs, model_name, width=width, input_shape=input_shape, num_classes=num_classes, dtype=dtype
+        )
+        optimizer = keras.optimizers.Adam(learning_rate=1e-3)
+        if precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        optimizer.build(self.model.trainable_variables)
+        self.optimizer = optimizer
+        self._optimizer_start = [np.array(variable.numpy()) for variable in optimizer.variables]
+        self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
+        self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        self.dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
+        self._moments_fn: Callable | None = None
+
+    def start_trial(self, config: RegularizationConfig, learning_rate: float, seed: int) -> None:
+        """Put the model where a freshly built one with this seed would start."""
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        self.knobs.assign(config)
+        for index, layer in enumerate(self.model.layers):
+            for offset, name in enumerate(_PARAMETERS):
+                variable = getattr(layer, name, None)
+                initializer = getattr(layer, f"{name}_initializer", None)
+                if variable is None or initializer is None:
+                    continue
+                initializer_config = initializer.get_config()
+                if "seed" in initializer_config:
+                    initializer = type(initializer).from_config({**initializer_config, "seed": seed * 1009 + index * 7 + offset})
+                variable.assign(initializer(variable.shape, dtype=variable.dtype))
+        for index, layer in enumerate(self.dropouts):
+            state = layer.seed_generator.state
+            state.assign(np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype))
+        for variable, start in zip(self.optimizer.variables, self._optimizer_start):
+            variable.assign(start)
+        self.optimizer.learning_rate = learning_rate
+        self.model.reset_metrics()
+
+    def _moments(self) -> Callable:
+        """A traced forward pass returning each BN layer's batch (mean, variance), dropout off."""
+        if self._moments_fn is None:
+            import keras
+            import tensorflow as tf
+
+            layers = self.model.layers[1:]  # both networks are chains; skip the InputLayer
+
+            @tf.function(reduce_retracing=True)
+            def moments(images):
+                x = images
+                found = []
+                for layer in layers:
+                    if isinstance(layer, keras.layers.BatchNormalization):
+                        values = tf.cast(x, tf.float32)
+                        mean, variance = tf.nn.moments(values, axes=[0, 1, 2])
+                        found.append((mean, variance))
+                        normalized = tf.nn.batch_normalization(values, mean, variance, layer.beta, layer.gamma, layer.epsilon)
+                        x = tf.cast(normalized, x.dtype)
+                    else:
+                        x = layer(x, training=False)
+                return found
+
+            self._moments_fn = moments
+        return self._moments_fn
+
+    def precise_batchnorm(self, images: np.ndarray, max_images: int) -> None:
+        """Set every BN layer's moving statistics to the average of its batch moments over training batches."""
+        if not self.batchnorms or max_images <= 0 or len(images) == 0:
+            return
+        count = min(len(images), max(max_images, self.batch_size))
+        usable = (count // self.batch_size) * self.batch_size or count  # whole batches, as in training
+        moments = self._moments()
+        sums: list[list[np.ndarray]] | None = None
+        batches = 0
+        for start in range(0, usable, self.batch_size):
+            batch = images[start : start + self.batch_size].astype(np.float32)
+            found = [(mean.numpy(), variance.numpy()) for mean, variance in moments(batch)]
+            if sums is None:
+                sums = [[mean, variance] for mean, variance in found]
+            else:
+                for total, (mean, variance) in zip(sums, found):
+                    total[0] = total[0] + mean
+                    total[1] = total[1] + variance
+            batches += 1
+        for layer, (mean_sum, variance_sum) in zip(self.batchnorms, sums or []):
+            layer.moving_mean.assign(mean_sum / batches)
+            layer.moving_variance.assign(variance_sum / batches)
+
+    def weight_stats(self) -> tuple[float, float, float]:
+        """(sum |w|, sqrt(sum w**2), share of |w| < 1e-3) over the penalized kernels."""
+        values = np.concatenate([np.abs(np.asarray(kernel.numpy(), dtype=np.float64)).ravel() for kernel in self.kernels])
+        return float(values.sum()), float(np.sqrt(np.square(values).sum())), float(np.mean(values < SPARSITY_THRESHOLD))
+
+
+_CACHE: collections.OrderedDict[tuple, _SearchModel] = collections.OrderedDict()
+_CACHE_SIZE = 2
+_LOCK = threading.Lock()  # one training at a time per process: the compiled models are shared state
+
+
+def clear_compiled_cache() -> None:
+    """Drop this process's compiled search models and reset Keras' global state."""
+    import keras
+
+    _CACHE.clear()
+    keras.backend.clear_session()
+    gc.collect()
+    _release_freed_memory()
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS creeps up per build)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _search_model(settings: TrainSettings, precision: str, input_shape: tuple[int, int, int], num_classes: int) -> _SearchModel:
+    key = (settings.model, float(settings.width), tuple(input_shape), num_classes, settings.batch_size, precision)
+    if settings.reuse_compiled and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    if not settings.reuse_compiled or len(_CACHE) >= _CACHE_SIZE:
+        clear_compiled_cache()  # keeps memory bounded: nothing of earlier graphs survives
+    searchable = _SearchModel(settings.model, float(settings.width), tuple(input_shape), num_classes, settings.batch_size, precision)
+    if settings.reuse_compiled:
+        _CACHE[key] = searchable
+    return searchable
+
+
+# --------------------------------------------------------------------------------------------------
+# train()
+# --------------------------------------------------------------------------------------------------
+
+
+def _epoch_reporter(
+    searchable: _SearchModel,
+    data: CifarData,
+    settings: TrainSettings,
+    history: list[dict[str, float]],
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    val_dataset: Any,
+) -> Any:
+    import keras
+
+    steps_per_epoch = len(data.y_train) // settings.batch_size or 1
+    images_per_epoch = min(len(data.y_train), steps_per_epoch * settings.batch_size)
+    rng = np.random.default_rng(settings.seed + 17)
+
+    class EpochReporter(keras.callbacks.Callback):
+        """Runs first at each epoch end: precise BN, validation, metrics into ``logs`` and ``history``."""
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping | None = None) -> None:
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            train_time = time.perf_counter() - self._start
+            sample = rng.choice(len(data.x_train), size=min(len(data.x_train), max(settings.precise_bn_images, 1)), replace=False)
+            searchable.precise_batchnorm(data.x_train[sample], settings.precise_bn_images)
+            evaluation = searchable.model.evaluate(val_dataset, verbose=0, return_dict=True)
+            l1_norm, l2_norm, sparsity = searchable.weight_stats()
+            metrics = {
+                "epoch": epoch + 1,
+                "loss": float(logs["loss"]),
+                "accuracy": float(logs["accuracy"]),
+                "val_loss": float(evaluation["loss"]),
+                "val_accuracy": float(evaluation["accuracy"]),
+            }
+            metrics["gap"] = metrics["accuracy"] - metrics["val_accuracy"]
+            metrics.update(
+                {
+                    "weight_l1": l1_norm,
+                    "weight_l2": l2_norm,
+                    "sparsity": sparsity,
+                    "train_time_s": train_time,
+                    "epoch_time_s": time.perf_counter() - self._start,
+                    "images_per_second": images_per_epoch / train_time if train_time > 0 else float("nan"),
+                }
+            )
+            logs.update({key: metrics[key] for key in ("val_loss", "val_accuracy", "gap")})
+            history.append(metrics)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(metrics))
+
+    return EpochReporter()
+
+
+def train(
+    config: RegularizationConfig | BestConfig,
+    data: CifarData,
+    settings: TrainSettings | None = None,
+    *,
+    callbacks: Iterable[Any] = (),
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``settings.model`` under ``config`` on ``data``; validate on ``data.x_val`` after every epoch.
+
+    ``on_epoch_end(epoch, metrics)`` (epoch counted from 0) is called after each epoch's validation
+    with ``loss, accuracy, val_loss, val_accuracy, gap`` and the other per-epoch metrics; anything it
+    raises (e.g. ``optuna.TrialPruned``) stops training and propagates. ``callbacks`` are Keras
+    callbacks; they see ``val_loss``/``val_accuracy``/``gap`` in ``logs`` at epoch end (so
+    ``optuna_integration.KerasPruningCallback(trial, "val_accuracy")`` works). Runs are seeded by
+    ``settings.seed``. Not thread-safe across threads of one process by design: calls are serialized.
+    """
+    settings = settings or TrainSettings()
+    if isinstance(config, BestConfig):
+        config = config.regularization
+    if not isinstance(config, RegularizationConfig):
+        raise ValueError(f"config must be a RegularizationConfig, got {type(config).__name__}")
+    if not isinstance(data, CifarData):
+        raise ValueError(f"data must be a CifarData (from load_cifar10), got {type(data).__name__}")
+    if len(data.y_train) == 0:
+        raise ValueError("data.x_train is empty: nothing to train on")
+    if len(data.y_val) == 0:
+        raise ValueError("data.x_val is empty: load_cifar10(val_fraction=...) must leave a validation set")
+    callbacks = list(callbacks)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    with _LOCK:
+        started = time.perf_counter()
+        precision = resolve_precision(settings.precision)
+        num_classes = max(data.num_classes, int(max(data.y_train.max(), data.y_val.max())) + 1)
+        searchable = _search_model(settings, precision, data.input_shape, num_classes)
+        searchable.start_trial(config, settings.learning_rate, settings.seed)
+
+        drop_remainder = len(data.y_train) >= settings.batch_size  # static batch shape: one trace serves every trial
+        train_dataset = make_dataset(
+            data.x_train,
+            data.y_train,
+            settings.batch_size,
+            shuffle=True,
+            augment=settings.augment,
+            seed=settings.seed,
+            drop_remainder=drop_remainder,
+        )
+        val_dataset = make_dataset(data.x_val, data.y_val, settings.batch_size)
+        history: list[dict[str, float]] = []
+        reporter = _epoch_reporter(searchable, data, settings, history, on_epoch_end, val_dataset)
+        try:
+            searchable.model.fit(
+                train_dataset, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[reporter, *callbacks]
+            )
+            weights = searchable.model.get_weights()
+        finally:
+            if not settings.reuse_compiled:
+                clear_compiled_cache()
+        wall_time = time.perf_counter() - started
+
+    if not history:
+        raise RuntimeError("training stopped before completing an epoch")
+    last = history[-1]
+    train_time = sum(epoch["train_time_s"] for epoch in history)
+    images = sum(epoch["images_per_second"] * epoch["train_time_s"] for epoch in history)
+    return TrainResult(
+        history=history,
+        val_accuracy=last["val_accuracy"],
+        val_loss=last["val_loss"],
+        train_accuracy=last["accuracy"],
+        train_loss=last["loss"],
+        gap=last["gap"],
+        weight_norms={"l1": last["weight_l1"], "l2": last["weight_l2"]},
+        sparsity=last["sparsity"],
+        wall_time_s=wall_time,
+        images_per_second=images / train_time if train_time > 0 else float("nan"),
+        epochs_run=len(history),
+        precision=precision,
+        config=config,
+        settings=settings,
+        train_size=len(data.y_train),
+        val_size=len(data.y_val),
+        _weights=weights,
+        _input_shape=data.input_shape,
+        _num_classes=num_classes,
+    )
