@@ -1,16 +1,18 @@
 """Coordination overhead: what one trial costs the storage, without any training.
 
-Runs the service worker's per-trial bookkeeping (the atomic slot claim, opening the Optuna study on
-a heartbeat-enabled RDBStorage, ask/report/tell through ``study.optimize`` with the retry callback,
-the best-config row, the completion check) with a trivial objective, on SQLite and on PostgreSQL,
-with 1, 2 and 4 worker processes sharing one study. It reports milliseconds per trial and whether
-that cost grows with the number of trials already in the study (first third vs last third).
+Runs the service's own ``Worker.run_once`` (the atomic slot claim, the Optuna study on the
+heartbeat-enabled RDBStorage, ask/report/tell through ``study.optimize`` with the stop check each
+epoch, the best-config row, the completion check) with a trivial training function in place of
+Keras, on SQLite and on PostgreSQL, with 1, 2 and 4 worker processes sharing one study. It reports
+milliseconds per trial and whether that cost grows with the number of trials already in the study
+(the median of the first third of trials against the last third).
 
 Each run gets a fresh database (a temporary SQLite file; on PostgreSQL a database created and
 dropped by this script) migrated with the service's own ``migrate``.
 
     python benchmarks/coordination.py                   # 300 trials per run, writes results/coordination.json
     python benchmarks/coordination.py --trials 100 --workers 1 2
+    python benchmarks/coordination.py --variants product reuse-study   # vs one Study object per worker
     REGSEARCH_BENCH_POSTGRES=postgresql+psycopg://postgres@127.0.0.1:5432/postgres python benchmarks/coordination.py
 
 Published figures for Optuna's SQL storages are 23-127 ms per trial.
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "benchmark": "coordination",
-                "what": "per-trial storage bookkeeping of the service worker (claim, heartbeat storage, optimize, best row, completion check), trivial objective",
+                "what": "per-trial bookkeeping of service.worker.Worker.run_once (claim, heartbeat storage, optimize, stop check per epoch, best row, completion check) with a trivial training function",
                 "epochs_reported_per_trial": EPOCHS,
                 "sampler": args.sampler,
                 "command": "python benchmarks/coordination.py " + " ".join(argv if argv is not None else sys.argv[1:]),

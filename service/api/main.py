@@ -6,6 +6,9 @@ cannot live under a prefix; mounted last, it only sees the requests none of our 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
@@ -23,7 +26,14 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     settings = settings or get_settings()
     if apply_migrations:
         migrate(settings)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.engine.dispose()
+        app.state.optuna_storage.engine.dispose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="regsearch",
         summary="Search the regularization (L1/L2 weight decay, dropout) of Keras CIFAR-10 convnets with Optuna.",
         version="0.1.0",

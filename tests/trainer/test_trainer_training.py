@@ -53,15 +53,16 @@ def test_one_epoch_lowers_the_training_loss(data):
 
 
 def test_short_trial_validation_accuracy_follows_training_accuracy(data):
-    """The precise-BN fix: with BN's moving averages a short trial validates at chance level."""
-    settings = dataclasses.replace(QUICK, epochs=2)
-    result = train(CONFIG, data, settings)
-    assert result.train_accuracy > 0.15  # it learned something
-    assert result.val_accuracy > 0.2  # chance is 0.1 (120 validation images)
-    assert abs(result.val_accuracy - result.train_accuracy) < 0.15, result.history
-    moving_averages = train(CONFIG, data, dataclasses.replace(settings, precise_bn_images=0))
-    assert moving_averages.train_accuracy == pytest.approx(result.train_accuracy, abs=1e-6)  # same training
-    assert moving_averages.val_accuracy < result.val_accuracy - 0.05, (moving_averages.val_accuracy, result.val_accuracy)
+    """The precise-BN fix: with BN's moving averages (momentum 0.99) a short trial validates near chance."""
+    config = RegularizationConfig(weight_decay=1e-4, l1_ratio=0.2, dropout_conv=0.1, dropout_dense=0.1)
+    settings = dataclasses.replace(QUICK, epochs=2, learning_rate=3e-3)
+    result = train(config, data, settings)
+    assert result.train_accuracy > 0.18, result.history  # it learned something in 30 steps
+    assert result.val_accuracy > 0.2, result.history  # chance is 0.1 on these 120 validation images
+    assert abs(result.val_accuracy - result.train_accuracy) < 0.12, result.history
+    moving_averages = train(config, data, dataclasses.replace(settings, precise_bn_images=0))
+    assert moving_averages.train_accuracy == pytest.approx(result.train_accuracy, abs=1e-6)  # the same training
+    assert moving_averages.val_accuracy < result.val_accuracy - 0.05, (moving_averages.history, result.history)
 
 
 def test_metrics_reach_on_epoch_end_and_keras_callbacks(data):
