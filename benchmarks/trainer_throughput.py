@@ -168,7 +168,7 @@ def part_step(args) -> dict:
     timer = EpochTimer()
     plain_model.fit(x_train, data.y_train, epochs=1, verbose=0)  # trace (Keras defaults: batch 32)
     ours_rates, plain_rates = [], []
-    for _ in range(2):
+    for _ in range(args.step_repeats):
         result = train(config, data, TrainSettings(model=args.model, epochs=1, batch_size=args.batch_size, seed=1, precision="float32"))
         ours_rates.append(result.history[0]["images_per_second"])
         plain_model.fit(x_train, data.y_train, epochs=1, verbose=0, callbacks=[timer])
@@ -237,7 +237,7 @@ PARTS = {"search": part_search, "step": part_step, "precision": part_precision}
 
 def _child(args, part: str, **extra) -> dict:
     command = [sys.executable, __file__, "--part", part, "--data-dir", args.data_dir]
-    for name in ("images", "trials", "batch_size", "model", "peak_gflops", "parity_images", "parity_width", "parity_epochs"):
+    for name in ("images", "trials", "step_repeats", "batch_size", "model", "peak_gflops", "parity_images", "parity_width", "parity_epochs"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name, value in extra.items():
         command += [f"--{name}", str(value)]
@@ -259,11 +259,12 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--images", type=int, default=2000, help="training images per trial")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of (a)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of (a)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--step-repeats", type=int, default=1, help="alternating (ours, plain) epochs in (b)")
     parser.add_argument("--model", default="baseline")
     parser.add_argument("--peak-gflops", type=float, default=176.0, help="float32 conv peak of this machine")
-    parser.add_argument("--parity-images", type=int, default=1500)
+    parser.add_argument("--parity-images", type=int, default=1000)
     parser.add_argument("--parity-width", type=float, default=0.5)
     parser.add_argument("--parity-epochs", type=int, default=2)
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (search,step,precision)")

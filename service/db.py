@@ -7,6 +7,7 @@ mode with a busy timeout so the API and several workers can write to the same fi
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -112,7 +113,7 @@ def optuna_storage(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
+        return _storage_class()(
             settings.database_url,
             engine_kwargs=engine_kwargs(settings),
             heartbeat_interval=settings.heartbeat_interval if heartbeat else None,
@@ -120,6 +121,31 @@ def optuna_storage(
             heartbeat_stale_trial_callback=on_stale_trial if heartbeat else None,
             skip_table_creation=not create_tables,
         )
+
+
+@functools.cache
+def _storage_class():
+    """``RDBStorage`` whose heartbeat survives a failed write.
+
+    Optuna records heartbeats from a background thread that ends at the first exception, so one
+    write lost to a dropped connection would leave a live trial silent until another worker fails
+    it as stale. Here a failed write is retried, then skipped until the next interval.
+    """
+    import optuna
+
+    class RDBStorage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            for attempt in range(1, 4):
+                try:
+                    super().record_heartbeat(trial_id)
+                    return
+                except Exception as error:  # noqa: BLE001 - the heartbeat thread must not die
+                    if attempt == 3:
+                        log.warning("heartbeat of trial id %d not recorded (%s); retrying at the next interval", trial_id, error)
+                        return
+                    time.sleep(0.2 * attempt)
+
+    return RDBStorage
 
 
 def _alembic_config(connection: sa.Connection):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import socket
 import threading
@@ -212,7 +213,7 @@ class Worker:
                 studies.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
             else:
                 self.trials_run += 1
-                self._settle(study, row, spec, started["trial_id"])
+                self._settle(study, row, spec, started["trial_id"], finished_here="finished_here" in started)
         return True
 
     def _objective(self, trial: optuna.Trial, row: SearchStudy, spec: StudySpec, started: dict[str, int]) -> float:
@@ -236,6 +237,7 @@ class Worker:
         try:
             result = self.train(spec, config, on_epoch_end)
         except optuna.TrialPruned:
+            started["finished_here"] = 1
             raise
         except StudyStopped:
             trial.set_user_attr("fail_reason", "stopped")
@@ -250,9 +252,14 @@ class Worker:
         for key in _RESULT_ATTRS:
             if result.get(key) is not None:
                 trial.set_user_attr(key, result[key])
-        return float(result["val_accuracy"])
+        value = float(result["val_accuracy"])
+        if math.isfinite(value):
+            started["finished_here"] = 1  # Optuna will tell COMPLETE unless the trial was failed elsewhere
+        return value
 
-    def _settle(self, study: optuna.Study, row: SearchStudy, spec: StudySpec, trial_id: int) -> None:
+    def _settle(
+        self, study: optuna.Study, row: SearchStudy, spec: StudySpec, trial_id: int, *, finished_here: bool = False
+    ) -> None:
         trial = self._storage.get_trial(trial_id)
         state = trial.state
         if state == optuna.trial.TrialState.COMPLETE:
@@ -260,6 +267,13 @@ class Worker:
                 log.info("study %s: trial %d is the new best (%.4f)", row.name, trial.number, trial.value)
         elif state == optuna.trial.TrialState.FAIL:
             reason = trial.user_attrs.get("fail_reason")
+            if finished_here:
+                # The objective completed (or was pruned) here, yet the trial is FAIL: another
+                # worker's heartbeat check declared it stale while it ran (a heartbeat write lost
+                # to a dropped connection), and its _on_stale_trial already re-queued it and gave
+                # the slot back. Doing both again would let the study exceed n_trials.
+                log.warning("study %s: trial %d was failed by a heartbeat check while it ran here", row.name, trial.number)
+                return
             try:
                 if reason == "error":
                     error = trial.user_attrs.get("error", "trial failed")
@@ -317,5 +331,39 @@ class Worker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
+        self._fail_orphaned_trials(row)
+
+    def _fail_orphaned_trials(self, row: SearchStudy) -> None:
+        """Fail RUNNING trials that never recorded a heartbeat nor drew a param.
+
+        Optuna's stale-trial check skips trials without a heartbeat row. A trial whose creation
+        raced a dropped database connection (``ask`` raised in its worker, which gave the slot back)
+        stays RUNNING with neither forever, and its study would never complete. Its slot was already
+        returned and it has no params to retry, so it is only marked failed.
+        """
+        import datetime as dt
+
+        import sqlalchemy as sa
+
+        query = sa.text(
+            "SELECT t.trial_id, t.datetime_start, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+            "WHERE s.study_name = :name "
+            "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id) "
+            "AND NOT EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+        )
+        cutoff = dt.datetime.now() - dt.timedelta(seconds=self.settings.grace_period)  # Optuna's naive local time
+        with self._factory() as session:
+            rows = session.execute(query, {"name": row.name}).all()
+        for trial_id, started, state in rows:
+            if isinstance(started, str):
+                started = dt.datetime.fromisoformat(started)
+            if str(state).rsplit(".", 1)[-1] != "RUNNING" or (started is not None and started > cutoff):
+                continue
+            try:
+                self._storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned")
+                self._storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            log.warning("study %s: trial id %d was left running without a heartbeat or params; marked failed", row.name, trial_id)
 
 

@@ -12,7 +12,6 @@ never used for model selection.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import pickle
 import tarfile

@@ -37,7 +37,7 @@ class TrainSettings:
 
     ``precise_bn_images``: training images used to recompute BatchNorm statistics before each
     validation (0 turns it off and validates with the moving averages). ``reuse_compiled``: reuse this
-    process's compiled model for the graph (see the module docstring).
+    process's compiled model for this graph (see :mod:`trainer._train`).
     """
 
     model: str = "baseline"

@@ -34,7 +34,6 @@ import ctypes
 import dataclasses
 import functools
 import gc
-import math
 import os
 import threading
 import time
@@ -430,7 +429,14 @@ def train(
         reporter = _epoch_reporter(searchable, data, settings, history, on_epoch_end, val_dataset)
         try:
             searchable.model.fit(
-                train_dataset, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[reporter, *callbacks]
+                train_dataset,
+                epochs=settings.epochs,
+                # Known length: Keras never runs the iterator into OutOfRange (whose teardown cost
+                # seconds, sporadically, at the end of fit here).
+                steps_per_epoch=len(data.y_train) // settings.batch_size if drop_remainder else None,
+                verbose=0,
+                shuffle=False,
+                callbacks=[reporter, *callbacks],
             )
             weights = searchable.model.get_weights()
         finally:

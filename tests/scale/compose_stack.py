@@ -151,6 +151,8 @@ class ComposeStack:
     compose: dict[str, Any] = field(default_factory=load_compose)
     processes: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
     host_ports: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: one-shot services run to completion so far, in order (compose runs each once per `up`).
+    completed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -237,8 +239,9 @@ class ComposeStack:
     def run(self, name: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A one-shot service, to completion (``service_completed_successfully``)."""
         result = subprocess.run(self.argv(name), env=self.environment(name), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        self.log_path(name, 0).write_text(result.stdout + result.stderr)
+        self.log_path(name, len(self.completed)).write_text(result.stdout + result.stderr)
         assert result.returncode == 0, f"service {name!r} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
+        self.completed.append(name)
         return result
 
     def start(self, name: str) -> subprocess.Popen:
@@ -273,7 +276,7 @@ class ComposeStack:
             if dependency == DATABASE_SERVICE:
                 assert condition == "service_healthy", f"{name!r} must wait for a healthy database"
                 continue
-            if dependency in seen or self.processes.get(dependency):
+            if dependency in seen or dependency in self.completed or self.processes.get(dependency):
                 continue
             seen.add(dependency)
             if condition == "service_completed_successfully":

@@ -49,7 +49,8 @@ def test_compose_stack_end_to_end(postgres_url, tmp_path):
         stack.wait_healthy("api")
         stack.up("dashboard")
         stack.up("worker", scale=2)
-        assert [path.name for path in stack.workdir.glob("migrate-*.log")] == ["migrate-0.log"]
+        assert stack.completed == ["migrate"], "the one-shot migrations ran once, before the services that need them"
+        assert "database at revision" in stack.log_path("migrate", 0).read_text()
         api_url = stack.url("api", 8000)
 
         # 50 concurrent identical POSTs: exactly one creates the study, the rest get it back.
@@ -81,8 +82,8 @@ def test_compose_stack_end_to_end(postgres_url, tmp_path):
             engine.dispose()
 
             # Kill the API (its whole process group, no clean shutdown) once a trial has finished.
-            before = wait_until(lambda: finished_trials(client, "side-a") or finished_trials(client, "side-b"), timeout=150,
-                                interval=0.5, what="a first finished trial")
+            wait_until(lambda: finished_trials(client, "side-a") or finished_trials(client, "side-b"), timeout=150,
+                       interval=0.5, what="a first finished trial")
             before = {name: finished_trials(client, name) for name in ("side-a", "side-b")}
 
         api = stack.restart("api", api, signal.SIGKILL)
@@ -113,6 +114,7 @@ def test_compose_stack_end_to_end(postgres_url, tmp_path):
             assert ran_in <= worker_pids, (ran_in, worker_pids)
 
         # The dashboard (its own process, API image) reads the same storage.
+        stack.wait_healthy("dashboard")  # its own healthcheck command from the compose file
         dashboard_url = stack.url("dashboard", 8080)
         studies = httpx.get(f"{dashboard_url}/api/studies", timeout=30).json()["study_summaries"]
         assert {study["study_name"] for study in studies} == {"side-a", "side-b"}
