@@ -143,9 +143,12 @@ def part_step(args) -> dict:
     # pays the process's one-time costs, so they are not counted as the cost of a new trial)
     settings = TrainSettings(model=args.model, epochs=1, batch_size=args.batch_size, seed=0, precision="float32")
     train(config, data, settings)  # warm-up: builds, compiles and traces the cached model
-    started = time.perf_counter()
-    cached = train(config, data, settings)
-    cached_trial = time.perf_counter() - started
+    cached_runs = []
+    for _ in range(2):  # the quicker of two, against sporadic stalls from the other processes here
+        started = time.perf_counter()
+        result = train(config, data, settings)
+        cached_runs.append((time.perf_counter() - started, result))
+    cached_trial, cached = min(cached_runs, key=lambda run: run[0])
     started = time.perf_counter()
     train(config, data, dataclasses.replace(settings, reuse_compiled=False))  # clear_session, build, compile, trace
     fresh_trial = time.perf_counter() - started
@@ -154,6 +157,7 @@ def part_step(args) -> dict:
     out["fixed_cost"] = {
         "fresh_trial_s": fresh_trial,
         "cached_trial_s": cached_trial,
+        "cached_trial_samples_s": [run[0] for run in cached_runs],
         "new_trial_fixed_cost_s": fresh_trial - cached_trial,
         "cached_trial_training_s": cached.history[0]["train_time_s"],
         "cached_trial_overhead_s": cached_trial - cached.history[0]["train_time_s"],
