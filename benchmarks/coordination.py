@@ -12,7 +12,7 @@ dropped by this script) migrated with the service's own ``migrate``.
 
     python benchmarks/coordination.py                   # 300 trials per run, writes results/coordination.json
     python benchmarks/coordination.py --trials 100 --workers 1 2
-    python benchmarks/coordination.py --variants product reuse-study   # vs one Study object per worker
+    python benchmarks/coordination.py --variants product   # without the fresh-study-per-trial baseline
     REGSEARCH_BENCH_POSTGRES=postgresql+psycopg://postgres@127.0.0.1:5432/postgres python benchmarks/coordination.py
 
 Published figures for Optuna's SQL storages are 23-127 ms per trial.
@@ -66,24 +66,16 @@ def trivial_training(spec, config, on_epoch_end) -> dict[str, float]:
             "images_per_second": 1.0, "wall_time_s": 0.0, "epochs_run": spec.epochs}
 
 
-def _reuse_study_per_worker() -> None:
-    """Variant: one Optuna study object per worker and study (its sampler swapped per trial)
-    instead of a fresh one per trial, so Optuna's trial cache is kept between trials."""
+def _fresh_study_per_trial() -> None:
+    """Baseline variant: a fresh Optuna study object for every trial (how the worker first shipped),
+    so Optuna's trial cache starts empty each time and every ask, prune check and tell re-reads the
+    study's trials: the cost grows with the number of trials."""
     import service.worker
-    from service._optuna import make_sampler
 
-    opened = {}
-    open_study = service.worker.open_study
+    def fresh_study(self, row, spec, serial=None):
+        return service.worker.open_study(self._storage, spec, claim_serial=serial or 0)
 
-    def cached_open_study(storage, spec, *, claim_serial=0):
-        study = opened.get(spec.name)
-        if study is None:
-            study = opened[spec.name] = open_study(storage, spec, claim_serial=claim_serial)
-        else:
-            study.sampler = make_sampler(spec, claim_serial)
-        return study
-
-    service.worker.open_study = cached_open_study
+    service.worker.Worker._study = fresh_study
 
 
 def _worker(database_url: str, variant: str, ready, go, results) -> None:
@@ -97,8 +89,8 @@ def _worker(database_url: str, variant: str, ready, go, results) -> None:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     logging.disable(logging.INFO)  # the worker logs every new best: not what is measured
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if variant == "reuse-study":
-        _reuse_study_per_worker()
+    if variant == "fresh-study":
+        _fresh_study_per_trial()
     worker = Worker(_settings(database_url), train=trivial_training, exit_when_idle=True)
     worker._connect()  # migrations check, engines, storage: start-up, not per-trial cost
     ready.wait()
@@ -200,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
                         help="random (default) isolates the storage's cost; tpe adds the sampler's own work")
-    parser.add_argument("--variants", nargs="+", default=["product"], choices=["product", "reuse-study"],
-                        help="product: the worker as shipped; reuse-study: one Optuna study object per worker")
+    parser.add_argument("--variants", nargs="+", default=["product", "fresh-study"], choices=["product", "fresh-study"],
+                        help="product: the worker as shipped (one Optuna study object per worker and study); "
+                             "fresh-study: the baseline, a new study object per trial")
+    parser.add_argument("--baseline-workers", type=int, nargs="+", default=[1],
+                        help="worker counts for variants other than product (default 1)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
@@ -212,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for backend in args.backends:
         for variant in args.variants:
-            for workers in args.workers:
+            for workers in (args.workers if variant == "product" else args.baseline_workers):
                 row = _run(backend, workers, args.trials, args.sampler, variant)
                 rows.append(row)
                 print(

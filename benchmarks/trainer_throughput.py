@@ -353,6 +353,13 @@ def main() -> None:
                 flush=True,
             )
 
+    if skip and RESULTS.exists():  # keep the skipped parts' latest results, marked as such
+        previous = json.loads(RESULTS.read_text())
+        for part, keys in {"search": ["search"], "step": ["step", "fixed_cost"], "precision": ["precision"]}.items():
+            if part in skip:
+                for key in keys:
+                    if key in previous:
+                        results[key] = {**previous[key], "from_earlier_run": previous.get("machine", {})}
     results["machine"]["load_average_end"] = _load_average()
     results["elapsed_s"] = time.perf_counter() - started
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,10 @@ _MIGRATION_LOCK_KEY = 0x7265_6773  # "regs": PostgreSQL advisory lock serializin
 
 # Lightweight views of Optuna's tables, for cheap counts without loading every trial.
 OPTUNA_STUDIES = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
-OPTUNA_TRIALS = sa.table("trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"))
+OPTUNA_TRIALS = sa.table(
+    "trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"),
+    sa.column("datetime_complete", sa.DateTime),  # Optuna writes naive local time
+)
 
 
 def is_sqlite(url: str) -> bool:

@@ -39,7 +39,9 @@ class SearchStudy(Base):
 
     ``claimed`` counts the trial slots taken by workers (finished, running or about to run); a
     worker takes one with a conditional ``UPDATE ... WHERE claimed < n_trials`` and gives it back
-    when its trial fails, so no number of workers can run more than ``n_trials`` trials.
+    when its trial fails, so no number of workers can run more than ``n_trials`` trials. A slot
+    whose worker died before its trial existed (or before giving a failed trial's slot back) is
+    reclaimed by any idle worker's sweep once the study has been quiet for the grace period.
     ``claims_total`` only grows: it seeds each trial's sampler so that parallel workers draw
     different points yet a study stays reproducible.
     """
@@ -58,6 +60,9 @@ class SearchStudy(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
     started_at: Mapped[dt.datetime | None]
+    #: when the last slot was claimed: a leaked slot is only reclaimed once claims have been quiet
+    #: for the grace period (see :func:`service.studies.reclaim_leaked_slots`).
+    last_claim_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 
     best_history: Mapped[list["BestConfigRecord"]] = relationship(

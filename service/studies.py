@@ -7,13 +7,14 @@ the status transitions, and the best-config history (a row only when the best st
 
 from __future__ import annotations
 
+import datetime as dt
 import warnings
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import session_scope, trial_state_counts
+from service.db import OPTUNA_STUDIES, OPTUNA_TRIALS, session_scope, trial_state_counts
 from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, utc_now
 from service.schemas import StudySpec, TrialCounts
 
@@ -26,12 +27,14 @@ __all__ = [
     "delete_study",
     "get_study",
     "list_studies",
+    "reclaim_leaked_slots",
     "record_best",
     "record_failure",
     "release_slot",
     "runnable_studies",
     "status_of",
     "stop_study",
+    "studies_with_running_trials",
     "submit_study",
     "trial_counts",
 ]
@@ -173,11 +176,12 @@ def runnable_studies(session: Session) -> list[SearchStudy]:
 def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
     """Atomically take one of the study's ``n_trials`` slots; return its serial number, or None if full.
 
-    A single conditional UPDATE: whichever the number of workers and the database, no more than
-    ``n_trials`` slots are ever held at once.
+    A single conditional ``UPDATE ... RETURNING`` (one round trip, one commit): whichever the number
+    of workers and the database, no more than ``n_trials`` slots are ever held at once.
     """
+    now = utc_now()
     with session_scope(factory) as session:
-        result = session.execute(
+        return session.execute(
             sa.update(SearchStudy)
             .where(
                 SearchStudy.id == study_id,
@@ -188,14 +192,12 @@ def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
                 claimed=SearchStudy.claimed + 1,
                 claims_total=SearchStudy.claims_total + 1,
                 status="running",
-                started_at=sa.func.coalesce(SearchStudy.started_at, utc_now()),
+                started_at=sa.func.coalesce(SearchStudy.started_at, now),
+                last_claim_at=now,
             )
+            .returning(SearchStudy.claims_total)
             .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:
-            return None
-        # Same transaction: the row is ours until commit, so this reads our own increment.
-        return session.scalar(sa.select(SearchStudy.claims_total).where(SearchStudy.id == study_id))
+        ).scalar_one_or_none()
 
 
 def release_slot(factory: sessionmaker[Session], study_id: int) -> None:
@@ -256,16 +258,80 @@ def record_best(
         return True
 
 
+def _trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the Optuna study's trials in ``states``, as a scalar subquery."""
+    return (
+        sa.select(sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states))
+        .scalar_subquery()
+    )
+
+
 def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int) -> bool:
-    """Mark the study completed once ``n_trials`` trials finished (complete or pruned) and none runs."""
+    """Mark the study completed once ``n_trials`` trials finished (complete or pruned) and none runs.
+
+    One conditional UPDATE. ``claimed >= n_trials`` is implied (every finished trial holds a slot)
+    and cheap, so the trial counts are only evaluated near the end of a study.
+    """
     with session_scope(factory) as session:
-        counts = trial_counts(session, name)
-        if counts.complete + counts.pruned < n_trials or counts.running:
-            return False
         result = session.execute(
             sa.update(SearchStudy)
-            .where(SearchStudy.id == study_id, SearchStudy.status.in_(ACTIVE_STATUSES))
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status.in_(ACTIVE_STATUSES),
+                SearchStudy.claimed >= SearchStudy.n_trials,
+                _trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
+                _trials_of(name, "RUNNING") == 0,
+            )
             .values(status="completed", finished_at=utc_now())
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
+
+
+def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: str, grace_period_s: float) -> bool:
+    """Give back slots that no trial holds (their worker died); return True if any was reclaimed.
+
+    A slot is held by a COMPLETE, PRUNED or RUNNING trial (a failed trial's slot is given back by
+    whoever failed it; a WAITING retry takes a slot only when a worker claims one for it). A worker
+    killed after claiming but before its trial existed, or after failing a trial but before giving
+    its slot back, leaves ``claimed`` above that count forever, and a full study would never
+    complete. This one conditional UPDATE (same discipline as :func:`claim_slot`) resets
+    ``claimed`` to the count, but only once the study has been quiet for the grace period: no
+    claim and no trial finished within it, so no live worker can be between claiming a slot and
+    creating its trial, nor between failing a trial and giving its slot back. (No read before the
+    write: on SQLite a read transaction that turns into a write can fail outright under WAL.)
+    """
+    cutoff = dt.timedelta(seconds=grace_period_s)
+    in_use = _trials_of(name, "COMPLETE", "PRUNED", "RUNNING")
+    finished_recently = sa.exists(
+        sa.select(OPTUNA_TRIALS.c.trial_id)
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name,
+               OPTUNA_TRIALS.c.datetime_complete > dt.datetime.now() - cutoff)  # Optuna's naive local time
+    )
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status.in_(ACTIVE_STATUSES),
+                SearchStudy.claimed > in_use,
+                sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < utc_now() - cutoff),
+                ~finished_recently,
+            )
+            .values(claimed=in_use)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def studies_with_running_trials(session: Session, statuses: tuple[str, ...] = ("stopped", "failed")) -> list[SearchStudy]:
+    """Studies in ``statuses`` that still have RUNNING trials (left by a dead worker, or still ending)."""
+    running = (
+        sa.select(OPTUNA_TRIALS.c.trial_id)
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == SearchStudy.name, sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "RUNNING")
+    )
+    return list(session.scalars(sa.select(SearchStudy).where(SearchStudy.status.in_(statuses), sa.exists(running))))

@@ -13,6 +13,13 @@ heartbeats guard it:
 3. **Settle**: a complete trial may become the best (a best-config row); a failed one gives its
    slot back and is re-queued with the same params (up to ``max_retries`` times); the study is
    marked completed once ``n_trials`` trials finished.
+4. **Sweep** (when a study is full, or the worker is idle): fail trials of dead workers, in active
+   and in stopped or failed studies alike; give back slots that no trial holds once the study has
+   been quiet for the grace period (a worker killed between its claim and its trial); complete the
+   study if done.
+
+The worker keeps one Optuna ``Study`` per active study and re-seeds its sampler per trial, so
+Optuna's trial cache survives between trials: the per-trial cost stays flat as the study grows.
 
 Database hiccups (a restarted PostgreSQL, a dropped connection) are logged and retried with
 exponential back-off; they never end the worker.
@@ -32,7 +39,7 @@ from typing import Any
 import optuna
 
 from service import studies
-from service._optuna import distributions, open_study
+from service._optuna import distributions, make_sampler, open_study
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.models import SearchStudy
@@ -140,6 +147,11 @@ class Worker:
         self._engine = None
         self._factory = None
         self._storage = None
+        #: One Optuna Study per active study, keyed by (row id, created_at) so a deleted and
+        #: re-created study never reuses a stale object. Keeping it keeps Optuna's trial cache:
+        #: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
+        self._studies: dict[tuple[int, Any], optuna.Study] = {}
+        self._active_studies = 0
 
     # ----------------------------------------------------------------------------------------------
     # lifecycle
@@ -175,7 +187,10 @@ class Worker:
                 backoff = min(backoff * 2, self.settings.db_retry_max_s)
                 continue
             if not did_work:
-                if self.exit_when_idle:
+                # An active study with nothing to claim still has trials running (or a slot about
+                # to be reclaimed): one of them may fail and need a retry, so an exit-when-idle
+                # worker stays until every study it could serve has ended.
+                if self.exit_when_idle and not self._active_studies:
                     break
                 self._shutdown.wait(self.poll_interval)
         log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
@@ -188,13 +203,28 @@ class Worker:
         self._connect()
         with self._factory() as session:
             rows = studies.runnable_studies(session)
+        self._active_studies = len(rows)
+        active = {(row.id, row.created_at) for row in rows}
+        for key in [key for key in self._studies if key not in active]:
+            del self._studies[key]  # finished, stopped or deleted
         for row in rows:
             if self._shutdown.is_set():
                 return False
             if self._run_trial(row):
                 return True
             self._sweep(row)
+        self._sweep_ended_studies()
         return False
+
+    def _study(self, row: SearchStudy, spec: StudySpec, serial: int | None = None) -> optuna.Study:
+        """This worker's Optuna Study for ``row``, its sampler re-seeded for slot ``serial``."""
+        key = (row.id, row.created_at)
+        study = self._studies.get(key)
+        if study is None:
+            study = self._studies[key] = open_study(self._storage, spec, claim_serial=serial or 0)
+        elif serial is not None:
+            study.sampler = make_sampler(spec, serial)
+        return study
 
     # ----------------------------------------------------------------------------------------------
     # one trial
@@ -206,7 +236,7 @@ class Worker:
         spec = StudySpec.model_validate(row.spec)
         started: dict[str, int] = {}
         try:
-            study = open_study(self._storage, spec, claim_serial=serial)
+            study = self._study(row, spec, serial)
             study.optimize(lambda trial: self._objective(trial, row, spec, started), n_trials=1, catch=(Exception,))
         finally:
             if "trial_id" not in started:
@@ -319,15 +349,37 @@ class Worker:
         studies.release_slot(self._factory, row.id)
 
     def _sweep(self, row: SearchStudy) -> None:
-        """For a study whose slots are all taken: fail trials of dead workers, and finish it if done."""
-        import warnings
-
+        """For a study whose slots are all taken: fail trials of dead workers, reclaim slots that no
+        trial holds, and finish it if done."""
         if studies.complete_if_done(self._factory, row.id, row.name, row.n_trials):
             return
         try:
-            study = optuna.load_study(study_name=row.name, storage=self._storage)
+            study = self._study(row, StudySpec.model_validate(row.spec))
         except KeyError:
             return
+        self._fail_stale_trials(study, row)
+        if studies.reclaim_leaked_slots(self._factory, row.id, row.name, self.settings.grace_period):
+            log.warning("study %s: gave back trial slot(s) whose worker died before its trial started", row.name)
+
+    def _sweep_ended_studies(self) -> None:
+        """Fail the trials that dead workers left RUNNING in stopped or failed studies.
+
+        Only active studies are swept by :meth:`_sweep`; without this, a worker killed during a
+        trial of a study stopped meanwhile would leave that trial ``running`` forever. One query
+        when nothing needs it; no retry is queued (the study has ended).
+        """
+        with self._factory() as session:
+            rows = studies.studies_with_running_trials(session)
+        for row in rows:
+            try:
+                study = optuna.load_study(study_name=row.name, storage=self._storage)
+            except KeyError:
+                continue
+            self._fail_stale_trials(study, row)
+
+    def _fail_stale_trials(self, study: optuna.Study, row: SearchStudy) -> None:
+        import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)

@@ -67,7 +67,7 @@ def run_workers(settings, train, count):
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
     settings, factory, _storage = database
-    assert migrate(settings) == migrate(settings) == "0001"
+    assert migrate(settings) == migrate(settings) == "0002"
     tables = set(sa.inspect(create_engine(settings)).get_table_names())
     assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
@@ -147,6 +147,76 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     with factory() as session:
         assert session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == row.id)) == "completed"
     heartbeat_storage.engine.dispose()
+
+
+def _dead_worker_trial(settings, name):
+    """A worker that asked for a trial of ``name``, drew its params, beat once and was killed."""
+    heartbeat_storage = optuna_storage(settings, heartbeat=True)
+    study = optuna.load_study(study_name=name, storage=heartbeat_storage)
+    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(): this is the crash
+        warnings.simplefilter("ignore", UserWarning)
+        orphan = study.ask({"weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                            "l1_ratio": optuna.distributions.FloatDistribution(0.0, 1.0),
+                            "dropout_conv": optuna.distributions.FloatDistribution(0.3, 0.5),
+                            "dropout_dense": optuna.distributions.FloatDistribution(0.3, 0.5)})
+    heartbeat_storage.record_heartbeat(orphan._trial_id)
+    heartbeat_storage.engine.dispose()
+    return orphan
+
+
+def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(database):
+    """A worker killed between claiming a slot and creating its trial leaves ``claimed`` one too high:
+    the idle workers' sweep gives the slot back after the grace period and the study completes."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="leak", n_trials=3, epochs=2, pruner="none"))
+    assert studies.claim_slot(factory, row.id) == 1  # the dead worker's claim, in SQL; no trial follows
+    # Right after the claim the slot may still be on its way to a trial: it is not taken back yet.
+    assert not studies.reclaim_leaked_slots(factory, row.id, "leak", settings.grace_period)
+
+    run_workers(settings, quick_training(), count=2)
+
+    with factory() as session:
+        counts = studies.trial_counts(session, "leak")
+    assert (counts.complete, counts.pruned, counts.running, counts.failed) == (3, 0, 0, 0)
+    with factory() as session:
+        done = session.get(SearchStudy, row.id)
+        assert (done.status, done.claimed) == ("completed", 3)
+        assert done.claims_total == 4  # the leaked claim plus the three trials that ran
+
+
+def test_trial_of_a_dead_worker_in_a_stopped_study_does_not_stay_running(database):
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="stopdead", n_trials=3, epochs=2, pruner="none"))
+    assert studies.claim_slot(factory, row.id) == 1
+    orphan = _dead_worker_trial(settings, "stopdead")
+    studies.stop_study(factory, "stopdead")
+    time.sleep(settings.grace_period + 1.0)
+
+    run_workers(settings, quick_training(), count=1)
+
+    trials = optuna.load_study(study_name="stopdead", storage=storage).trials
+    assert [(trial.number, trial.state.name) for trial in trials] == [(orphan.number, "FAIL")]  # failed, not retried
+    with factory() as session:
+        stopped = session.get(SearchStudy, row.id)
+        assert (stopped.status, stopped.claimed) == ("stopped", 0)
+
+
+def test_exit_when_idle_waits_for_other_workers_trials_that_may_need_a_retry(database):
+    """Every slot is held by a live-looking trial of another worker when this worker starts: it must
+    not exit, because that trial's worker is dead and the trial needs a retry once it goes stale."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(name="wait", n_trials=1, epochs=2, pruner="none"))
+    assert studies.claim_slot(factory, row.id) == 1
+    orphan = _dead_worker_trial(settings, "wait")  # heart-beating just now: not stale for a grace period
+
+    (worker,) = run_workers(settings, quick_training(), count=1)
+
+    assert worker.trials_run == 1
+    trials = optuna.load_study(study_name="wait", storage=storage).trials
+    assert sorted(trial.state.name for trial in trials) == ["COMPLETE", "FAIL"]
+    assert trials[-1].params == orphan.params and trials[-1].state == optuna.trial.TrialState.COMPLETE
+    with factory() as session:
+        assert session.get(SearchStudy, row.id).status == "completed"
 
 
 def test_stopped_study_stops_its_running_trial_within_an_epoch(database):
