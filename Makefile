@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The quick start runs offline on the shipped 600-image CIFAR-10 subset. For a real search point it at a
+# full copy in the official layout (`make run REGSEARCH_DATA_DIR=/data/cifar10`), or set it empty to let
+# Keras download CIFAR-10 (`make run REGSEARCH_DATA_DIR=`).
+REGSEARCH_DATA_DIR ?= $(CURDIR)/tests/data
+export REGSEARCH_DATA_DIR
+
 run: install
+	@echo "regsearch: data from $${REGSEARCH_DATA_DIR:-keras.datasets download}"
 	$(BIN)/regsearch serve
 
 test: install
