@@ -170,19 +170,19 @@ def part_step(args) -> dict:
     plain_model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     flops = _training_flops_per_image(plain_model)
     timer = EpochTimer()
-    plain_model.fit(x_train, data.y_train, epochs=1, verbose=0)  # trace (Keras defaults: batch 32)
+    plain_model.fit(x_train, data.y_train, batch_size=args.batch_size, epochs=1, verbose=0)  # trace (same batch size as ours)
     ours_rates, plain_rates = [], []
     for _ in range(args.step_repeats):
         result = train(config, data, TrainSettings(model=args.model, epochs=1, batch_size=args.batch_size, seed=1, precision="float32"))
         ours_rates.append(result.history[0]["images_per_second"])
-        plain_model.fit(x_train, data.y_train, epochs=1, verbose=0, callbacks=[timer])
+        plain_model.fit(x_train, data.y_train, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[timer])
         plain_rates.append(len(x_train) / timer.last)
     ours_rate, plain_rate = statistics.mean(ours_rates), statistics.mean(plain_rates)
     out["step"] = {
         "ours_images_per_second": ours_rate,
         "plain_fit_images_per_second": plain_rate,
         "ours_batch_size": args.batch_size,
-        "plain_fit_batch_size": 32,
+        "plain_fit_batch_size": args.batch_size,
         "ratio": ours_rate / plain_rate,
         "training_gflop_per_image": flops / 1e9,
         "ours_gflops": ours_rate * flops / 1e9,
@@ -246,10 +246,11 @@ def _child(args, part: str, **extra) -> dict:
     for name, value in extra.items():
         command += [f"--{name}", str(value)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    load_before = _load_average()
     completed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if completed.returncode != 0:
         raise SystemExit(f"part {part} failed:\n{completed.stderr[-4000:]}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return {**json.loads(completed.stdout.strip().splitlines()[-1]), "load_average": {"start": load_before, "end": _load_average()}}
 
 
 def _load_average() -> list[float]:
@@ -326,11 +327,12 @@ def main() -> None:
 
         if "step" not in skip:
             step = _child(args, "step")
+            step["step"]["load_average"] = step.pop("load_average")
             results.update(step)
             b, c = step["step"], step["fixed_cost"]
             print(
                 f"(b) step ratio {b['ratio']:.2f} (ours {b['ours_images_per_second']:.0f} img/s, batch {args.batch_size}; "
-                f"plain fit {b['plain_fit_images_per_second']:.0f} img/s, batch 32); "
+                f"plain fit {b['plain_fit_images_per_second']:.0f} img/s, batch {args.batch_size}); "
                 f"{b['training_gflop_per_image']:.3f} GFLOP/image -> {b['ours_gflops']:.1f} GFLOP/s = "
                 f"{100 * b['ours_share_of_peak']:.0f}% of the {args.peak_gflops:.0f} GFLOP/s peak",
                 flush=True,

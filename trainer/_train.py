@@ -201,7 +201,7 @@ class _SearchModel:
         self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
         self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         self.dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
-        self._moments_fn: Callable | None = None
+        self._precise_bn_fn_cache: Callable | None = None
 
     def start_trial(self, config: RegularizationConfig, learning_rate: float, seed: int) -> None:
         """Put the model where a freshly built one with this seed would start."""
@@ -227,54 +227,51 @@ class _SearchModel:
         self.optimizer.learning_rate = learning_rate
         self.model.reset_metrics()
 
-    def _moments(self) -> Callable:
-        """A traced forward pass returning each BN layer's batch (mean, variance), dropout off."""
-        if self._moments_fn is None:
+    def _precise_bn_fn(self) -> Callable:
+        """One traced call: a forward pass over ``[batches, batch, H, W, C]`` images, dropout off, in which
+        each BN layer normalizes every group of ``batch`` images with that group's own moments (as in
+        training); the per-group means and variances, averaged over the groups, become the moving
+        statistics. Vectorized over the groups, so the whole pass is one call with no per-batch Python
+        or host round trips; traced once per sample shape."""
+        if self._precise_bn_fn_cache is None:
             import keras
             import tensorflow as tf
 
             layers = self.model.layers[1:]  # both networks are chains; skip the InputLayer
 
             @tf.function(reduce_retracing=True)
-            def moments(images):
-                x = images
-                found = []
+            def update(grouped_images):
+                groups, per_group = tf.shape(grouped_images)[0], tf.shape(grouped_images)[1]
+                x = tf.reshape(grouped_images, tf.concat([[groups * per_group], tf.shape(grouped_images)[2:]], 0))
                 for layer in layers:
                     if isinstance(layer, keras.layers.BatchNormalization):
                         values = tf.cast(x, tf.float32)
-                        mean, variance = tf.nn.moments(values, axes=[0, 1, 2])
-                        found.append((mean, variance))
-                        normalized = tf.nn.batch_normalization(values, mean, variance, layer.beta, layer.gamma, layer.epsilon)
-                        x = tf.cast(normalized, x.dtype)
+                        shape = tf.shape(values)
+                        grouped = tf.reshape(values, tf.concat([[groups, per_group], shape[1:]], 0))
+                        mean, variance = tf.nn.moments(grouped, axes=[1, 2, 3], keepdims=True)  # per group
+                        normalized = tf.nn.batch_normalization(grouped, mean, variance, layer.beta, layer.gamma, layer.epsilon)
+                        x = tf.cast(tf.reshape(normalized, shape), x.dtype)
+                        layer.moving_mean.assign(tf.reshape(tf.reduce_mean(mean, axis=0), tf.shape(layer.moving_mean)))
+                        layer.moving_variance.assign(tf.reshape(tf.reduce_mean(variance, axis=0), tf.shape(layer.moving_variance)))
                     else:
                         x = layer(x, training=False)
-                return found
+                return groups
 
-            self._moments_fn = moments
-        return self._moments_fn
+            self._precise_bn_fn_cache = update
+        return self._precise_bn_fn_cache
 
     def precise_batchnorm(self, images: np.ndarray, max_images: int) -> None:
-        """Set every BN layer's moving statistics to the average of its batch moments over training batches."""
+        """Set every BN layer's moving statistics to the average of its batch moments over training batches.
+
+        Uses whole batches of ``batch_size`` (the batch statistics training normalized with), at most
+        ``max_images`` images but at least one batch.
+        """
         if not self.batchnorms or max_images <= 0 or len(images) == 0:
             return
-        count = min(len(images), max(max_images, self.batch_size))
-        usable = (count // self.batch_size) * self.batch_size or count  # whole batches, as in training
-        moments = self._moments()
-        sums: list[list[np.ndarray]] | None = None
-        batches = 0
-        for start in range(0, usable, self.batch_size):
-            batch = images[start : start + self.batch_size].astype(np.float32)
-            found = [(mean.numpy(), variance.numpy()) for mean, variance in moments(batch)]
-            if sums is None:
-                sums = [[mean, variance] for mean, variance in found]
-            else:
-                for total, (mean, variance) in zip(sums, found):
-                    total[0] = total[0] + mean
-                    total[1] = total[1] + variance
-            batches += 1
-        for layer, (mean_sum, variance_sum) in zip(self.batchnorms, sums or []):
-            layer.moving_mean.assign(mean_sum / batches)
-            layer.moving_variance.assign(variance_sum / batches)
+        per_group = min(self.batch_size, len(images))
+        groups = max(1, min(len(images), max(max_images, per_group)) // per_group)
+        sample = images[: groups * per_group].reshape((groups, per_group, *images.shape[1:]))
+        self._precise_bn_fn()(sample.astype(np.float32))
 
     def weight_stats(self) -> tuple[float, float, float]:
         """(sum |w|, sqrt(sum w**2), share of |w| < 1e-3) over the penalized kernels."""
@@ -376,6 +373,22 @@ def _epoch_reporter(
     return EpochReporter()
 
 
+def _without_autotune(dataset: Any) -> Any:
+    """The dataset with tf.data's autotuning off (the pipeline is a cached uint8 cast; nothing to tune).
+
+    With autotuning on, each iterator starts an optimization thread that sleeps 10 ms, 20 ms, ...
+    doubling up to ~10 s between wake-ups, and destroying the iterator (when ``fit`` or ``evaluate``
+    returns) waited for its next wake-up: measured here, trials ended at 20.6 s after they started
+    (the 10+20+...+10240 ms schedule) whatever their training time, stalling 5 to 20 s at the end
+    of ``fit``.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def train(
     config: RegularizationConfig | BestConfig,
     data: CifarData,
@@ -425,6 +438,7 @@ def train(
             drop_remainder=drop_remainder,
         )
         val_dataset = make_dataset(data.x_val, data.y_val, settings.batch_size)
+        train_dataset, val_dataset = _without_autotune(train_dataset), _without_autotune(val_dataset)
         history: list[dict[str, float]] = []
         reporter = _epoch_reporter(searchable, data, settings, history, on_epoch_end, val_dataset)
         try:

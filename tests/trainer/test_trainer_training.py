@@ -141,3 +141,27 @@ def test_invalid_settings_raise_value_error_naming_the_field(data):
     ]:
         with pytest.raises(ValueError, match=field):
             TrainSettings(**kwargs)
+
+
+def test_precise_batchnorm_sets_the_average_of_each_batchs_moments(data):
+    """The one-pass precise BN equals, per BN layer, the mean over batches of the moments training normalizes with."""
+    from trainer._train import _CACHE
+
+    no_dropout = RegularizationConfig(weight_decay=1e-4, l1_ratio=0.2, dropout_conv=0.0, dropout_dense=0.0)
+    train(no_dropout, data, QUICK)
+    searchable = next(reversed(_CACHE.values()))  # the compiled model that just trained
+    assert searchable.batch_size == QUICK.batch_size and len(searchable.batchnorms) == 6
+    images = data.x_train[: 3 * QUICK.batch_size].astype("float32")
+    expected = []
+    for layer in searchable.batchnorms:
+        # training=True: each BN normalizes with its batch's moments, as in a train step (dropout rate 0 = identity)
+        features = keras.Model(searchable.model.inputs, layer.input)
+        moments = [
+            (np.mean(batch, axis=(0, 1, 2)), np.var(batch, axis=(0, 1, 2)))
+            for batch in (features(images[start : start + QUICK.batch_size], training=True).numpy() for start in range(0, len(images), QUICK.batch_size))
+        ]
+        expected.append((np.mean([mean for mean, _ in moments], axis=0), np.mean([variance for _, variance in moments], axis=0)))
+    searchable.precise_batchnorm(images, len(images))
+    for layer, (mean, variance) in zip(searchable.batchnorms, expected):
+        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-3, atol=1e-5, err_msg=layer.name)
