@@ -19,7 +19,9 @@ Three choices shape this module:
   (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's ``update_bn_stats``): a forward
   pass in inference mode except that each BN layer normalizes with its batch's moments, whose
   per-batch means and variances are averaged and written into ``moving_mean``/``moving_variance``.
-  The architecture keeps the book's BN layers and momentum.
+  The pass is one traced call over all sampled images (BN normalizes each batch-sized group with its
+  own moments), so it costs one forward pass and no per-batch Python. The architecture keeps the
+  book's BN layers and momentum.
 
 * **Metrics that explain regularization.** Each epoch records train/val loss and accuracy, the
   generalization gap (train minus val accuracy), the L1 and L2 norms of the penalized kernels and

@@ -155,7 +155,7 @@ def test_precise_batchnorm_sets_the_average_of_each_batchs_moments(data):
     expected = []
     for layer in searchable.batchnorms:
         # training=True: each BN normalizes with its batch's moments, as in a train step (dropout rate 0 = identity)
-        features = keras.Model(searchable.model.inputs, layer.input)
+        features = keras.Model(searchable.model.input, layer.input)
         moments = [
             (np.mean(batch, axis=(0, 1, 2)), np.var(batch, axis=(0, 1, 2)))
             for batch in (features(images[start : start + QUICK.batch_size], training=True).numpy() for start in range(0, len(images), QUICK.batch_size))
