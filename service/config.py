@@ -15,7 +15,7 @@ __all__ = ["Settings", "get_settings"]
 
 
 class Settings(BaseSettings):
-    """Environment-driven settings. ``REGSEARCH_DATABASE_URL`` etc.; see ``docs/service.md``."""
+    """Environment-driven settings. ``REGSEARCH_DATABASE_URL`` etc.; see README.md, "Settings"."""
 
     model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore")
 
