@@ -97,6 +97,7 @@ def test_keras_settings_name_every_regularized_and_dropout_layer_of_build_model(
         assert entry["class_name"] == type(layer).__name__
         assert entry.get("filters", entry.get("units")) == getattr(layer, "filters", getattr(layer, "units", None))
     assert listed_dropouts == pytest.approx(dropouts)
+    assert set(settings["dropout"]["dropout_conv"]["layers"]) == set(dropouts) - {"classifier_dropout"}
     for name in settings["dropout"]["dropout_conv"]["layers"]:
         assert dropouts[name] == pytest.approx(CONFIG.dropout_conv)
     assert settings["dropout"]["dropout_dense"]["layers"] == ["classifier_dropout"]

@@ -11,7 +11,15 @@ import keras
 import pytest
 
 from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
-from trainer import BestConfigUnavailable, apply_regularization, build_model, keras_settings, load_best, python_snippet
+from trainer import (
+    BestConfigUnavailable,
+    RegularizationConfig,
+    apply_regularization,
+    build_model,
+    keras_settings,
+    load_best,
+    python_snippet,
+)
 
 STUDY = "handoff-e2e"
 
@@ -66,8 +74,11 @@ def test_the_three_forms_of_best_and_regsearch_best_o_agree(service):
     namespace["model"].set_weights(ours.get_weights())
     assert float(sum(namespace["model"].losses)) == pytest.approx(float(sum(ours.losses)), rel=1e-6)
 
-    # And the user's own model takes the served config.
-    regularized = apply_regularization(ours, load_best(url, study=STUDY))
+    # And the user's own model, built with another regularization, takes the served config.
+    user = build_model(RegularizationConfig(weight_decay=1e-2, l1_ratio=1.0), from_file.model, width=from_file.width)
+    user.set_weights(ours.get_weights())
+    assert float(sum(user.losses)) != pytest.approx(float(sum(ours.losses)), rel=1e-3)
+    regularized = apply_regularization(user, load_best(url, study=STUDY))
     assert float(sum(regularized.losses)) == pytest.approx(float(sum(ours.losses)), rel=1e-6)
 
 
@@ -101,6 +112,7 @@ def test_retrain_from_the_service_with_no_rescale(service):
     assert (carry["applied"], carry["n_study"], carry["n_full"]) == (False, 180, 600)  # trained on train + val
     assert provenance["training"]["images"] == 600
     model = keras.models.load_model(output / "model.keras")
-    for layer in model.layers:
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            assert layer.kernel_regularizer.get_config() == {"l1": best.regularization.l1, "l2": best.regularization.l2}
+    kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    assert kernels
+    for layer in kernels:
+        assert layer.kernel_regularizer.get_config() == {"l1": best.regularization.l1, "l2": best.regularization.l2}

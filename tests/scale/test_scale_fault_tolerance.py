@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import httpx
 import pytest
@@ -24,6 +23,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 N_TRIALS = 6
 COUNTED = ("RUNNING", "COMPLETE", "PRUNED")  # trials holding or having used one of the n_trials slots
+MONITOR_NAME = "regsearch-test-monitor"
 
 
 class SlotMonitor(threading.Thread):
@@ -31,7 +31,8 @@ class SlotMonitor(threading.Thread):
 
     def __init__(self, url: str, study: str) -> None:
         super().__init__(daemon=True)
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        # Named, so that terminate_connections counts only the service's connections, not the monitor's.
+        self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"application_name": MONITOR_NAME})
         self.study = study
         self.max_counted = 0
         self.max_claimed = 0
@@ -56,15 +57,16 @@ class SlotMonitor(threading.Thread):
 
 
 def terminate_connections(url: str) -> int:
-    """``pg_terminate_backend`` on every other connection to the test database; how many there were."""
+    """``pg_terminate_backend`` on the service's connections to the test database; how many there were."""
     database = url.rsplit("/", 1)[1]
     engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             return len(
                 conn.execute(
-                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid()"),
-                    {"db": database},
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db AND pid <> pg_backend_pid() "
+                            "AND application_name <> :monitor"),
+                    {"db": database, "monitor": MONITOR_NAME},
                 ).all()
             )
     finally:
@@ -100,8 +102,8 @@ def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_pa
 
         # Drop every database connection, twice, while the other workers train.
         dropped = [terminate_connections(postgres_url)]
-        time.sleep(3)
-        dropped.append(terminate_connections(postgres_url))
+        # The second drop waits until the workers and the API have reconnected (so it can fail only if they did not).
+        dropped.append(wait_until(lambda: terminate_connections(postgres_url), timeout=60, what="the service to reconnect"))
         assert min(dropped) > 0, "the workers and the API held connections to drop"
 
         study = wait_for_status(client, "crash", ("completed", "failed", "stopped"), 300, stack)
