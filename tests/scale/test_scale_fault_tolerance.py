@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from tests.scale.compose_stack import ComposeStack, wait_for_status
 from tests.scale.test_scale_compose_e2e import tiny_study
 from tests.support import CIFAR_DIR, wait_until
+from trainer import SEARCH_SPACE_BY_NAME
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -93,7 +94,9 @@ def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_pa
         # SIGKILL a worker's process group while its trial runs (before the trial's first epoch ends).
         def running_trial():
             trials = client.get("/v1/studies/crash/trials").json()["trials"]
-            return next((t for t in trials if t["state"] == "running" and t["worker"] and not t["intermediate_values"]), None)
+            # Params complete (all suggested), so the retry's params can be compared with the killed trial's.
+            return next((t for t in trials if t["state"] == "running" and t["worker"] and not t["intermediate_values"]
+                         and set(t["params"]) == set(SEARCH_SPACE_BY_NAME)), None)
 
         victim_trial = wait_until(running_trial, timeout=120, interval=0.2, what="a running trial")
         victim_pid = int(victim_trial["worker"].rsplit(":", 1)[1])
