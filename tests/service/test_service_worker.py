@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from service import studies
+from service._optuna import distributions
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.models import BestConfigRecord, SearchStudy
@@ -127,15 +128,7 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     row, _ = studies.submit_study(factory, storage, StudySpec(name="orphan", n_trials=2, epochs=2, pruner="none"))
     # The "dead worker": claims a slot, asks for a trial, beats once, then disappears.
     assert studies.claim_slot(factory, row.id) == 1
-    heartbeat_storage = optuna_storage(settings, heartbeat=True)
-    study = optuna.load_study(study_name="orphan", storage=heartbeat_storage)
-    with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(): this is the crash
-        warnings.simplefilter("ignore", UserWarning)
-        orphan = study.ask({"weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
-                            "l1_ratio": optuna.distributions.FloatDistribution(0.0, 1.0),
-                            "dropout_conv": optuna.distributions.FloatDistribution(0.3, 0.5),
-                            "dropout_dense": optuna.distributions.FloatDistribution(0.3, 0.5)})
-    heartbeat_storage.record_heartbeat(orphan._trial_id)
+    orphan = _dead_worker_trial(settings, "orphan")
     time.sleep(settings.grace_period + 1.0)
 
     run_workers(settings, quick_training(), count=2)
@@ -147,7 +140,6 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     assert rerun.params == orphan.params and rerun.state == optuna.trial.TrialState.COMPLETE
     with factory() as session:
         assert session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == row.id)) == "completed"
-    heartbeat_storage.engine.dispose()
 
 
 def _dead_worker_trial(settings, name):
@@ -156,10 +148,7 @@ def _dead_worker_trial(settings, name):
     study = optuna.load_study(study_name=name, storage=heartbeat_storage)
     with warnings.catch_warnings():  # Optuna warns that heartbeats are meant for optimize(): this is the crash
         warnings.simplefilter("ignore", UserWarning)
-        orphan = study.ask({"weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
-                            "l1_ratio": optuna.distributions.FloatDistribution(0.0, 1.0),
-                            "dropout_conv": optuna.distributions.FloatDistribution(0.3, 0.5),
-                            "dropout_dense": optuna.distributions.FloatDistribution(0.3, 0.5)})
+        orphan = study.ask(distributions(StudySpec(name=name)))  # the default search space
     heartbeat_storage.record_heartbeat(orphan._trial_id)
     heartbeat_storage.engine.dispose()
     return orphan
