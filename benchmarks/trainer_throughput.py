@@ -9,12 +9,16 @@ One invocation measures, on real CIFAR-10 images written by ``../shared/datasets
     Each side runs in its own process; the two alternate (``--rounds`` times, order flipped each round).
 (b) images/s of our training step against a plain ``model.fit`` of the same network at the same
     batch size (steady epochs, both sides traced first, alternating ``--step-repeats`` times), and the
-    share of the conv peak (``--peak-gflops``).
+    share of the float32 conv peak of the machine it runs on, measured in the same run (``part_peak``:
+    the best of timed 3x3 Conv2D calls in TensorFlow; ``--peak-gflops`` overrides it).
 (c) the fixed cost of a new trial (fresh build, trace, first step) against the steady step time.
 (d) precision parity: float32 against mixed_bfloat16, mean validation accuracy over 3 seeds.
 
-Prints lines with ``ratio`` and writes ``benchmarks/results/trainer_throughput.json``.
-Usage: ``.venv/bin/python benchmarks/trainer_throughput.py [--images 2000] [--trials 8]``.
+Prints lines with ``ratio`` and writes ``benchmarks/results/trainer_throughput.json``, with the CPU
+model and the load average before and after every part.
+Usage: ``.venv/bin/python benchmarks/trainer_throughput.py [--images 2000] [--trials 8]``; a smoke run
+(about 1.5 minutes on 2 cores, too short for ratios):
+``--trials 2 --images 1000 --step-repeats 1 --parity-images 400 --parity-epochs 1``.
 """
 
 from __future__ import annotations
@@ -122,6 +126,52 @@ def _training_flops_per_image(model) -> float:
     return 3 * 2 * macs
 
 
+def part_peak(args) -> dict:
+    """The float32 conv peak of this machine: the best GFLOP/s of timed 3x3 Conv2D calls (same padding),
+    best of ``args.peak_repeats`` per shape, over the baseline network's three block shapes (32x32x32,
+    16x16x64, 8x8x128 at batch 256) and one large layer (16x16x256 at batch 128), in TensorFlow with its
+    default threading, as training uses; inputs and filters are variables, as in a Keras layer. The shapes
+    are timed in rounds, so a burst of load from other processes spoils one sample of each shape rather
+    than one shape. A 2048^3 matmul is timed alongside, for reference."""
+    import tensorflow as tf
+
+    def timed(function) -> float:
+        started = time.perf_counter()
+        function().numpy()
+        return time.perf_counter() - started
+
+    shapes = ((256, 32, 32), (256, 16, 64), (256, 8, 128), (128, 16, 256))  # (batch, height and width, channels)
+    functions = []
+    for batch, size, channels in shapes:
+        images = tf.Variable(tf.random.stateless_normal((batch, size, size, channels), seed=(0, 1)))
+        filters = tf.Variable(tf.random.stateless_normal((3, 3, channels, channels), seed=(0, 2)))
+        conv = lambda images=images, filters=filters: tf.reduce_sum(tf.nn.conv2d(images, filters, strides=1, padding="SAME"))  # noqa: E731
+        functions.append(tf.function(conv))
+    n = 2048
+    left = tf.Variable(tf.random.stateless_normal((n, n), seed=(0, 3)))
+    right = tf.Variable(tf.random.stateless_normal((n, n), seed=(0, 4)))
+    functions.append(tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(left, right))))
+    for function in functions:
+        timed(function)  # trace and warm up
+    seconds = [[timed(function) for function in functions] for _ in range(args.peak_repeats)]
+    seconds = [list(samples) for samples in zip(*seconds)]
+    convs = [
+        {"batch": batch, "height_width": size, "channels_in_out": channels,
+         "gflops": 2.0 * batch * size * size * channels * channels * 9 / min(samples) / 1e9, "seconds": samples}
+        for (batch, size, channels), samples in zip(shapes, seconds)
+    ]
+    matmul_seconds = seconds[-1]
+    return {
+        "conv_gflops": max(conv["gflops"] for conv in convs),
+        "convs": convs,
+        "matmul_gflops": 2.0 * n**3 / min(matmul_seconds) / 1e9,
+        "matmul_n": n,
+        "matmul_seconds": matmul_seconds,
+        "dtype": "float32",
+        "repeats": args.peak_repeats,
+    }
+
+
 def part_step(args) -> dict:
     """(b) steady img/s, ours against plain model.fit, and (c) the fixed cost of a new trial."""
     import keras
@@ -189,9 +239,7 @@ def part_step(args) -> dict:
         "ratio": ours_rate / plain_rate,
         "training_gflop_per_image": flops / 1e9,
         "ours_gflops": ours_rate * flops / 1e9,
-        "ours_share_of_peak": ours_rate * flops / 1e9 / args.peak_gflops,
-        "plain_share_of_peak": plain_rate * flops / 1e9 / args.peak_gflops,
-        "peak_gflops": args.peak_gflops,
+        "plain_gflops": plain_rate * flops / 1e9,
         "samples": {"ours": ours_rates, "plain": plain_rates},
     }
     del x_val
@@ -234,7 +282,7 @@ def part_precision(args) -> dict:
     }
 
 
-PARTS = {"search": part_search, "step": part_step, "precision": part_precision}
+PARTS = {"search": part_search, "peak": part_peak, "step": part_step, "precision": part_precision}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +292,7 @@ PARTS = {"search": part_search, "step": part_step, "precision": part_precision}
 
 def _child(args, part: str, **extra) -> dict:
     command = [sys.executable, __file__, "--part", part, "--data-dir", args.data_dir]
-    for name in ("images", "trials", "step_repeats", "batch_size", "model", "peak_gflops", "parity_images", "parity_width", "parity_epochs"):
+    for name in ("images", "trials", "step_repeats", "batch_size", "model", "peak_repeats", "parity_images", "parity_width", "parity_epochs"):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for name, value in extra.items():
         command += [f"--{name}", str(value)]
@@ -260,6 +308,20 @@ def _load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def _cpu() -> dict:
+    """The CPU model and the vector/matrix extensions that decide float32 and bfloat16 speed."""
+    model, flags = platform.processor() or platform.machine(), set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"cpu_model": model, "cpu_flags": [flag for flag in wanted if flag in flags]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=sorted(PARTS))
@@ -271,7 +333,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--step-repeats", type=int, default=2, help="alternating (ours, plain) epochs in (b)")
     parser.add_argument("--model", default="baseline")
-    parser.add_argument("--peak-gflops", type=float, default=176.0, help="float32 conv peak of this machine")
+    parser.add_argument("--peak-gflops", type=float, default=None, help="float32 conv peak to divide by (default: measured here)")
+    parser.add_argument("--peak-repeats", type=int, default=10, help="timed calls per conv shape for the peak (the best counts)")
     parser.add_argument("--parity-images", type=int, default=1000)
     parser.add_argument("--parity-width", type=float, default=0.5)
     parser.add_argument("--parity-epochs", type=int, default=2)
@@ -285,13 +348,19 @@ def main() -> None:
     skip = {name for name in args.skip.split(",") if name}
     started = time.perf_counter()
     results: dict = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_start": _load_average()},
+        "machine": {**_cpu(), "cpu_count": os.cpu_count(), "platform": platform.platform(), "load_average_start": _load_average()},
         "settings": {
             "model": args.model,
             "images_per_trial": args.images,
             "trials": args.trials,
             "batch_size": args.batch_size,
             "rounds": args.rounds,
+            "step_repeats": args.step_repeats,
+            "peak_repeats": args.peak_repeats,
+            "parity_images": args.parity_images,
+            "parity_width": args.parity_width,
+            "parity_epochs": args.parity_epochs,
+            "skipped": sorted(skip),
         },
     }
     with tempfile.TemporaryDirectory(prefix="regsearch-bench-") as temporary:
@@ -329,15 +398,33 @@ def main() -> None:
             )
 
         if "step" not in skip:
+            if args.peak_gflops is None:
+                peak = _child(args, "peak")
+                peak_gflops, peak_source = peak["conv_gflops"], "measured"
+                print(
+                    f"peak: float32 3x3 conv {peak['conv_gflops']:.0f} GFLOP/s, matmul {peak['matmul_gflops']:.0f} GFLOP/s "
+                    f"(best of {args.peak_repeats}) on {results['machine']['cpu_model']}",
+                    flush=True,
+                )
+            else:
+                peak, peak_gflops, peak_source = None, args.peak_gflops, "--peak-gflops"
+            results["peak"] = peak
             step = _child(args, "step")
             step["step"]["load_average"] = step.pop("load_average")
+            b = step["step"]
+            b.update(
+                peak_gflops=peak_gflops,
+                peak_source=peak_source,
+                ours_share_of_peak=b["ours_gflops"] / peak_gflops,
+                plain_share_of_peak=b["plain_gflops"] / peak_gflops,
+            )
             results.update(step)
-            b, c = step["step"], step["fixed_cost"]
+            c = step["fixed_cost"]
             print(
                 f"(b) step ratio {b['ratio']:.2f} (ours {b['ours_images_per_second']:.0f} img/s, batch {args.batch_size}; "
                 f"plain fit {b['plain_fit_images_per_second']:.0f} img/s, batch {args.batch_size}); "
                 f"{b['training_gflop_per_image']:.3f} GFLOP/image -> {b['ours_gflops']:.1f} GFLOP/s = "
-                f"{100 * b['ours_share_of_peak']:.0f}% of the {args.peak_gflops:.0f} GFLOP/s peak",
+                f"{100 * b['ours_share_of_peak']:.0f}% of the {peak_gflops:.0f} GFLOP/s conv peak ({peak_source})",
                 flush=True,
             )
             print(
@@ -360,7 +447,7 @@ def main() -> None:
 
     if skip and RESULTS.exists():  # keep the skipped parts' latest results, marked as such
         previous = json.loads(RESULTS.read_text())
-        for part, keys in {"search": ["search"], "step": ["step", "fixed_cost"], "precision": ["precision"]}.items():
+        for part, keys in {"search": ["search"], "step": ["peak", "step", "fixed_cost"], "precision": ["precision"]}.items():
             if part in skip:
                 for key in keys:
                     if key in previous:
