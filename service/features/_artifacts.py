@@ -8,10 +8,12 @@ the file under its trial, and downloads through ``optuna.artifacts.download_arti
 
 Which artifact is the study's model is recorded once, in the study's system attribute
 :data:`BEST_MODEL_ATTR` (``{"artifact_id", "trial_number", "value", "size_bytes", "filename"}``).
-A worker calls :func:`store_best_model` only when its trial has just become the best; it uploads
-the new file, points the attribute at it (unless a better trial got there first, in which case the
-upload is removed again), then removes every other model artifact of the study, so old bests
-never pile up. :func:`disk_usage` says what the study's artifacts take.
+A worker calls :func:`store_best_model` in the objective once the trial's value is known (Optuna
+attaches artifacts to running trials only); it uploads only when the value beats the stored
+model's, points the attribute at the new file (unless a better trial got there first, in which case
+the upload is removed again), then removes every other model file of the study, so old bests never
+pile up. (Their metadata stays in the old trials' system attributes, which Optuna cannot delete;
+the files are gone.) :func:`disk_usage` says what the study's artifacts take.
 """
 
 from __future__ import annotations
@@ -127,24 +129,28 @@ def _remove(store: Any, artifact_id: str) -> None:
         pass
 
 
-def store_best_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, model_or_result: Any, store: Any) -> BestModel | None:
-    """Upload the trial's trained model as the study's best; remove the study's other model artifacts.
+def store_best_model(study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any) -> BestModel | None:
+    """If ``value`` beats the stored best model's, upload the trial's model and remove the study's other ones.
 
-    Call only when ``trial`` has just become the study's best (the worker's ``record_best``
-    returned True). Returns the new record, or None when a better trial's model was stored
-    meanwhile by another worker (the upload is removed again). ``model_or_result``: a Keras model
-    or a :class:`trainer.TrainResult`.
+    Call from the objective, once the trial's final value is known and it is feasible, *before*
+    returning it: ``upload_artifact`` attaches the file to the trial (listed under it in the
+    dashboard), which Optuna allows only while the trial runs. ``trial``: the running
+    ``optuna.Trial``. Returns the new record, or None when the study already holds a model at
+    least as good (nothing uploaded), or when a better one was stored meanwhile by another worker
+    (the upload is removed again). ``model_or_result``: a Keras model or a
+    :class:`trainer.TrainResult`.
     """
     from trainer._keras_file import save_keras_model
 
+    if not _beats(study, float(value), best_model(study)):
+        return None
     storage = study._storage
     with tempfile.TemporaryDirectory(prefix="regsearch-model-") as directory:
         path = save_keras_model(model_or_result, Path(directory) / MODEL_FILENAME)
         size = path.stat().st_size
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, storage=storage)
-    record = BestModel(artifact_id=artifact_id, trial_number=trial.number, value=float(trial.value), size_bytes=size)
-    current = best_model(study)
-    if current is not None and _better_or_equal(study, current.value, record.value) and current.trial_number != trial.number:
+    record = BestModel(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size)
+    if not _beats(study, record.value, best_model(study)):  # another worker stored a better one meanwhile
         _remove(store, artifact_id)
         return None
     storage.set_study_system_attr(study._study_id, BEST_MODEL_ATTR, record.to_dict())
@@ -154,9 +160,11 @@ def store_best_model(study: optuna.Study, trial: optuna.trial.FrozenTrial, model
     return record
 
 
-def _better_or_equal(study: optuna.Study, a: float, b: float) -> bool:
+def _beats(study: optuna.Study, value: float, current: BestModel | None) -> bool:
+    if current is None:
+        return True
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return a >= b if maximize else a <= b
+    return value > current.value if maximize else value < current.value
 
 
 def download_best_model(study: optuna.Study, store: Any, file_path: str | os.PathLike) -> BestModel:
