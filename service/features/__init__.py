@@ -5,7 +5,8 @@
 * parameter importance, cached per trial count (:mod:`._importance`);
 * trials as CSV / a streamed JSON array (:mod:`._export`);
 * the best trial's model as an Optuna artifact (:mod:`._artifacts`);
-* the ``max_gap`` constraint (:mod:`._constraints`).
+* the ``max_gap`` constraint (:mod:`._constraints`);
+* the spec fields (:class:`StudyFeatures`, a mixin for ``StudySpec``) and response models (:mod:`._schemas`).
 
 Keras-free at import (the artifact module imports the trainer's Keras code only when saving).
 """
@@ -41,8 +42,11 @@ from service.features._reference import (
     enqueue_reference,
     is_reference,
     margin,
+    margin_from_trials,
     reference_config,
 )
+from service.features._schemas import ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
+from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     ENQUEUED_STAGE,
     RECIPE_FIELDS,
@@ -94,6 +98,13 @@ __all__ = [
     "json_chunks",
     "make_artifact_store",
     "margin",
+    "margin_from_trials",
+    "ImportanceOut",
+    "MarginOut",
+    "ModelInfoOut",
+    "ReferenceOut",
+    "StudyFeatures",
+    "WarmStartOut",
     "record_gap_constraint",
     "reference_config",
     "search_bounds",

@@ -29,6 +29,7 @@ __all__ = [
     "enqueue_reference",
     "is_reference",
     "margin",
+    "margin_from_trials",
     "reference_config",
 ]
 
@@ -136,6 +137,23 @@ def margin(best: float | Sequence[float], reference: float | Sequence[float], *,
         low=low,
         high=high,
     )
+
+
+def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None = None, *, maximize: bool = True) -> Margin | None:
+    """The margin from a study's trials: reference = its COMPLETE ``stage="reference"`` trials' values.
+
+    ``best_value``: the best's value(s) as the service records them; None: the best feasible COMPLETE
+    trial the study itself ran (warm-start trials excluded).
+    """
+    from service.features._constraints import best_feasible
+
+    trials = list(trials)
+    reference = [t.value for t in trials if is_reference(t) and t.state.name == "COMPLETE"]
+    if best_value is None:
+        own = [t for t in trials if t.user_attrs.get(STAGE_KEY) != "warm_start"]
+        best = best_feasible(own, maximize=maximize)
+        best_value = best.value if best is not None else None
+    return margin(best_value, reference)
 
 
 def _finite(values: float | Sequence[float] | None) -> list[float]:

@@ -121,3 +121,22 @@ def test_artifact_store_urls(tmp_path):
         make_artifact_store("gs://bucket/x")
     with pytest.raises(ValueError, match="names no bucket"):
         make_artifact_store("s3:///prefix")
+
+
+def test_gap_can_be_measured_on_the_search_model_at_each_epoch_end(data):
+    """What wiring it into trainer.train amounts to: measure_gap on the compiled search model after validation."""
+
+    class FairGap(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.measured = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.measured.append(measure_gap(self.model, data, sample_size=100, val_accuracy=logs["val_accuracy"]))
+
+    callback = FairGap()
+    trained = train(CONFIG, data, TrainSettings(width=0.25, epochs=1, batch_size=32, seed=1), callbacks=[callback])
+    (during,) = callback.measured
+    after = measure_gap(trained.model, data, sample_size=100)  # the plain model with the same weights
+    assert during.train_accuracy == pytest.approx(after.train_accuracy, abs=1e-6)
+    assert during.val_accuracy == pytest.approx(after.val_accuracy, abs=1e-6) == pytest.approx(trained.val_accuracy, abs=1e-6)
