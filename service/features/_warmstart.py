@@ -184,7 +184,7 @@ def warm_start_trials(
         if trial.state != TrialState.COMPLETE or trial.value is None or not math.isfinite(trial.value):
             continue
         _check_params(trial, source_name)
-        if not all(distributions[name]._contains(distributions[name].to_internal_repr(v)) for name, v in trial.params.items()):
+        if not all(distributions[name].low <= value <= distributions[name].high for name, value in trial.params.items()):
             out_of_bounds += 1
             continue
         constraints = None
