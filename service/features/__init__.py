@@ -1,0 +1,115 @@
+"""Study features built on Optuna's own machinery (issue 11), each a small private module.
+
+* the reference config and the best's margin over it (:mod:`._reference`);
+* ``enqueue`` and ``warm_start_from`` (:mod:`._warmstart`);
+* parameter importance, cached per trial count (:mod:`._importance`);
+* trials as CSV / a streamed JSON array (:mod:`._export`);
+* the best trial's model as an Optuna artifact (:mod:`._artifacts`);
+* the ``max_gap`` constraint (:mod:`._constraints`);
+* the spec fields (:class:`StudyFeatures`, a mixin for ``StudySpec``) and response models (:mod:`._schemas`).
+
+Keras-free at import (the artifact module imports the trainer's Keras code only when saving).
+"""
+
+from service.features._artifacts import (
+    BEST_MODEL_ATTR,
+    MODEL_FILENAME,
+    BestModel,
+    NoBestModel,
+    best_model,
+    disk_usage,
+    download_best_model,
+    make_artifact_store,
+    store_best_model,
+)
+from service.features._bounds import search_bounds
+from service.features._constraints import (
+    CONSTRAINT_ATTR,
+    GAP_CONSTRAINT,
+    best_feasible,
+    constraints_func,
+    gap_constraint,
+    is_feasible,
+    record_gap_constraint,
+)
+from service.features._export import COLUMNS, csv_lines, json_chunks, trial_row, trial_rows
+from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
+from service.features._reference import (
+    REFERENCE_STAGE,
+    STAGE_KEY,
+    Margin,
+    Reference,
+    enqueue_reference,
+    is_reference,
+    margin,
+    margin_from_trials,
+    reference_config,
+)
+from service.features._schemas import ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
+from service.features._spec import StudyFeatures
+from service.features._warmstart import (
+    ENQUEUED_STAGE,
+    RECIPE_FIELDS,
+    WARM_START_STAGE,
+    IncompatibleStudy,
+    WarmStart,
+    check_compatible,
+    enqueue_configs,
+    fill_config,
+    warm_start_trials,
+)
+
+__all__ = [
+    "BEST_MODEL_ATTR",
+    "COLUMNS",
+    "CONSTRAINT_ATTR",
+    "ENQUEUED_STAGE",
+    "EVALUATORS",
+    "GAP_CONSTRAINT",
+    "MIN_TRIALS",
+    "MODEL_FILENAME",
+    "RECIPE_FIELDS",
+    "REFERENCE_STAGE",
+    "STAGE_KEY",
+    "WARM_START_STAGE",
+    "BestModel",
+    "Importance",
+    "ImportanceCache",
+    "IncompatibleStudy",
+    "Margin",
+    "NoBestModel",
+    "Reference",
+    "TooFewTrials",
+    "WarmStart",
+    "best_feasible",
+    "best_model",
+    "check_compatible",
+    "constraints_func",
+    "csv_lines",
+    "disk_usage",
+    "download_best_model",
+    "enqueue_configs",
+    "enqueue_reference",
+    "fill_config",
+    "gap_constraint",
+    "importance",
+    "is_feasible",
+    "is_reference",
+    "json_chunks",
+    "make_artifact_store",
+    "margin",
+    "margin_from_trials",
+    "ImportanceOut",
+    "MarginOut",
+    "ModelInfoOut",
+    "ReferenceOut",
+    "StudyFeatures",
+    "WarmStartOut",
+    "record_gap_constraint",
+    "reference_config",
+    "search_bounds",
+    "store_best_model",
+    "trial_row",
+    "trial_rows",
+    "warm_start_trials",
+]

@@ -1,0 +1,53 @@
+"""Response models of the study features, for the routes' ``response_model`` and the OpenAPI schema."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from service.features._export import COLUMNS
+
+__all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "WarmStartOut"]
+
+
+class MarginOut(BaseModel):
+    """The best's margin over the reference config, in the study's metric."""
+
+    value: float = Field(description="mean(best) - mean(reference).")
+    best: float
+    reference: float
+    n_best: int = Field(description="Values the best's side rests on (1, or its confirmation repeats).")
+    n_reference: int
+    low: float | None = Field(None, description="95% Welch interval of the difference (with repeats on both sides).")
+    high: float | None = None
+
+
+class ReferenceOut(BaseModel):
+    params: dict[str, float]
+    clipped: dict[str, list[float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
+    note: str | None
+
+
+class ImportanceOut(BaseModel):
+    study: str
+    evaluator: str = Field(description="ped-anova (Optuna's default) or fanova.")
+    n_trials: int = Field(description="Complete trials the importances rest on.")
+    importances: dict[str, float] = Field(description="Per parameter, normalized to sum to 1, most important first.")
+
+
+class ModelInfoOut(BaseModel):
+    artifact_id: str
+    trial_number: int
+    value: float
+    size_bytes: int
+    filename: str
+
+
+class WarmStartOut(BaseModel):
+    source: str
+    trials: int = Field(description="Complete trials added to this study.")
+    skipped_out_of_bounds: int
+    skipped_no_gap: int
+
+
+#: For the trials route's OpenAPI description of ``format=csv|json``.
+EXPORT_COLUMNS_TEXT = ", ".join(COLUMNS)

@@ -1,0 +1,70 @@
+"""Importance: Optuna's own evaluators, a minimum, at most one computation per trial count."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+
+import optuna
+import pytest
+
+from service.features import MIN_TRIALS, ImportanceCache, TooFewTrials, importance
+from trainer import SEARCH_SPACE
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def objective(trial: optuna.Trial) -> float:
+    params = {spec.name: trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log) for spec in SEARCH_SPACE}
+    # weight_decay matters most, dropout_conv a little, the others not at all.
+    return -((math.log10(params["weight_decay"]) + 3.5) ** 2) - 2.0 * (params["dropout_conv"] - 0.4) ** 2
+
+
+def make_study(n_trials: int, storage=None, name="imp") -> optuna.Study:
+    study = optuna.create_study(
+        direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3), storage=storage, study_name=name
+    )
+    study.optimize(objective, n_trials=n_trials)
+    return study
+
+
+def test_ped_anova_matches_optunas_own_default_evaluator():
+    study = make_study(30)
+    ours = importance(study)
+    assert ours.evaluator == "ped-anova" and ours.n_trials == 30
+    assert ours.importances == optuna.importance.get_param_importances(study)  # Optuna 5's default: PED-ANOVA
+    assert list(ours.importances)[0] == "weight_decay"
+    assert sum(ours.importances.values()) == pytest.approx(1.0)
+
+
+def test_fanova_matches_optunas_fanova_evaluator():
+    study = make_study(30)
+    ours = importance(study, "fanova")
+    expected = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    assert ours.importances == pytest.approx(expected)
+    assert list(ours.importances)[0] == "weight_decay"
+
+
+def test_below_the_minimum_is_a_clear_error_and_a_bad_evaluator_is_named():
+    study = make_study(MIN_TRIALS - 1, name="few")
+    with pytest.raises(TooFewTrials, match=rf"'few' has {MIN_TRIALS - 1} complete trial\(s\); parameter importance needs at least {MIN_TRIALS}"):
+        importance(study)
+    with pytest.raises(ValueError, match="evaluator must be one of"):
+        ImportanceCache().get(study, "shap")
+
+
+def test_cache_computes_once_per_trial_count_even_under_concurrent_requests(sqlite_url):
+    storage = optuna.storages.RDBStorage(sqlite_url)
+    study = make_study(MIN_TRIALS, storage=storage)
+    cache = ImportanceCache()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: cache.get(optuna.load_study(study_name="imp", storage=storage)), range(8)))
+    assert cache.computed == 1 and all(result == results[0] for result in results)
+    assert cache.get(study, "fanova").evaluator == "fanova" and cache.computed == 2
+    study.optimize(objective, n_trials=1)  # one more finished trial: recomputed once
+    again = cache.get(study)
+    assert again.n_trials == MIN_TRIALS + 1 and cache.computed == 3
+    assert cache.get(study) is again and cache.computed == 3
+    cache.forget("imp")
+    cache.get(study)
+    assert cache.computed == 4

@@ -1,0 +1,142 @@
+"""The fair gap (inference mode, fixed training sample) and the trained model as a loadable .keras artifact."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import optuna
+import pytest
+
+from service.features import (
+    BEST_MODEL_ATTR,
+    NoBestModel,
+    best_model,
+    disk_usage,
+    download_best_model,
+    make_artifact_store,
+    store_best_model,
+)
+from trainer import RegularizationConfig, TrainSettings, build_model, load_cifar10, train
+from trainer._gap import inference_accuracy, measure_gap, train_sample_indices
+from trainer._keras_file import regularization_of, save_keras_model
+
+CONFIG = RegularizationConfig(weight_decay=2e-4, l1_ratio=0.25, dropout_conv=0.35, dropout_dense=0.45)
+
+
+@pytest.fixture(scope="module")
+def data(cifar_dir):
+    return load_cifar10(cifar_dir, train_size=300, val_fraction=0.2, seed=0, include_test=False)
+
+
+@pytest.fixture(scope="module")
+def result(data):
+    return train(CONFIG, data, TrainSettings(width=0.25, epochs=1, batch_size=32, seed=0))
+
+
+def test_training_sample_is_fixed_by_the_seed():
+    first = train_sample_indices(240, 100, seed=3)
+    assert len(first) == 100 and np.array_equal(first, train_sample_indices(240, 100, seed=3))
+    assert not np.array_equal(first, train_sample_indices(240, 100, seed=4))
+    assert len(train_sample_indices(50, 100)) == 50
+    with pytest.raises(ValueError, match="sample_size"):
+        train_sample_indices(50, 0)
+
+
+def test_gap_is_measured_in_inference_mode_on_the_fixed_sample(data, result):
+    model = result.model
+    measured = measure_gap(model, data, sample_size=100, seed=0)
+    indices = train_sample_indices(len(data.y_train), 100, seed=0)
+    assert measured.sample_size == 100
+    # Keras' own inference path (predict: dropout off, BN population statistics) agrees.
+    predicted = model.predict(data.x_train[indices], verbose=0).argmax(axis=-1)
+    assert measured.train_accuracy == pytest.approx(np.mean(predicted == data.y_train[indices]), abs=1e-6)
+    # Validation as the trainer measured it (same weights, same BN statistics).
+    assert measured.val_accuracy == pytest.approx(result.val_accuracy, abs=1e-6)
+    assert measured.gap == pytest.approx(measured.train_accuracy - measured.val_accuracy)
+    # Deterministic: measuring again gives the same numbers (no dropout draws involved).
+    assert measure_gap(model, data, sample_size=100, seed=0) == measured
+    assert measure_gap(model, data, sample_size=100, val_accuracy=0.5).val_accuracy == 0.5
+    assert inference_accuracy(model, data.x_val, data.y_val) == pytest.approx(result.val_accuracy, abs=1e-6)
+
+
+def test_keras_file_loads_without_custom_objects_with_the_trials_regularization(result, data, tmp_path):
+    path = save_keras_model(result, tmp_path / "model.keras")
+    loaded = keras.models.load_model(path)
+    carried = regularization_of(loaded)
+    assert carried == pytest.approx(CONFIG.keras_values())
+    assert [type(layer).__name__ for layer in loaded.layers if "dropout" in layer.name] == ["Dropout"] * 4
+    np.testing.assert_allclose(loaded.predict(data.x_val[:8], verbose=0), result.model.predict(data.x_val[:8], verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match=r"must end in \.keras"):
+        save_keras_model(result, tmp_path / "model.h5")
+
+
+def test_best_model_artifact_is_kept_for_the_best_trial_only(result, sqlite_url, tmp_path):
+    store = make_artifact_store(tmp_path / "artifacts")
+    study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="art")
+    better = build_model(RegularizationConfig(weight_decay=1e-3, l1_ratio=0.0, dropout_conv=0.4, dropout_dense=0.3), width=0.25)
+
+    def run(value, model):
+        """A trial that stores its model from inside the objective, as the worker does."""
+        stored = []
+
+        def objective(trial):
+            stored.append(store_best_model(study, trial, value, model, store))
+            return value
+
+        study.optimize(objective, n_trials=1)
+        return stored[0]
+
+    record = run(0.40, result)
+    assert record.trial_number == 0 and best_model(study) == record
+    assert disk_usage(study, store) == {"artifacts": 1, "bytes": record.size_bytes} and record.size_bytes > 10_000
+    assert study._storage.get_study_system_attrs(study._study_id)[BEST_MODEL_ATTR]["artifact_id"] == record.artifact_id
+
+    record = run(0.55, better)
+    assert record.trial_number == 1
+    assert disk_usage(study, store)["artifacts"] == 1  # the old best's file is gone
+    assert run(0.50, result) is None  # not the best: nothing uploaded
+    assert best_model(study).trial_number == 1 and disk_usage(study, store)["artifacts"] == 1
+    # The dashboard's view: the artifact is listed under its trial.
+    metas = optuna.artifacts.get_all_artifact_meta(study.get_trials()[1], storage=study._storage)
+    assert [meta.artifact_id for meta in metas] == [record.artifact_id]
+    assert optuna.artifacts.get_all_artifact_meta(study.get_trials()[2], storage=study._storage) == []
+
+    out = tmp_path / "best.keras"
+    assert download_best_model(study, store, out) == record
+    carried = regularization_of(keras.models.load_model(out))
+    assert carried == pytest.approx({"l1": 0.0, "l2": 1e-3, "dropout_conv": 0.4, "dropout_dense": 0.3})
+
+
+def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
+    study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="empty")
+    with pytest.raises(NoBestModel, match="'empty' has no stored model yet"):
+        download_best_model(study, make_artifact_store(tmp_path / "a"), tmp_path / "x.keras")
+    assert disk_usage(study, make_artifact_store(tmp_path / "a")) == {"artifacts": 0, "bytes": 0}
+
+
+def test_artifact_store_urls(tmp_path):
+    assert type(make_artifact_store(f"file://{tmp_path}/a")).__name__ == "FileSystemArtifactStore"
+    assert (tmp_path / "a").is_dir()
+    with pytest.raises(ValueError, match="expected s3://bucket/prefix"):
+        make_artifact_store("gs://bucket/x")
+    with pytest.raises(ValueError, match="names no bucket"):
+        make_artifact_store("s3:///prefix")
+
+
+def test_gap_can_be_measured_on_the_search_model_at_each_epoch_end(data):
+    """What wiring it into trainer.train amounts to: measure_gap on the compiled search model after validation."""
+
+    class FairGap(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.measured = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.measured.append(measure_gap(self.model, data, sample_size=100, val_accuracy=logs["val_accuracy"]))
+
+    callback = FairGap()
+    trained = train(CONFIG, data, TrainSettings(width=0.25, epochs=1, batch_size=32, seed=1), callbacks=[callback])
+    (during,) = callback.measured
+    after = measure_gap(trained.model, data, sample_size=100)  # the plain model with the same weights
+    assert during.train_accuracy == pytest.approx(after.train_accuracy, abs=1e-6)
+    assert during.val_accuracy == pytest.approx(after.val_accuracy, abs=1e-6) == pytest.approx(trained.val_accuracy, abs=1e-6)
