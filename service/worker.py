@@ -103,7 +103,7 @@ class KerasTraining:
         import trainer
 
         data = self.data(spec)
-        settings = trainer.TrainSettings(**spec.recipe().model_dump())
+        settings = trainer.TrainSettings.from_recipe(spec)
         # trainer.train reuses this process's compiled model across trials of the same shape.
         result = trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
         return {

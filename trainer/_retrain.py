@@ -42,7 +42,7 @@ from trainer._settings import TrainSettings
 from trainer._space import RegularizationConfig, rescale_for_train_size
 from trainer._train import TrainResult, train
 
-__all__ = ["MONITOR_IMAGES", "RetrainResult", "data_fingerprint", "retrain", "retrain_settings"]
+__all__ = ["MONITOR_IMAGES", "RetrainResult", "data_fingerprint", "retrain"]
 
 #: Training images evaluated (inference mode) after each epoch to monitor the fit.
 MONITOR_IMAGES = 1000
@@ -124,7 +124,9 @@ def retrain(
     ``rescale=False``. ``output`` receives ``model.keras`` and ``provenance.json``.
     """
     best = load_best(best)
-    settings = retrain_settings(best, epochs=epochs, seed=seed, batch_size=batch_size, learning_rate=learning_rate, precision=precision)
+    settings = TrainSettings.from_recipe(
+        best, epochs=epochs, seed=seed, batch_size=batch_size, learning_rate=learning_rate, precision=precision
+    )
     data = _all_training_images(data, data_dir, settings.seed)
     n_full = len(data.y_train)
     trained, carry = _carry_over(best, n_full, rescale)
@@ -142,13 +144,6 @@ def retrain(
         model_path=paths[1],
         provenance_path=paths[2],
     )
-
-
-def retrain_settings(best: BestConfig, *, precision: str = "auto", **overrides: Any) -> TrainSettings:
-    """The study's recipe, with the given (not None) ``overrides`` of epochs, seed, batch_size, learning_rate."""
-    recipe = best.recipe().model_dump()
-    recipe.update({name: value for name, value in overrides.items() if value is not None})
-    return TrainSettings(**recipe, precision=precision)
 
 
 def _all_training_images(data: CifarData | None, data_dir: Any, seed: int) -> CifarData:

@@ -30,5 +30,12 @@ class TrainSettings(Recipe):
     )
     reuse_compiled: bool = Field(True, description="Reuse this process's compiled model for this graph (see trainer._train).")
 
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> "TrainSettings":
+        """``recipe``'s fields (only those), with the given ``overrides`` that are not None (a recipe field or a knob)."""
+        values = recipe.recipe().model_dump()
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

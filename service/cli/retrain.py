@@ -75,13 +75,13 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.config import get_settings
+    from trainer import TrainSettings
     from trainer._best import describe
-    from trainer._retrain import retrain_settings
 
     best = _load(args)
     overrides = {name: getattr(args, name) for name in _OVERRIDES}
     try:
-        settings = retrain_settings(best, **overrides)  # checks the overrides before TensorFlow loads
+        settings = TrainSettings.from_recipe(best, **overrides)  # checks the overrides before TensorFlow loads
     except ValidationError as error:
         raise CommandError(describe(error)) from None
     output = Path(args.output or f"retrain-{args.name}")
