@@ -13,13 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from trainer import MODELS, SEARCH_SPACE, SEARCH_SPACE_BY_NAME, validate_bounds
+from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, validate_bounds
 
 __all__ = [
     "Bounds",
     "BestConfigOut",
     "BestSummary",
-    "DataSpec",
     "Links",
     "SearchSpace",
     "StudyList",
@@ -33,7 +32,6 @@ __all__ = [
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
-ModelName = Literal[MODELS]  # type: ignore[valid-type]
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["median", "hyperband", "none"]
 StudyStatus = Literal["queued", "running", "completed", "stopped", "failed"]
@@ -84,18 +82,9 @@ SearchSpace = create_model(
 )
 
 
-class DataSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    train_size: int | None = Field(
-        None, ge=20, le=50_000, description="Training images drawn (class-balanced) before the validation split; null: all."
-    )
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of the drawn images held out for validation.")
-    augment: bool = Field(False, description="Random flips and shifts during training.")
-
-
-class StudySpec(BaseModel):
-    """What to search. Every field but ``name`` has a default."""
+class StudySpec(Recipe):
+    """What to search: the training :class:`trainer.Recipe` (model, width, epochs, batch_size,
+    learning_rate, data, seed) plus the study's own fields. Every field but ``name`` has a default."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -114,17 +103,10 @@ class StudySpec(BaseModel):
     )
 
     name: str = Field(description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).")
-    model: ModelName = Field("baseline", description="Which convnet to train.")
-    width: float = Field(1.0, gt=0.0, le=8.0, description="Width multiplier of the network's layers.")
     n_trials: int = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
-    epochs: int = Field(10, ge=1, le=1000, description="The most epochs any trial trains (pruning may stop it earlier).")
-    batch_size: int = Field(128, ge=1, le=8192)
-    learning_rate: float = Field(1e-3, gt=0.0, le=10.0)
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
     pruner: PrunerName = Field("median", description="Stops weak trials early from each epoch's validation accuracy.")
-    data: DataSpec = Field(default_factory=DataSpec)
-    seed: int = Field(0, ge=0, description="Seeds the sampler, the data split and the networks' initialisation.")
 
     @field_validator("name")
     @classmethod
@@ -204,28 +186,12 @@ class TrialList(BaseModel):
     trials: list[TrialOut]
 
 
-class KerasValues(BaseModel):
-    l1: float
-    l2: float
-    dropout_conv: float
-    dropout_dense: float
-
-
-class BestConfigOut(BaseModel):
-    """The best-config JSON: ``trainer.BestConfig.to_dict()`` plus when it became best and the direction."""
+class BestConfigOut(BestConfig):
+    """The best-config JSON: :class:`trainer.BestConfig` (the study's recipe, ``params``, the derived
+    ``keras`` and ``augment``) plus when it became best and the direction."""
 
     study: str
-    model: str
-    width: float
-    params: dict[str, float]
-    keras: KerasValues
     value: float
-    metric: str
     trial_number: int
-    train_size: int | None
-    epochs: int
-    batch_size: int
-    seed: int
-    augment: bool
     best_since: dt.datetime
     direction: Literal["maximize"] = "maximize"

@@ -103,15 +103,7 @@ class KerasTraining:
         import trainer
 
         data = self.data(spec)
-        settings = trainer.TrainSettings(
-            model=spec.model,
-            width=spec.width,
-            epochs=spec.epochs,
-            batch_size=spec.batch_size,
-            learning_rate=spec.learning_rate,
-            augment=spec.data.augment,
-            seed=spec.seed,
-        )
+        settings = trainer.TrainSettings.from_recipe(spec)
         # trainer.train reuses this process's compiled model across trials of the same shape.
         result = trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
         return {

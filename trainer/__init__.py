@@ -1,8 +1,10 @@
 """regsearch trainer: the CIFAR-10 convnets under a searchable regularization config.
 
-This package is the only part of regsearch that knows Keras. Importing it is cheap: the search
-space (:data:`SEARCH_SPACE`, :class:`RegularizationConfig`) is plain Python, and everything that
-needs Keras/TensorFlow is imported on first use.
+This package is the only part of regsearch that knows Keras, and a library: it never imports the
+service, and takes its data directory and URLs as arguments. Importing it is cheap: the search space
+(:data:`SEARCH_SPACE`, :class:`RegularizationConfig`), the architectures (:data:`ARCHITECTURES`), the
+training recipe (:class:`Recipe`, :class:`TrainSettings`) and the best config (:class:`BestConfig`)
+are plain Python/pydantic, and everything that needs Keras/TensorFlow is imported on first use.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from trainer._architecture import ARCHITECTURES, MODELS
+from trainer._best import BestConfig
+from trainer._recipe import DataRecipe, Recipe, TrialMetrics
+from trainer._settings import TrainSettings
 from trainer._space import (
-    MODELS,
     SEARCH_SPACE,
     SEARCH_SPACE_BY_NAME,
-    BestConfig,
     ParamSpec,
     RegularizationConfig,
     rescale_for_train_size,
@@ -30,7 +34,6 @@ _LAZY: dict[str, str] = {
     "DataError": "trainer._data",
     "load_cifar10": "trainer._data",
     # training
-    "TrainSettings": "trainer._train",
     "TrainResult": "trainer._train",
     "train": "trainer._train",
     # production hand-off
@@ -43,7 +46,12 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ARCHITECTURES",
     "MODELS",
+    "DataRecipe",
+    "Recipe",
+    "TrainSettings",
+    "TrialMetrics",
     "SEARCH_SPACE",
     "SEARCH_SPACE_BY_NAME",
     "BestConfig",

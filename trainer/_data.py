@@ -1,7 +1,8 @@
 """CIFAR-10: loading the official layout, class-balanced subsets, the validation split, tf.data input.
 
-Where the images come from, in order: the ``data_dir`` argument, else ``REGSEARCH_DATA_DIR``, else
-``keras.datasets.cifar10`` (download, cached under ``~/.keras/datasets``). A directory may hold
+Where the images come from: the ``data_dir`` argument, else (None) ``keras.datasets.cifar10``
+(download, cached under ``~/.keras/datasets``); the caller decides the directory (``regsearch``
+passes its ``REGSEARCH_DATA_DIR`` setting). A directory may hold
 ``cifar-10-batches-py/`` (the extracted archive), ``cifar-10-python.tar.gz`` (read in place), or be
 the ``cifar-10-batches-py`` directory itself.
 
@@ -146,7 +147,7 @@ def _download() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     except Exception as error:  # noqa: BLE001 - network or cache failure
         raise DataError(
             f"no data directory given (--data-dir or REGSEARCH_DATA_DIR) and downloading CIFAR-10 failed: {error}; "
-            f"point REGSEARCH_DATA_DIR at a directory holding {_EXPECTED}"
+            f"give a directory holding {_EXPECTED}"
         ) from None
     return x_train, y_train.reshape(-1).astype(np.int64), x_test, y_test.reshape(-1).astype(np.int64)
 
@@ -208,7 +209,7 @@ def load_cifar10(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
 
-    directory = data_dir if data_dir is not None else os.environ.get("REGSEARCH_DATA_DIR") or None
+    directory = data_dir or None
     if directory is not None:
         directory = Path(directory).expanduser()
         x_all, y_all, x_test, y_test = _read_directory(directory, include_test)

@@ -12,24 +12,22 @@ Three forms of the same best config (what ``GET /v1/studies/{name}/best?format=.
 ``keras_settings``, ``python_snippet`` and ``load_best`` are pure Python: the API process calls them
 and must never import TensorFlow. Only :func:`apply_regularization` imports Keras, on first call.
 
-The two networks are described here once more, as data (:data:`_LAYOUTS`), because the snippet must
-spell them out in plain code without importing regsearch; the tests check that the snippet's model
-and ``keras_settings``' layer names match :func:`trainer.build_model` (same layers, same parameter
-count, same regularization losses for the same weights).
+Both read the networks from :data:`trainer.ARCHITECTURES` (the declaration :func:`trainer.build_model`
+builds); the snippet spells the layers out as plain Keras calls so that it runs without regsearch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from trainer._space import BestConfig, RegularizationConfig
+from trainer._architecture import ARCHITECTURES, DROPOUT_CONV_WHERE, LayerSpec
+from trainer._best import BestConfig
+from trainer._space import RegularizationConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -45,60 +43,18 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------
-# The two networks, as data (mirrors trainer._models; tests/handoff checks that they agree)
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Layout:
-    """What distinguishes ``baseline`` from ``vgg`` (see :mod:`trainer._models` for the diagrams)."""
-
-    block_filters: tuple[int, ...]  # filters of the two Conv2D of each pooling block
-    padding: str  # Conv2D padding
-    batch_norm: bool  # BatchNormalization after each conv's ReLU
-    dense_units: int | None  # hidden Dense layer before the classifier (vgg), or None
-    dropout_dense_where: str  # where dropout_dense sits, in words
-
-
-_LAYOUTS: dict[str, _Layout] = {
-    "baseline": _Layout(
-        block_filters=(32, 64, 128),
-        padding="same",
-        batch_norm=True,
-        dense_units=None,
-        dropout_dense_where="on the classifier's input, after Flatten",
-    ),
-    "vgg": _Layout(
-        block_filters=(32, 64),
-        padding="valid",
-        batch_norm=False,
-        dense_units=256,
-        dropout_dense_where="after the hidden Dense layer, before the classifier",
-    ),
-}
-
-_DROPOUT_CONV_WHERE = "after each MaxPooling2D block"
-
-
-def _scaled(units: int, width: float) -> int:
-    """Filters/units after the width multiplier, as :func:`trainer._models.scaled` computes them."""
-    return max(1, int(round(units * width)))
-
-
 def _layer_plan(model: str, width: float) -> list[tuple[str, str, dict[str, Any]]]:
     """``(name, class_name, details)`` of every regularized or dropout layer, in model order."""
-    layout = _LAYOUTS[model]
     plan: list[tuple[str, str, dict[str, Any]]] = []
-    for block, filters in enumerate(layout.block_filters, start=1):
-        for index in (1, 2):
-            plan.append((f"block{block}_conv{index}", "Conv2D", {"filters": _scaled(filters, width)}))
-        plan.append((f"block{block}_dropout", "Dropout", {"parameter": "dropout_conv", "after": f"block{block}_pool"}))
-    if layout.dense_units is not None:
-        plan.append(("dense", "Dense", {"units": _scaled(layout.dense_units, width)}))
-        plan.append(("classifier_dropout", "Dropout", {"parameter": "dropout_dense", "after": "dense"}))
-    else:
-        plan.append(("classifier_dropout", "Dropout", {"parameter": "dropout_dense", "after": "flatten"}))
+    previous = None
+    for layer in ARCHITECTURES[model].scaled_layers(width):
+        if layer.kind == "conv":
+            plan.append((layer.name, "Conv2D", {"filters": layer.units}))
+        elif layer.kind == "dense":
+            plan.append((layer.name, "Dense", {"units": layer.units}))
+        elif layer.kind == "dropout":
+            plan.append((layer.name, "Dropout", {"parameter": layer.rate, "after": previous}))
+        previous = layer.name
     plan.append(("classifier", "Dense", {"units": 10}))  # CIFAR-10's classes (build_model's num_classes)
     return plan
 
@@ -138,8 +94,8 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
     rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
     layers: dict[str, dict[str, Any]] = {}
     dropout: dict[str, dict[str, Any]] = {
-        "dropout_conv": {"rate": rates["dropout_conv"], "where": _DROPOUT_CONV_WHERE, "layers": []},
-        "dropout_dense": {"rate": rates["dropout_dense"], "where": _LAYOUTS[best.model].dropout_dense_where, "layers": []},
+        "dropout_conv": {"rate": rates["dropout_conv"], "where": DROPOUT_CONV_WHERE, "layers": []},
+        "dropout_dense": {"rate": rates["dropout_dense"], "where": ARCHITECTURES[best.model].dropout_dense_where, "layers": []},
     }
     for name, class_name, details in _layer_plan(best.model, best.width):
         if class_name == "Dropout":
@@ -163,9 +119,8 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
 
 
 _TRAIN_SIZE_RULE = (
-    "Keras adds l1*sum|w| + l2*sum(w^2) to each batch's mean loss; the textbook's lambda (l2 = lambda/(2n), "
-    "l1 = lambda_1/n) is what stays fixed when the training set grows, so for n images multiply l1 and l2 by "
-    "train_size/n (trainer.rescale_for_train_size; regsearch retrain does it)."
+    "for n training images multiply l1 and l2 by train_size/n (the lambda/(2n) rule: see "
+    "trainer.rescale_for_train_size; regsearch retrain does it)."
 )
 
 
@@ -174,36 +129,46 @@ _TRAIN_SIZE_RULE = (
 # --------------------------------------------------------------------------------------------------
 
 
+def _keras_call(layer: LayerSpec) -> str:
+    """The plain Keras call that builds one declared layer (``units`` already scaled)."""
+    name = f'name="{layer.name}"'
+    if layer.kind == "conv":
+        return f'keras.layers.Conv2D({layer.units}, 3, padding="{layer.padding}", kernel_regularizer=regularizer(), {name})'
+    if layer.kind == "dense":
+        return f'keras.layers.Dense({layer.units}, activation="relu", kernel_regularizer=regularizer(), {name})'
+    if layer.kind == "dropout":
+        return f"keras.layers.Dropout({layer.rate.upper()}, {name})"
+    simple = {
+        "relu": 'keras.layers.Activation("relu", {})',
+        "batchnorm": "keras.layers.BatchNormalization({})",
+        "pool": "keras.layers.MaxPooling2D(2, {})",
+        "flatten": "keras.layers.Flatten({})",
+    }
+    return simple[layer.kind].format(name)
+
+
 def python_snippet(best: BestConfig) -> str:
     """A self-contained Keras 3 script that builds the study's network with the found regularization.
 
     It imports only ``keras``, defines ``build_model(input_shape=(32, 32, 3), num_classes=10)`` (the
-    same layers, names and parameter count as :func:`trainer.build_model` for this config) and ends
-    with ``model = build_model()``, so it runs as pasted. The model takes raw pixels (0..255).
+    layers of :data:`trainer.ARCHITECTURES`, so the same names and parameter count as
+    :func:`trainer.build_model`) and ends with ``model = build_model()``, so it runs as pasted. The
+    model takes raw pixels (0..255).
     """
     best = _as_best(best)
     regularization = best.regularization
-    layout = _LAYOUTS[best.model]
-    filters = tuple(_scaled(value, best.width) for value in layout.block_filters)
+    architecture = ARCHITECTURES[best.model]
 
     found = f"study {best.study!r}" if best.study else "a regsearch study"
     if best.trial_number is not None:
         found += f", trial {best.trial_number}"
     if best.value is not None:
         found += f" ({best.metric} {best.value:.4f})"
-    settings = [f"model={best.model}", f"width={best.width:g}"]
-    settings += [f"{name}={value}" for name, value in (("epochs", best.epochs), ("batch_size", best.batch_size),
-                                                          ("seed", best.seed)) if value is not None]
-    if best.augment:
+    recipe = best.recipe()
+    settings = [f"model={recipe.model}", f"width={recipe.width:g}", f"epochs={recipe.epochs}",
+                f"batch_size={recipe.batch_size}", f"learning_rate={recipe.learning_rate:g}", f"seed={recipe.seed}"]
+    if recipe.data.augment:
         settings.append("augment=True")
-    if best.train_size:
-        size_note = (
-            f"# Found on {best.train_size} training images. Keras adds L1*sum|w| + L2*sum(w^2) to each batch's\n"
-            f"# mean loss, so the same strength (the textbook's lambda, l2 = lambda/(2n)) on n images is\n"
-            f"# L1 * {best.train_size} / n and L2 * {best.train_size} / n (`regsearch retrain` applies this).\n"
-        )
-    else:
-        size_note = ""
 
     lines = [
         f'"""The {best.model} CIFAR-10 convnet with the best regularization of {found}.',
@@ -218,11 +183,14 @@ def python_snippet(best: BestConfig) -> str:
         f"L1_RATIO = {regularization.l1_ratio!r}",
         f"L1 = {regularization.l1!r}  # WEIGHT_DECAY * L1_RATIO",
         f"L2 = {regularization.l2!r}  # WEIGHT_DECAY * (1 - L1_RATIO)",
-        f"DROPOUT_CONV = {regularization.dropout_conv!r}  # {_DROPOUT_CONV_WHERE}",
-        f"DROPOUT_DENSE = {regularization.dropout_dense!r}  # {layout.dropout_dense_where}",
+        f"DROPOUT_CONV = {regularization.dropout_conv!r}  # {DROPOUT_CONV_WHERE}",
+        f"DROPOUT_DENSE = {regularization.dropout_dense!r}  # {architecture.dropout_dense_where}",
     ]
-    if size_note:
-        lines += [size_note.rstrip("\n")]
+    if best.train_size:
+        lines += [
+            f"# Found on {best.train_size} training images: on n images use L1 * {best.train_size} / n and",
+            f"# L2 * {best.train_size} / n (the lambda/(2n) rule; `regsearch retrain` applies it).",
+        ]
     lines += [
         "",
         "",
@@ -230,33 +198,12 @@ def python_snippet(best: BestConfig) -> str:
         "    return keras.regularizers.L1L2(l1=L1, l2=L2)",
         "",
         "",
-        "def conv_block(x, block, filters):",
-        f'    """Two 3x3 Conv2D ({layout.padding} padding) -> MaxPooling2D(2) -> Dropout(DROPOUT_CONV)."""',
-        "    for index in (1, 2):",
-        "        x = keras.layers.Conv2D(",
-        f'            filters, 3, padding="{layout.padding}", kernel_regularizer=regularizer(), name=f"block{{block}}_conv{{index}}"',
-        "        )(x)",
-        '        x = keras.layers.Activation("relu", name=f"block{block}_relu{index}")(x)',
-    ]
-    if layout.batch_norm:
-        lines += ['        x = keras.layers.BatchNormalization(name=f"block{block}_bn{index}")(x)']
-    lines += [
-        '    x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)',
-        '    return keras.layers.Dropout(DROPOUT_CONV, name=f"block{block}_dropout")(x)',
-        "",
-        "",
         "def build_model(input_shape=(32, 32, 3), num_classes=10):",
         '    inputs = keras.Input(shape=input_shape, name="image")',
         '    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)  # raw pixels 0..255 in',
-        f"    for block, filters in enumerate({filters!r}, start=1):",
-        "        x = conv_block(x, block, filters)",
-        '    x = keras.layers.Flatten(name="flatten")(x)',
     ]
-    if layout.dense_units is not None:
-        units = _scaled(layout.dense_units, best.width)
-        lines += [f'    x = keras.layers.Dense({units}, activation="relu", kernel_regularizer=regularizer(), name="dense")(x)']
+    lines += [f"    x = {_keras_call(layer)}(x)" for layer in architecture.scaled_layers(best.width)]
     lines += [
-        '    x = keras.layers.Dropout(DROPOUT_DENSE, name="classifier_dropout")(x)',
         "    outputs = keras.layers.Dense(",
         '        num_classes, activation="softmax", kernel_regularizer=regularizer(), name="classifier"',
         "    )(x)",
@@ -280,49 +227,12 @@ class BestConfigUnavailable(LookupError):
     """The best config could not be fetched: unreachable server, unknown study, or no completed trial yet."""
 
 
-def _check_optional_ints(values: Mapping[str, Any]) -> None:
-    """``BestConfig`` keeps these as given; check them here so a hand-edited file fails with the field named."""
-    for name, minimum in (("train_size", 1), ("epochs", 1), ("batch_size", 1), ("trial_number", 0), ("seed", 0)):
-        value = values.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if values.get("augment") is not None and not isinstance(values["augment"], bool):
-        raise ValueError(f"augment must be true or false, got {values['augment']!r}")
-
-
-def _check_keras_values(values: Mapping[str, Any], best: BestConfig) -> None:
-    """A ``keras`` block that disagrees with ``params`` means a hand edit that would be silently ignored."""
-    keras_values = values.get("keras")
-    if keras_values is None:
-        return
-    if not isinstance(keras_values, Mapping):
-        raise ValueError(f"keras must be an object, got {type(keras_values).__name__}")
-    expected = best.regularization.keras_values()
-    for name, value in keras_values.items():
-        if name not in expected:
-            raise ValueError(f"keras has unknown field {name!r}; expected {sorted(expected)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isclose(
-            value, expected[name], rel_tol=1e-9, abs_tol=1e-15
-        ):
-            raise ValueError(
-                f"keras.{name} ({value!r}) disagrees with params ({expected[name]!r}); "
-                "edit params (weight_decay, l1_ratio, dropout_*) and drop or fix the keras block"
-            )
-
-
 def best_from_dict(values: Any, source: str = "config") -> BestConfig:
-    """:meth:`BestConfig.from_dict` plus the checks above; ``ValueError`` starts with ``source`` and names the field."""
+    """:meth:`BestConfig.from_dict`; the ``ValueError`` starts with ``source`` and names the field, on one line."""
     try:
-        if not isinstance(values, Mapping):
-            raise ValueError(f"a best config must be a JSON object, got {type(values).__name__}")
-        _check_optional_ints(values)
-        best = BestConfig.from_dict(values)
-        _check_keras_values(values, best)
+        return BestConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{source}: {error}") from None
-    return best
 
 
 def _service_url(source: str, study: str | None) -> tuple[str, str]:

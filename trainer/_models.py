@@ -1,30 +1,6 @@
-"""The two CIFAR-10 convnets, defined once, built either as plain Keras or as a reusable search model.
+"""The two CIFAR-10 convnets of :mod:`trainer._architecture`, built as plain Keras or as a reusable search model.
 
-``baseline`` is the CIFAR-10 network of the book's project (``base_hidden_units = 32``)::
-
-    input (raw pixels 0..255) -> Rescaling(1/255)
-    block 1: [Conv2D(32, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
-    block 2: [Conv2D(64, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
-    block 3: [Conv2D(128, 3x3, same) -> ReLU -> BatchNormalization] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
-    Flatten -> Dropout(dropout_dense) -> Dense(10, softmax)
-
-309,290 parameters at width 1. The book puts a dropout after each pooling block (rates 0.2/0.3/0.4
-there); here all three take ``dropout_conv``. ``dropout_dense`` is the dropout on the classifier's
-input (after Flatten); it follows block 3's ``dropout_conv`` directly, so that input keeps a unit
-with probability (1 - dropout_conv) * (1 - dropout_dense).
-
-``vgg`` is the VGG-like convnet of the Keras guide (``valid`` padding, no BatchNorm)::
-
-    input -> Rescaling(1/255)
-    [Conv2D(32, 3x3) -> ReLU] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
-    [Conv2D(64, 3x3) -> ReLU] x 2 -> MaxPool(2) -> Dropout(dropout_conv)
-    Flatten -> Dense(256, ReLU) -> Dropout(dropout_dense) -> Dense(10, softmax)
-
-Every Conv2D and Dense kernel carries ``L1L2(l1=weight_decay*l1_ratio, l2=weight_decay*(1-l1_ratio))``
-(biases and BatchNorm parameters are not penalized, as in the book). ``width`` multiplies the
-number of filters and hidden units (at least 1), for quick runs.
-
-Why two builds of one definition: :func:`build_model` gives plain Keras layers
+Why two builds of one declaration: :func:`build_model` gives plain Keras layers
 (``keras.regularizers.L1L2``, ``keras.layers.Dropout``) for export and production. The search
 (:mod:`trainer._train`) instead builds the *same* graph with :class:`TunableL1L2` and
 :class:`TunableDropout`, whose coefficients and rates are backend variables: one compiled train step
@@ -41,15 +17,12 @@ from typing import Any
 
 import keras
 
-from trainer._settings import check_model_args
-from trainer._space import MODELS, BestConfig, RegularizationConfig
+from trainer._architecture import ARCHITECTURES, LayerSpec, scaled
+from trainer._best import BestConfig
+from trainer._recipe import Recipe
+from trainer._space import RegularizationConfig
 
-__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "check_model_args", "scaled"]
-
-
-def scaled(units: int, width: float) -> int:
-    """Filters/units after the width multiplier (never below 1)."""
-    return max(1, int(round(units * width)))
+__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_search_model", "scaled"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,52 +111,53 @@ class _Parts:
     dtype: Any = None  # dtype policy of the hidden layers (e.g. "mixed_bfloat16")
 
 
-def _architecture(model: str, width: float, input_shape: tuple[int, int, int], num_classes: int, parts: _Parts) -> keras.Model:
+def _check_shape(model: str, width: float, input_shape: Any, num_classes: Any) -> None:
+    """``ValueError`` naming the field: model and width by the :class:`Recipe`'s bounds, then shape and classes."""
+    Recipe(model=model, width=width)
+    if (
+        not isinstance(input_shape, (tuple, list))
+        or len(input_shape) != 3
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)
+    ):
+        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+
+
+def _layer(spec: LayerSpec, parts: _Parts) -> keras.layers.Layer:
+    """The Keras layer of one declared layer (``units`` already scaled)."""
     dtype = parts.dtype
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype=dtype)(inputs)
-
-    def conv(filters: int, name: str, padding: str) -> keras.layers.Layer:
+    if spec.kind == "conv":
         return keras.layers.Conv2D(
-            scaled(filters, width),
-            3,
-            padding=padding,
-            kernel_regularizer=parts.regularizer(),
-            name=name,
-            dtype=dtype,
+            spec.units, 3, padding=spec.padding, kernel_regularizer=parts.regularizer(), name=spec.name, dtype=dtype
         )
+    if spec.kind == "dense":
+        return keras.layers.Dense(
+            spec.units, activation="relu", kernel_regularizer=parts.regularizer(), name=spec.name, dtype=dtype
+        )
+    if spec.kind == "dropout":
+        return parts.dropout(spec.rate, spec.name)
+    simple = {
+        "relu": lambda: keras.layers.Activation("relu", name=spec.name, dtype=dtype),
+        "batchnorm": lambda: keras.layers.BatchNormalization(name=spec.name, dtype=dtype),
+        "pool": lambda: keras.layers.MaxPooling2D(2, name=spec.name, dtype=dtype),
+        "flatten": lambda: keras.layers.Flatten(name=spec.name, dtype=dtype),
+    }
+    return simple[spec.kind]()
 
-    if model == "baseline":
-        for block, filters in enumerate((32, 64, 128), start=1):
-            for index in (1, 2):
-                x = conv(filters, f"block{block}_conv{index}", "same")(x)
-                x = keras.layers.Activation("relu", name=f"block{block}_relu{index}", dtype=dtype)(x)
-                x = keras.layers.BatchNormalization(name=f"block{block}_bn{index}", dtype=dtype)(x)
-            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=dtype)(x)
-            x = parts.dropout("dropout_conv", f"block{block}_dropout")(x)
-        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
-        x = parts.dropout("dropout_dense", "classifier_dropout")(x)
-    elif model == "vgg":
-        for block, filters in enumerate((32, 64), start=1):
-            for index in (1, 2):
-                x = conv(filters, f"block{block}_conv{index}", "valid")(x)
-                x = keras.layers.Activation("relu", name=f"block{block}_relu{index}", dtype=dtype)(x)
-            x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=dtype)(x)
-            x = parts.dropout("dropout_conv", f"block{block}_dropout")(x)
-        x = keras.layers.Flatten(name="flatten", dtype=dtype)(x)
-        x = keras.layers.Dense(
-            scaled(256, width), activation="relu", kernel_regularizer=parts.regularizer(), name="dense", dtype=dtype
-        )(x)
-        x = parts.dropout("dropout_dense", "classifier_dropout")(x)
-    else:  # pragma: no cover - guarded by check_model_args
-        raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
+
+def _network(model: str, width: float, input_shape: tuple[int, int, int], num_classes: int, parts: _Parts) -> keras.Model:
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale", dtype=parts.dtype)(inputs)
+    for spec in ARCHITECTURES[model].scaled_layers(width):
+        x = _layer(spec, parts)(x)
     # The classifier computes in float32 under mixed precision so the softmax and the loss stay stable.
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
         kernel_regularizer=parts.regularizer(),
         name="classifier",
-        dtype=None if dtype is None else "float32",
+        dtype=None if parts.dtype is None else "float32",
     )(x)
     return keras.Model(inputs, outputs, name=model)
 
@@ -209,18 +183,18 @@ def build_model(
     ``config`` is a :class:`RegularizationConfig`, or a :class:`BestConfig` whose ``model`` and
     ``width`` are used unless given here (``model`` defaults to ``"baseline"``, ``width`` to 1).
     Every Conv2D/Dense kernel gets ``keras.regularizers.L1L2(l1=config.l1, l2=config.l2)``; the
-    dropouts are ``keras.layers.Dropout`` placed as the module docstring shows. The model takes raw
+    dropouts are ``keras.layers.Dropout`` placed as :mod:`trainer._architecture` declares. The model takes raw
     pixel values (0..255, as :func:`trainer.load_cifar10` returns them) and outputs class
     probabilities. Raises ``ValueError`` naming the field for an unknown model or bad arguments.
     """
     regularization, model, width = _resolve(config, model, width)
-    check_model_args(model, width, input_shape, num_classes)
+    _check_shape(model, width, input_shape, num_classes)
     rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
     parts = _Parts(
         regularizer=lambda: keras.regularizers.L1L2(l1=regularization.l1, l2=regularization.l2),
         dropout=lambda which, name: keras.layers.Dropout(rates[which], name=name),
     )
-    return _architecture(model, float(width), tuple(input_shape), num_classes, parts)
+    return _network(model, float(width), tuple(input_shape), num_classes, parts)
 
 
 def build_search_model(
@@ -233,11 +207,11 @@ def build_search_model(
     dtype: Any = None,
 ) -> keras.Model:
     """The same network as :func:`build_model`, with regularization and dropout read from ``knobs``."""
-    check_model_args(model, width, input_shape, num_classes)
+    _check_shape(model, width, input_shape, num_classes)
     regularizer = TunableL1L2(knobs)  # one shared instance: same coefficients on every kernel
     parts = _Parts(
         regularizer=lambda: regularizer,
         dropout=lambda which, name: TunableDropout(knobs, which, name=name, dtype=dtype),
         dtype=dtype,
     )
-    return _architecture(model, float(width), tuple(input_shape), num_classes, parts)
+    return _network(model, float(width), tuple(input_shape), num_classes, parts)

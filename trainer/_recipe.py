@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trainer._space import MODELS
+from trainer._architecture import MODELS
 
 __all__ = ["MAX_SEED", "DataRecipe", "Recipe", "TrialMetrics"]
 
@@ -48,6 +48,10 @@ class Recipe(BaseModel):
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Adam learning rate.")
     data: DataRecipe = Field(default_factory=DataRecipe)
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds the data split and order and the networks' initialisation.")
+
+    def recipe(self) -> "Recipe":
+        """Only the recipe's fields (of a ``StudySpec``, ``BestConfig`` or ``TrainSettings``), as a :class:`Recipe`."""
+        return Recipe.model_validate(self.model_dump(include=set(Recipe.model_fields)))
 
 
 class TrialMetrics(BaseModel):

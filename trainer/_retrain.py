@@ -5,14 +5,11 @@ labelled training image, so :func:`retrain` loads the training set without a val
 (``load_cifar10(val_fraction=0)``), trains with :func:`trainer.train`, and then evaluates the model
 once on the test set, which nothing before has looked at.
 
-Carrying the strength over (the lambda/(2n) rule)
--------------------------------------------------
-Keras adds ``l1*sum|w| + l2*sum(w**2)`` to each batch's *mean* loss, while the textbook writes
-E = E0 + lambda/(2n) * sum(w**2) with n the number of training examples. The quantity to keep when
-n grows is lambda, so the Keras coefficients scale by ``n_study / n_full``
-(:func:`trainer.rescale_for_train_size`; ``n_study`` is :attr:`BestConfig.train_size`, the images
-the trials trained on after their validation split). Both configs go into ``provenance.json``;
-``rescale=False`` (``--no-rescale``) keeps the study's coefficients as they are.
+It trains with the study's recipe (model, width, epochs, batch size, learning rate, augmentation,
+seed: :class:`BestConfig` carries it), each overridable. The strength is carried over to the larger
+training set by the lambda/(2n) rule (:func:`trainer.rescale_for_train_size`; ``n_study`` is
+:attr:`BestConfig.train_size`); both configs go into ``provenance.json``; ``rescale=False``
+(``--no-rescale``) keeps the study's coefficients as they are.
 
 Per-epoch monitoring
 --------------------
@@ -40,8 +37,10 @@ import numpy as np
 
 from trainer._data import CifarData, load_cifar10, make_dataset
 from trainer._export import load_best
-from trainer._space import BestConfig, rescale_for_train_size
-from trainer._train import TrainResult, TrainSettings, train
+from trainer._best import BestConfig
+from trainer._settings import TrainSettings
+from trainer._space import RegularizationConfig, rescale_for_train_size
+from trainer._train import TrainResult, train
 
 __all__ = ["MONITOR_IMAGES", "RetrainResult", "data_fingerprint", "retrain"]
 
@@ -97,7 +96,7 @@ def _versions() -> dict[str, str | None]:
     return versions
 
 
-def _config_entry(regularization: Any) -> dict[str, Any]:
+def _config_entry(regularization: RegularizationConfig) -> dict[str, Any]:
     return {"params": regularization.to_dict(), "keras": regularization.keras_values()}
 
 
@@ -118,89 +117,97 @@ def retrain(
     """Train the best config on all training images, test it once, and (with ``output``) save it.
 
     ``best`` is a :class:`BestConfig` or anything :func:`trainer.load_best` reads. The training set
-    is every training image of ``data_dir`` (or ``REGSEARCH_DATA_DIR``, or the download), without a
-    validation split; pass ``data`` (a :class:`CifarData`) instead to choose the images yourself
-    (its ``x_train`` and ``x_val`` are both trained on). ``epochs``, ``seed`` and ``batch_size``
+    is every training image of ``data_dir`` (None: the keras.datasets download), without a validation
+    split; pass ``data`` (a :class:`CifarData`) instead to choose the images yourself (its ``x_train``
+    and ``x_val`` are both trained on). ``epochs``, ``seed``, ``batch_size`` and ``learning_rate``
     default to the study's; the coefficients are carried over by the lambda/(2n) rule unless
-    ``rescale=False`` (see the module docstring). ``output`` receives ``model.keras`` and
-    ``provenance.json``.
+    ``rescale=False``. ``output`` receives ``model.keras`` and ``provenance.json``.
     """
     best = load_best(best)
-    epochs = best.epochs if epochs is None else epochs
-    if epochs is None:
-        raise ValueError("epochs: the best config does not say how long the study trained; give epochs")
-    seed = (best.seed if best.seed is not None else 0) if seed is None else seed
-    if batch_size is None:
-        batch_size = best.batch_size if best.batch_size is not None else TrainSettings.batch_size
-    if learning_rate is None:
-        learning_rate = TrainSettings.learning_rate  # the study spec's default too (BestConfig does not carry it)
-    settings = TrainSettings(
-        model=best.model,
-        width=best.width,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        augment=best.augment,
-        seed=seed,
-        precision=precision,
+    settings = TrainSettings.from_recipe(
+        best, epochs=epochs, seed=seed, batch_size=batch_size, learning_rate=learning_rate, precision=precision
+    )
+    data = _all_training_images(data, data_dir, settings.seed)
+    n_full = len(data.y_train)
+    trained, carry = _carry_over(best, n_full, rescale)
+    result = train(trained, data, settings, on_epoch_end=on_epoch_end)
+    test = _test_once(result.model, data, settings)
+    provenance = _provenance(best, trained, carry, settings, result, data, test)
+    paths = _save(result.model, provenance, output)
+    return RetrainResult(
+        model=result.model,
+        test_accuracy=test["accuracy"],
+        test_loss=test["loss"],
+        provenance=provenance,
+        training=result,
+        output=paths[0],
+        model_path=paths[1],
+        provenance_path=paths[2],
     )
 
+
+def _all_training_images(data: CifarData | None, data_dir: Any, seed: int) -> CifarData:
+    """Training + validation images as the training set; a fixed sample of them as the per-epoch monitor."""
     if data is None:
         data = load_cifar10(data_dir, val_fraction=0.0, seed=seed)
     elif not isinstance(data, CifarData):
         raise ValueError(f"data must be a CifarData (from load_cifar10), got {type(data).__name__}")
-    x_train = np.concatenate([data.x_train, data.x_val]) if len(data.y_val) else data.x_train
-    y_train = np.concatenate([data.y_train, data.y_val]) if len(data.y_val) else data.y_train
     if len(data.y_test) == 0:
         raise ValueError("data has no test images: retrain evaluates the final model on the test set")
-    n_full = len(y_train)
+    x_train = np.concatenate([data.x_train, data.x_val]) if len(data.y_val) else data.x_train
+    y_train = np.concatenate([data.y_train, data.y_val]) if len(data.y_val) else data.y_train
+    rng = np.random.default_rng(seed + 7919)
+    monitor = np.sort(rng.choice(len(y_train), size=min(len(y_train), MONITOR_IMAGES), replace=False))
+    return dataclasses.replace(data, x_train=x_train, y_train=y_train, x_val=x_train[monitor], y_val=y_train[monitor])
 
-    found = best.regularization
+
+def _carry_over(best: BestConfig, n_full: int, rescale: bool) -> tuple[RegularizationConfig, dict[str, Any]]:
+    """The config to train on ``n_full`` images (the lambda/(2n) rule) and a record of what was done."""
     if rescale and best.train_size:
-        trained = rescale_for_train_size(found, best.train_size, n_full)
+        trained = rescale_for_train_size(best.regularization, best.train_size, n_full)
         carry = {"applied": True, "n_study": best.train_size, "n_full": n_full, "factor": best.train_size / n_full}
     else:
-        trained = found
+        trained = best.regularization
         reason = "--no-rescale" if not rescale else "the best config does not record the study's train_size"
         carry = {"applied": False, "n_study": best.train_size, "n_full": n_full, "factor": 1.0, "reason": reason}
     carry["rule"] = (
         "keep the textbook lambda fixed (l2 = lambda/(2n), l1 = lambda_1/n): Keras coefficients scale by n_study/n_full"
     )
+    return trained, carry
 
-    rng = np.random.default_rng(seed + 7919)
-    monitor = np.sort(rng.choice(n_full, size=min(n_full, MONITOR_IMAGES), replace=False))
-    training_data = CifarData(
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_train[monitor],
-        y_val=y_train[monitor],
-        x_test=data.x_test,
-        y_test=data.y_test,
-        source=data.source,
-        class_names=data.class_names,
-    )
-    result = train(trained, training_data, settings, on_epoch_end=on_epoch_end)
 
+def _test_once(model: Any, data: CifarData, settings: TrainSettings) -> dict[str, float]:
+    """Compile with the training's optimizer settings and evaluate once on the test set."""
     import keras
 
-    model = result.model
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     # Build the optimizer's slots now, so the saved file loads without a variable-count mismatch warning
     # (its state is fresh: fine-tuning from model.keras starts Adam anew).
     model.optimizer.build(model.trainable_variables)
-    evaluation = model.evaluate(make_dataset(data.x_test, data.y_test, batch_size), verbose=0, return_dict=True)
-    test_accuracy = float(evaluation["accuracy"])
-    test_loss = float(evaluation["loss"])
+    evaluation = model.evaluate(make_dataset(data.x_test, data.y_test, settings.batch_size), verbose=0, return_dict=True)
+    return {"accuracy": float(evaluation["accuracy"]), "loss": float(evaluation["loss"])}
 
+
+def _provenance(
+    best: BestConfig,
+    trained: RegularizationConfig,
+    carry: dict[str, Any],
+    settings: TrainSettings,
+    result: TrainResult,
+    data: CifarData,
+    test: dict[str, float],
+) -> dict[str, Any]:
+    """What was trained, on what, how, and how it tested (``provenance.json``)."""
+    n_full = len(data.y_train)
     history = [
         {("monitor_" + key.removeprefix("val_") if key.startswith("val_") else key): value for key, value in epoch.items()}
         for epoch in result.history
     ]
-    provenance: dict[str, Any] = {
+    return {
         "provenance_version": PROVENANCE_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "study": best.study,
@@ -208,11 +215,12 @@ def retrain(
         "study_objective": {"metric": best.metric, "value": best.value},
         "model": best.model,
         "width": best.width,
-        "config": {"found": _config_entry(found), "trained": _config_entry(trained)},
+        "config": {"found": _config_entry(best.regularization), "trained": _config_entry(trained)},
         "train_size_rescale": carry,
         "best": best.to_dict(),
-        "seed": seed,
-        "epochs": epochs,
+        "seed": settings.seed,
+        "epochs": settings.epochs,
+        "learning_rate": settings.learning_rate,
         "training": {
             "settings": settings.to_dict(),
             "precision": result.precision,
@@ -222,41 +230,30 @@ def retrain(
             "final_train_accuracy": result.train_accuracy,
             "weight_norms": result.weight_norms,
             "sparsity": result.sparsity,
-            "monitor": f"{len(monitor)} training images, inference mode, after each epoch (not a validation set)",
+            "monitor": f"{len(data.y_val)} training images, inference mode, after each epoch (not a validation set)",
             "history": history,
         },
         "data": {
             "source": data.source,
             "fingerprint": "sha256 over the sorted sha256 of each (image, label) pair; independent of order",
-            "train": {"images": n_full, "sha256": data_fingerprint(x_train, y_train)},
+            "train": {"images": n_full, "sha256": data_fingerprint(data.x_train, data.y_train)},
             "test": {"images": int(len(data.y_test)), "sha256": data_fingerprint(data.x_test, data.y_test)},
         },
-        "test": {
-            "accuracy": test_accuracy,
-            "loss": test_loss,
-            "loss_includes_penalty": True,
-            "images": int(len(data.y_test)),
-        },
+        "test": {**test, "loss_includes_penalty": True, "images": int(len(data.y_test))},
         "versions": _versions(),
         "command": sys.argv if Path(sys.argv[0]).name == "regsearch" else None,
     }
 
-    output_path = model_path = provenance_path = None
-    if output is not None:
-        output_path = Path(output)
-        output_path.mkdir(parents=True, exist_ok=True)
-        model_path = output_path / "model.keras"
-        provenance_path = output_path / "provenance.json"
-        model.save(model_path)
-        provenance["files"] = {"model": model_path.name, "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
-        provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
-    return RetrainResult(
-        model=model,
-        test_accuracy=test_accuracy,
-        test_loss=test_loss,
-        provenance=provenance,
-        training=result,
-        output=output_path,
-        model_path=model_path,
-        provenance_path=provenance_path,
-    )
+
+def _save(model: Any, provenance: dict[str, Any], output: Any) -> tuple[Path | None, Path | None, Path | None]:
+    """``output/model.keras`` and ``output/provenance.json`` (with the model file's sha256); nothing without ``output``."""
+    if output is None:
+        return None, None, None
+    output_path = Path(output)
+    output_path.mkdir(parents=True, exist_ok=True)
+    model_path = output_path / "model.keras"
+    provenance_path = output_path / "provenance.json"
+    model.save(model_path)
+    provenance["files"] = {"model": model_path.name, "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest()}
+    provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+    return output_path, model_path, provenance_path

@@ -1,79 +1,41 @@
-"""Training settings and argument checks: plain Python, so the command line can read them without Keras."""
+"""Training settings: the :class:`Recipe` plus the knobs only the trainer has (plain Python, no Keras)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
+from pydantic import ConfigDict, Field
 
-from trainer._space import MODELS
+from trainer._recipe import Recipe
 
-__all__ = ["PRECISIONS", "TrainSettings", "check_model_args"]
+__all__ = ["PRECISIONS", "TrainSettings"]
 
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
-def check_model_args(model: str, width: Any, input_shape: Any = (32, 32, 3), num_classes: Any = 10) -> None:
-    """``ValueError`` naming the field for an unknown model or a bad width/shape/class count."""
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {list(MODELS)}, got {model!r}")
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ValueError(f"width must be a positive number, got {width!r}")
-    if (
-        not isinstance(input_shape, (tuple, list))
-        or len(input_shape) != 3
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape)
-    ):
-        raise ValueError(f"input_shape must be (height, width, channels) of positive ints, got {input_shape!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(Recipe):
     """How to train (everything but the regularization). Invalid values raise ``ValueError`` naming the field.
 
-    ``precise_bn_images``: training images used to recompute BatchNorm statistics before each
-    validation (0 turns it off and validates with the moving averages). ``reuse_compiled``: reuse this
-    process's compiled model for this graph (see :mod:`trainer._train`).
+    The recipe's fields (model, width, epochs, batch_size, learning_rate, data, seed) are
+    :class:`Recipe`'s; ``data.train_size`` and ``data.val_fraction`` say how the data was drawn
+    (:func:`trainer.load_cifar10` takes them), ``data.augment`` applies here. Build one from a study's
+    recipe with ``TrainSettings(**recipe.recipe().model_dump(), precision=...)``.
     """
 
-    model: str = "baseline"
-    width: float = 1.0
-    epochs: int = 3
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    augment: bool = False
-    seed: int = 0
-    precision: str = "auto"
-    precise_bn_images: int = 512
-    reuse_compiled: bool = True
+    model_config = ConfigDict(frozen=True)
 
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
-        check_model_args(self.model, self.width)
+    precision: Literal[PRECISIONS] = Field("auto", description="Keras dtype policy; auto: see trainer._train.resolve_precision.")  # type: ignore[valid-type]
+    precise_bn_images: int = Field(
+        512, ge=0, description="Training images used to recompute BatchNorm statistics before each validation (0: off)."
+    )
+    reuse_compiled: bool = Field(True, description="Reuse this process's compiled model for this graph (see trainer._train).")
 
-        def positive_int(name: str, allow_zero: bool = False) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
-                raise ValueError(f"{name} must be an int >= {0 if allow_zero else 1}, got {value!r}")
-
-        positive_int("epochs")
-        positive_int("batch_size")
-        positive_int("precise_bn_images", allow_zero=True)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
-        rate = self.learning_rate
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-            raise ValueError(f"learning_rate must be a positive number, got {rate!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
-        for name in ("augment", "reuse_compiled"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> "TrainSettings":
+        """``recipe``'s fields (only those), with the given ``overrides`` that are not None (a recipe field or a knob)."""
+        values = recipe.recipe().model_dump()
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")

@@ -22,7 +22,7 @@ with E0 the mean loss over the n training examples, so the two forms agree when:
 ``lambda`` (the textbook's regularization parameter) is the quantity that stays fixed when the
 training set grows; the Keras coefficients shrink as 1/n. :func:`rescale_for_train_size` is the one
 place that applies this rule (used by ``regsearch retrain`` when it moves from the study's subset to
-the full training set).
+the full training set). This is the one explanation of the rule; other docstrings point here.
 
 The gradient of the L2 term is ``2 * l2 * w = (lambda / n) * w``, so plain SGD performs the
 textbook update W <- W - eta * (dE0/dW + (lambda/n) * W): weights decay towards zero but rarely
@@ -37,8 +37,9 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from trainer._architecture import MODELS
+
 __all__ = [
-    "BestConfig",
     "MODELS",
     "ParamSpec",
     "SEARCH_SPACE",
@@ -48,8 +49,6 @@ __all__ = [
     "validate_bounds",
 ]
 
-#: The networks the trainer can build (see :mod:`trainer._models`).
-MODELS: tuple[str, ...] = ("baseline", "vgg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,77 +204,9 @@ class RegularizationConfig:
 def rescale_for_train_size(config: RegularizationConfig, n_from: int, n_to: int) -> RegularizationConfig:
     """Carry a config found on ``n_from`` training examples over to ``n_to`` examples.
 
-    Keeps the textbook's lambda fixed (l2 = lambda/(2n), l1 = lambda_1/n), so ``weight_decay``
-    scales by ``n_from / n_to``; the L1/L2 mix and the dropout rates are unchanged.
+    Keeps the textbook's lambda fixed (the lambda/(2n) rule, explained in this module's docstring), so
+    ``weight_decay`` scales by ``n_from / n_to``; the L1/L2 mix and the dropout rates are unchanged.
     """
     if n_from <= 0 or n_to <= 0:
         raise ValueError(f"training set sizes must be positive, got n_from={n_from}, n_to={n_to}")
     return dataclasses.replace(config, weight_decay=config.weight_decay * n_from / n_to)
-
-
-@dataclasses.dataclass(frozen=True)
-class BestConfig:
-    """The best configuration of a study, as ``GET /v1/studies/{name}/best`` and ``regsearch best -o`` give it.
-
-    ``train_size`` is the number of images the study's trials trained on (after the validation split):
-    the ``n`` of the lambda/(2n) rule, needed to carry the strength over to a larger training set.
-    """
-
-    model: str
-    regularization: RegularizationConfig
-    width: float = 1.0
-    study: str | None = None
-    trial_number: int | None = None
-    value: float | None = None
-    metric: str = "val_accuracy"
-    train_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    augment: bool = False
-
-    def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {list(MODELS)}, got {self.model!r}")
-        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not self.width > 0:
-            raise ValueError(f"width must be a positive number, got {self.width!r}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "BestConfig":
-        """Read the JSON form; a missing or out-of-range field raises ``ValueError`` naming it."""
-        if not isinstance(values, Mapping):
-            raise ValueError(f"a best config must be a JSON object, got {type(values).__name__}")
-        if "model" not in values:
-            raise ValueError("config is missing field(s): model")
-        if "params" not in values:
-            raise ValueError("config is missing field(s): params")
-        optional = {
-            name: values[name]
-            for name in ("study", "trial_number", "value", "metric", "train_size", "epochs", "batch_size", "seed", "augment")
-            if values.get(name) is not None
-        }
-        return cls(
-            model=values["model"],
-            regularization=RegularizationConfig.from_dict(values["params"]),
-            width=values.get("width", 1.0),
-            **optional,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (the same keys the service's ``best`` endpoint returns)."""
-        out = {
-            "study": self.study,
-            "model": self.model,
-            "width": self.width,
-            "params": self.regularization.to_dict(),
-            "keras": self.regularization.keras_values(),
-            "value": self.value,
-            "metric": self.metric,
-            "trial_number": self.trial_number,
-            "train_size": self.train_size,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "augment": self.augment,
-        }
-        return out

@@ -47,7 +47,8 @@ import numpy as np
 from trainer._data import CifarData, make_dataset
 from trainer._models import Knobs, build_model, build_search_model
 from trainer._settings import PRECISIONS, TrainSettings
-from trainer._space import BestConfig, RegularizationConfig
+from trainer._best import BestConfig
+from trainer._space import RegularizationConfig
 
 __all__ = [
     "PRECISIONS",
@@ -435,7 +436,7 @@ def train(
             data.y_train,
             settings.batch_size,
             shuffle=True,
-            augment=settings.augment,
+            augment=settings.data.augment,
             seed=settings.seed,
             drop_remainder=drop_remainder,
         )

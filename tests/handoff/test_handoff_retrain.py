@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.support import REGSEARCH, ROOT, base_env, free_port
-from trainer import BestConfig, RegularizationConfig, load_cifar10, rescale_for_train_size
+from trainer import BestConfig, RegularizationConfig, load_best, load_cifar10, rescale_for_train_size
 from trainer._retrain import data_fingerprint
 
 FOUND = RegularizationConfig(weight_decay=2e-3, l1_ratio=0.25, dropout_conv=0.35, dropout_dense=0.45)
@@ -18,8 +18,9 @@ STUDY_TRAIN_SIZE = 540  # the study's 600 images minus its 10% validation split
 FULL_TRAIN_SIZE = 600  # tests/data: all training images, no validation split
 
 
-def write_best(tmp_path, width: float = 0.25) -> str:
+def write_best(tmp_path, width: float = 0.25, learning_rate: float = 2e-3) -> str:
     best = BestConfig(
+        learning_rate=learning_rate,
         model="baseline",
         regularization=FOUND,
         width=width,
@@ -63,6 +64,8 @@ def test_retrain_command_writes_a_loadable_model_and_its_provenance(tmp_path, ci
 
     assert provenance["study"] == "handoff-retrain" and provenance["trial_number"] == 4
     assert provenance["seed"] == 0 and provenance["epochs"] == 1
+    assert provenance["learning_rate"] == 2e-3 == provenance["training"]["settings"]["learning_rate"]  # the study's
+    assert "learning rate 0.002" in completed.stdout
     assert provenance["config"]["found"]["params"] == FOUND.to_dict()
     assert provenance["config"]["trained"]["params"] == pytest.approx(expected.to_dict())
     assert provenance["train_size_rescale"] | {"rule": None} == {
@@ -80,6 +83,23 @@ def test_retrain_command_writes_a_loadable_model_and_its_provenance(tmp_path, ci
     accuracy = float(np.mean(predictions.argmax(axis=1) == data.y_test))
     assert provenance["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert provenance["test"]["images"] == 200
+
+
+def test_retrain_trains_at_the_studys_learning_rate(tmp_path, cifar_dir):
+    """The best config carries the study's recipe; retrain's optimizer runs at its learning rate, not 1e-3."""
+    from trainer import retrain
+    from trainer._train import _CACHE
+
+    best = load_best(write_best(tmp_path, learning_rate=0.05))
+    assert best.learning_rate == 0.05 and best.to_dict()["learning_rate"] == 0.05
+    result = retrain(best, data_dir=cifar_dir, epochs=1)
+    assert result.training.settings.learning_rate == 0.05
+    searchable = next(reversed(_CACHE.values()))  # the compiled model retrain trained with
+    assert float(searchable.optimizer.learning_rate) == pytest.approx(0.05)
+    assert float(result.model.optimizer.learning_rate) == pytest.approx(0.05)
+    assert result.provenance["learning_rate"] == 0.05 and result.provenance["best"]["learning_rate"] == 0.05
+    overridden = retrain(best, data_dir=cifar_dir, epochs=1, learning_rate=1e-3)
+    assert overridden.provenance["learning_rate"] == 1e-3
 
 
 def test_data_fingerprint_ignores_order_and_sees_every_label():

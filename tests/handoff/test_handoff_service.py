@@ -35,7 +35,7 @@ def service(tmp_path_factory):
     try:
         wait_healthy(url, timeout=90)
         spec = {"name": STUDY, "model": "vgg", "width": 0.125, "n_trials": 1, "epochs": 1, "batch_size": 64,
-                "data": {"train_size": 200}}  # fmt: skip
+                "learning_rate": 2e-3, "data": {"train_size": 200}}  # fmt: skip
         assert httpx.post(f"{url}/v1/studies", json=spec, timeout=10).status_code == 201
         wait_until(
             lambda: httpx.get(f"{url}/v1/studies/{STUDY}", timeout=5).json()["status"] == "completed",
@@ -56,6 +56,10 @@ def test_the_three_forms_of_best_and_regsearch_best_o_agree(service):
     from_file = load_best(best_file)
     assert from_file.study == STUDY and from_file.model == "vgg" and from_file.width == 0.125
     assert from_file.train_size == 180  # 200 images minus the 10% validation split: the n of lambda/(2n)
+    assert (from_file.learning_rate, from_file.batch_size, from_file.data.train_size) == (2e-3, 64, 200)  # the recipe
+    served = httpx.get(f"{url}/v1/studies/{STUDY}/best", timeout=10).json()  # the response model, honoured
+    assert served["keras"] == from_file.regularization.keras_values() and served["augment"] is False
+    assert served["direction"] == "maximize" and served["best_since"] and served["learning_rate"] == 2e-3
     assert load_best(url, study=STUDY) == from_file
     assert load_best(f"{url}/v1/studies/{STUDY}/best") == from_file
 
@@ -111,6 +115,7 @@ def test_retrain_from_the_service_with_no_rescale(service):
     carry = provenance["train_size_rescale"]
     assert (carry["applied"], carry["n_study"], carry["n_full"]) == (False, 180, 600)  # trained on train + val
     assert provenance["training"]["images"] == 600
+    assert provenance["learning_rate"] == best.learning_rate == 2e-3  # the study's, not the 1e-3 default
     model = keras.models.load_model(output / "model.keras")
     kernels = [layer for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
     assert kernels

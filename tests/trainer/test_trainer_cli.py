@@ -41,3 +41,21 @@ def test_train_command_reports_bad_input_in_one_line(cifar_dir, tmp_path):
     no_data = subprocess.run([REGSEARCH, "train", "--data-dir", str(tmp_path)], env=base_env(), capture_output=True, text=True, timeout=60)
     assert no_data.returncode == 1 and "Traceback" not in no_data.stderr
     assert f"no CIFAR-10 data in {tmp_path}" in no_data.stderr and "data_batch_1" in no_data.stderr
+
+
+def test_recipe_flags_are_generated_from_the_recipe():
+    """train's defaults are TrainSettings'; submit and retrain leave unset flags out (the spec's / the study's)."""
+    from service.cli import build_parser
+    from service.cli.options import values_from_args
+    from service.schemas import StudySpec
+    from trainer import Recipe, TrainSettings
+
+    train = build_parser("train").parse_args(["train"])
+    assert TrainSettings(**values_from_args(train, TrainSettings, exclude=("reuse_compiled",))) == TrainSettings()
+    assert (train.epochs, train.batch_size, train.learning_rate, train.augment) == (10, 128, 1e-3, False)
+    submit = build_parser("submit").parse_args(["submit", "--learning-rate", "0.05", "--augment", "--train-size", "200"])
+    assert values_from_args(submit, StudySpec, exclude=("search_space",)) == {
+        "learning_rate": 0.05, "data": {"train_size": 200, "augment": True},
+    }  # fmt: skip
+    retrain = build_parser("retrain").parse_args(["retrain", "study", "--learning-rate", "0.05"])
+    assert values_from_args(retrain, Recipe, only=("epochs", "batch_size", "learning_rate", "seed")) == {"learning_rate": 0.05}

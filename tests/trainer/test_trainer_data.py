@@ -39,11 +39,12 @@ def test_train_size_draws_a_class_balanced_seeded_subset(cifar_dir):
     assert not np.array_equal(other.x_val, data.x_val)
 
 
-def test_reads_the_archive_and_the_environment_variable(cifar_dir, tmp_path, monkeypatch):
+def test_reads_the_archive_and_ignores_the_environment_variable(cifar_dir, tmp_path, monkeypatch):
+    """The trainer is a library: the directory is an argument (the CLI passes REGSEARCH_DATA_DIR's setting)."""
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(Path(cifar_dir) / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setenv("REGSEARCH_DATA_DIR", str(tmp_path))
-    from_archive = load_cifar10(train_size=100, seed=1)
+    monkeypatch.setenv("REGSEARCH_DATA_DIR", "/nonexistent")
+    from_archive = load_cifar10(tmp_path, train_size=100, seed=1)
     from_directory = load_cifar10(cifar_dir, train_size=100, seed=1)
     assert from_archive.source == str(tmp_path)
     np.testing.assert_array_equal(from_archive.x_train, from_directory.x_train)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 import numpy as np
@@ -55,12 +54,12 @@ def test_one_epoch_lowers_the_training_loss(data):
 def test_short_trial_validation_accuracy_follows_training_accuracy(data):
     """The precise-BN fix: with BN's moving averages (momentum 0.99) a short trial validates near chance."""
     config = RegularizationConfig(weight_decay=1e-4, l1_ratio=0.2, dropout_conv=0.1, dropout_dense=0.1)
-    settings = dataclasses.replace(QUICK, epochs=2, learning_rate=3e-3)
+    settings = QUICK.model_copy(update=dict(epochs=2, learning_rate=3e-3))
     result = train(config, data, settings)
     assert result.train_accuracy > 0.18, result.history  # it learned something in 30 steps
     assert result.val_accuracy > 0.2, result.history  # chance is 0.1 on these 120 validation images
     assert abs(result.val_accuracy - result.train_accuracy) < 0.12, result.history
-    moving_averages = train(config, data, dataclasses.replace(settings, precise_bn_images=0))
+    moving_averages = train(config, data, settings.model_copy(update=dict(precise_bn_images=0)))
     assert moving_averages.train_accuracy == pytest.approx(result.train_accuracy, abs=1e-6)  # the same training
     assert moving_averages.val_accuracy < result.val_accuracy - 0.05, (moving_averages.history, result.history)
 
@@ -72,7 +71,7 @@ def test_metrics_reach_on_epoch_end_and_keras_callbacks(data):
         def on_epoch_end(self, epoch, logs=None):
             logged.append(dict(logs))
 
-    result = train(CONFIG, data, dataclasses.replace(QUICK, epochs=2), callbacks=[Recorder()], on_epoch_end=lambda e, m: seen.append((e, m)))
+    result = train(CONFIG, data, QUICK.model_copy(update=dict(epochs=2)), callbacks=[Recorder()], on_epoch_end=lambda e, m: seen.append((e, m)))
     assert [epoch for epoch, _ in seen] == [0, 1]
     for _, metrics in seen:
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "gap"} <= set(metrics)
@@ -93,17 +92,17 @@ def test_pruning_from_on_epoch_end_stops_training_and_propagates(data):
         raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
     with pytest.raises(optuna.TrialPruned):
-        train(CONFIG, data, dataclasses.replace(QUICK, epochs=3), on_epoch_end=prune)
+        train(CONFIG, data, QUICK.model_copy(update=dict(epochs=3)), on_epoch_end=prune)
     assert seen == [0]
 
 
 def test_reused_compiled_model_gives_a_fresh_models_results(data):
     """A trial on the cached model after another trial equals the same trial on a freshly built model."""
-    settings = dataclasses.replace(QUICK, seed=5)
+    settings = QUICK.model_copy(update=dict(seed=5))
     other = RegularizationConfig(weight_decay=1e-2, l1_ratio=1.0, dropout_conv=0.5, dropout_dense=0.5)
     train(other, data, settings)  # leaves different weights, knobs, optimizer state behind
     reused = train(CONFIG, data, settings)
-    fresh = train(CONFIG, data, dataclasses.replace(settings, reuse_compiled=False))
+    fresh = train(CONFIG, data, settings.model_copy(update=dict(reuse_compiled=False)))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "weight_l2", "sparsity"):
         assert reused.history[0][key] == pytest.approx(fresh.history[0][key], rel=1e-4, abs=1e-6), key
 
@@ -123,7 +122,7 @@ def test_twenty_trainings_keep_resident_memory_bounded(cifar_dir):
     resident = []
     for index in range(20):
         config = RegularizationConfig(weight_decay=10 ** -(2 + index % 4), l1_ratio=(index % 3) / 2, dropout_conv=0.3 + index / 100)
-        result = train(config, small, dataclasses.replace(QUICK, seed=index))
+        result = train(config, small, QUICK.model_copy(update=dict(seed=index)))
         assert result.epochs_run == 1
         resident.append(process.memory_info().rss)
     growth_mib = (resident[-1] - resident[4]) / 2**20

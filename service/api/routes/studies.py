@@ -152,29 +152,22 @@ def list_trials(name: str, session: SessionDep, storage: StorageDep) -> TrialLis
     return TrialList(study=name, trials=out)
 
 
-def best_config(row: SearchStudy, session: Session) -> dict[str, Any] | None:
-    """The best-config JSON of the contract, or None before any trial completes."""
-    from trainer import BestConfig, RegularizationConfig
-
+def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
+    """The study's recipe and its best regularization so far, or None before any trial completes."""
     record = studies.best_record(session, row.id)
     if record is None:
         return None
     spec = StudySpec.model_validate(row.spec)
-    best = BestConfig(
-        model=spec.model,
-        regularization=RegularizationConfig.from_dict(record.params),
-        width=spec.width,
+    return BestConfigOut(
+        **spec.recipe().model_dump(),
+        params=record.params,
         study=row.name,
         trial_number=record.trial_number,
         value=record.value,
         metric="val_accuracy",
         train_size=record.train_size,
-        epochs=spec.epochs,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        augment=spec.data.augment,
+        best_since=as_utc(record.created_at),
     )
-    return {**best.to_dict(), "best_since": as_utc(record.created_at).isoformat(), "direction": "maximize"}
 
 
 @router.get(
@@ -195,8 +188,8 @@ def get_best(
     ] = "json",
 ) -> Any:
     row = studies.get_study(session, name)
-    body = best_config(row, session)
-    if body is None:
+    best = best_config(row, session)
+    if best is None:
         counts = studies.trial_counts(session, name)
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
@@ -205,13 +198,11 @@ def get_best(
             "the best config appears when the first trial completes",
         )
     if output_format == "json":
-        return JSONResponse(body)
+        return best
     try:
-        from trainer import BestConfig
         from trainer._export import keras_settings, python_snippet
     except ImportError:
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"format={output_format} is not available in this build") from None
-    best = BestConfig.from_dict(body)
     if output_format == "keras":
         return JSONResponse(keras_settings(best))
     return PlainTextResponse(python_snippet(best), media_type="text/x-python")

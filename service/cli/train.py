@@ -1,23 +1,26 @@
 """``regsearch train``: train one regularization config and print (or write) its metrics.
 
 The regularization flags (``--weight-decay``, ``--l1-ratio``, ``--dropout-conv``, ``--dropout-dense``)
-are generated from :data:`trainer.SEARCH_SPACE`, the training flags' defaults from
-:class:`trainer.TrainSettings`; TensorFlow is imported only when the command runs.
+are generated from :data:`trainer.SEARCH_SPACE`, the training flags from :class:`trainer.TrainSettings`
+(the recipe and the trainer's knobs); TensorFlow is imported only when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from trainer._settings import PRECISIONS, TrainSettings
-from trainer._space import MODELS, SEARCH_SPACE, RegularizationConfig
+from pydantic import ValidationError
 
-_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainSettings)}
+from service.cli import CommandError
+from service.cli.options import add_model_options, values_from_args
+from trainer import SEARCH_SPACE, RegularizationConfig, TrainSettings
+from trainer._best import describe
+
+_NOT_FLAGS = ("reuse_compiled",)  # TrainSettings fields a command-line run has no use for
 
 
 def register(subparsers: Any) -> None:
@@ -25,10 +28,8 @@ def register(subparsers: Any) -> None:
         "train",
         help="train one CIFAR-10 convnet under a regularization config",
         description="Train one CIFAR-10 convnet under a regularization config; report per-epoch metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", choices=MODELS, default=_DEFAULTS["model"], help="network to train")
-    parser.add_argument("--width", type=float, default=_DEFAULTS["width"], help="width multiplier for filters/units")
+    add_model_options(parser.add_argument_group("training (the recipe)"), TrainSettings, exclude=_NOT_FLAGS)
     regularization = parser.add_argument_group("regularization (the search space)")
     for spec in SEARCH_SPACE:
         regularization.add_argument(
@@ -38,23 +39,10 @@ def register(subparsers: Any) -> None:
             default=spec.default,
             metavar=spec.name.upper(),
             help=f"{spec.description} Allowed {spec.range_text()}; searched in [{spec.low:g}, {spec.high:g}]"
-            + (" on a log scale" if spec.log else ""),
+            + (" on a log scale" if spec.log else "")
+            + f" (default: {spec.default:g})",
         )
-    parser.add_argument("--epochs", type=int, default=_DEFAULTS["epochs"])
-    parser.add_argument("--batch-size", type=int, default=_DEFAULTS["batch_size"])
-    parser.add_argument("--learning-rate", type=float, default=_DEFAULTS["learning_rate"], help="Adam learning rate")
-    parser.add_argument("--train-size", type=int, default=None, help="training images drawn (class-balanced) before the validation split; default: all")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of the drawn images held out for validation")
-    parser.add_argument("--augment", action="store_true", help="random horizontal flips and shifts of up to 10%%")
-    parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
-    parser.add_argument("--precision", choices=PRECISIONS, default=_DEFAULTS["precision"])
-    parser.add_argument(
-        "--precise-bn-images",
-        type=int,
-        default=_DEFAULTS["precise_bn_images"],
-        help="training images used to recompute BatchNorm statistics before each validation (0: off)",
-    )
-    parser.add_argument("--data-dir", default=None, help="CIFAR-10 in the official layout (default: $REGSEARCH_DATA_DIR, else download)")
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 in the official layout (default: REGSEARCH_DATA_DIR, else download)")
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write the metrics as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -108,21 +96,13 @@ def _summary(result: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import CommandError
+    from service.config import get_settings
 
     try:
         config = RegularizationConfig(**{spec.name: getattr(args, spec.name) for spec in SEARCH_SPACE})
-        settings = TrainSettings(
-            model=args.model,
-            width=args.width,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            augment=args.augment,
-            seed=args.seed,
-            precision=args.precision,
-            precise_bn_images=args.precise_bn_images,
-        )
+        settings = TrainSettings(**values_from_args(args, TrainSettings, exclude=_NOT_FLAGS))
+    except ValidationError as error:
+        raise CommandError(describe(error)) from None
     except ValueError as error:
         raise CommandError(str(error)) from None
 
@@ -131,20 +111,23 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from trainer._data import load_cifar10  # numpy only: data errors are reported before TensorFlow loads
 
-    if not 0 < args.val_fraction < 1:
-        raise CommandError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    data_dir = args.data_dir or get_settings().data_dir
     try:
-        data = load_cifar10(args.data_dir, train_size=args.train_size, val_fraction=args.val_fraction, seed=args.seed)
+        data = load_cifar10(
+            data_dir, train_size=settings.data.train_size, val_fraction=settings.data.val_fraction, seed=settings.seed
+        )
     except ValueError as error:  # DataError included
         raise CommandError(str(error)) from None
     from trainer._train import train
+
     callbacks = [] if args.no_progress else [_progress_bar(settings.epochs, max(1, len(data.y_train) // settings.batch_size))]
     result = train(config, data, settings, callbacks=callbacks)
     print(_summary(result))
     if args.json_path:
         path = Path(args.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {**result.to_dict(), "data": {"source": data.source, "train_size_drawn": args.train_size, "val_fraction": args.val_fraction}}
+        drawn = {"source": data.source, "train_size_drawn": settings.data.train_size, "val_fraction": settings.data.val_fraction}
+        payload = {**result.to_dict(), "data": drawn}
         path.write_text(json.dumps(payload, indent=2) + "\n")
         print(f"metrics written to {path}")
     return 0

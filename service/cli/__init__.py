@@ -1,9 +1,10 @@
-"""The ``regsearch`` command.
+"""The ``regsearch`` command: every subcommand of regsearch lives in this package.
 
-Each group of subcommands lives in its own module with a ``register(subparsers)`` function that
-adds its parsers and sets ``func`` (called with the parsed arguments; its return value is the exit
-code). Modules are imported only for the subcommand being run, so ``regsearch best`` never pays for
-importing TensorFlow.
+Each module (``client``, ``server``, ``train``, ``retrain``) has a ``register(subparsers)`` function
+that adds its parsers and sets ``func`` (called with the parsed arguments; its return value is the
+exit code). Modules are imported only for the subcommand being run, so ``regsearch best`` never pays
+for importing TensorFlow. The training recipe's flags are generated from :class:`trainer.Recipe`
+(:mod:`service.cli.options`), so their defaults and bounds are the recipe's.
 """
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import argparse
 import importlib
 import sys
 
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+
 # subcommand -> module that registers it
 COMMANDS: dict[str, str] = {
-    "train": "trainer._cli",
-    "retrain": "trainer._retrain_cli",
-    "serve": "service._cli_server",
-    "worker": "service._cli_server",
-    "dashboard": "service._cli_server",
-    "migrate": "service._cli_server",
-    "submit": "service._cli_client",
-    "watch": "service._cli_client",
-    "best": "service._cli_client",
-    "studies": "service._cli_client",
+    "train": "service.cli.train",
+    "retrain": "service.cli.retrain",
+    "serve": "service.cli.server",
+    "worker": "service.cli.server",
+    "dashboard": "service.cli.server",
+    "migrate": "service.cli.server",
+    "submit": "service.cli.client",
+    "watch": "service.cli.client",
+    "best": "service.cli.client",
+    "studies": "service.cli.client",
 }
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from service.cli import CommandError
+from service.cli.options import add_model_options, values_from_args
+from service.schemas import StudySpec
+
+_NOT_FLAGS = ("search_space",)  # StudySpec fields given in the spec file only
 
 FINAL_STATUSES = ("completed", "stopped", "failed")
 
@@ -23,19 +27,7 @@ def register(subparsers) -> None:
         description="Submit a study. Flags override the spec file's fields; every field but the name has a default.",
     )
     submit.add_argument("spec", nargs="?", help="study spec file (.json, .yaml or .yml)")
-    submit.add_argument("--name", help="study name (a slug)")
-    submit.add_argument("--model", help="baseline or vgg")
-    submit.add_argument("--width", type=float, help="width multiplier")
-    submit.add_argument("--n-trials", type=int, dest="n_trials")
-    submit.add_argument("--epochs", type=int)
-    submit.add_argument("--batch-size", type=int, dest="batch_size")
-    submit.add_argument("--learning-rate", type=float, dest="learning_rate")
-    submit.add_argument("--sampler", help="tpe or random")
-    submit.add_argument("--pruner", help="median, hyperband or none")
-    submit.add_argument("--seed", type=int)
-    submit.add_argument("--train-size", type=int, dest="train_size", help="training images drawn before the validation split")
-    submit.add_argument("--val-fraction", type=float, dest="val_fraction")
-    submit.add_argument("--augment", action="store_true", default=None)
+    add_model_options(submit, StudySpec, exclude=_NOT_FLAGS, defaults=False, default_text="the spec file's, else the API's")
     submit.add_argument("--watch", action="store_true", help="then watch it until it ends")
     _add_url(submit)
     submit.set_defaults(func=_submit)
@@ -97,15 +89,10 @@ def _load_spec(path: str) -> dict[str, Any]:
 
 def _submit(args) -> int:
     spec = _load_spec(args.spec) if args.spec else {}
-    for field in ("name", "model", "width", "n_trials", "epochs", "batch_size", "learning_rate", "sampler", "pruner", "seed"):
-        if getattr(args, field) is not None:
-            spec[field] = getattr(args, field)
-    data = dict(spec.get("data") or {})
-    for field in ("train_size", "val_fraction", "augment"):
-        if getattr(args, field) is not None:
-            data[field] = getattr(args, field)
-    if data:
-        spec["data"] = data
+    flags = values_from_args(args, StudySpec, exclude=_NOT_FLAGS)
+    if "data" in flags:
+        flags["data"] = {**(spec.get("data") or {}), **flags["data"]}
+    spec.update(flags)
     if "name" not in spec:
         raise CommandError("a study needs a name: --name NAME or a 'name' in the spec file")
     with _client(args) as client:

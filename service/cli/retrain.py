@@ -1,5 +1,8 @@
 """``regsearch retrain NAME``: the final training of a study's best config (see :mod:`trainer._retrain`).
 
+The recipe flags (--epochs, --batch-size, --learning-rate, --seed) are generated from
+:class:`trainer.Recipe` and default to the study's (its best config carries the recipe).
+
 The best config is read first (pure Python, no TensorFlow), so a wrong study name or an
 unreachable server fails in a fraction of a second with one line.
 """
@@ -11,6 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from service.cli import CommandError
+from service.cli.options import add_model_options
+from trainer import Recipe
+
+_OVERRIDES = ("epochs", "batch_size", "learning_rate", "seed")  # recipe fields a retrain may change
+
 DESCRIPTION = """\
 Train the study's best regularization on all training images (training + validation split), evaluate
 it once on the test set, and save DIR/model.keras and DIR/provenance.json (study, trial, both configs,
@@ -19,12 +28,11 @@ data fingerprint, seed, epochs, package versions, test accuracy).
 The best config comes from the service (--url, or REGSEARCH_URL) or from a file written by
 `regsearch best NAME -o best.json` (--config).
 
-Carrying the strength over (the lambda/(2n) rule): Keras adds l1*sum|w| + l2*sum(w^2) to each batch's
-mean loss, not divided by the number of training images n, while the textbook's lambda
-(l2 = lambda/(2n), l1 = lambda_1/n) is what stays fixed as the training set grows. So when the study
-trained on n_study images and this run trains on n_full, weight_decay (hence l1 and l2) is multiplied
-by n_study/n_full; l1_ratio and the dropout rates are unchanged. --no-rescale keeps the study's
-coefficients. provenance.json records both configs.
+It trains with the study's recipe (model, width, epochs, batch size, learning rate, augmentation,
+seed); the flags below override parts of it. The strength is carried over by the lambda/(2n) rule:
+the study trained on n_study images, this run on n_full, so weight_decay (hence l1 and l2) is
+multiplied by n_study/n_full; l1_ratio and the dropout rates are unchanged (the rule is explained in
+trainer/_space.py). --no-rescale keeps the study's coefficients. provenance.json records both configs.
 """
 
 
@@ -39,12 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--url", help="service URL (default: REGSEARCH_URL, else http://127.0.0.1:8000)")
     source.add_argument("--config", metavar="BEST_JSON", help="a file written by `regsearch best NAME -o BEST_JSON`")
-    parser.add_argument("--epochs", type=int, help="epochs to train (default: the study's epochs)")
     parser.add_argument("--output", metavar="DIR", help="where model.keras and provenance.json go (default: retrain-NAME)")
     parser.add_argument("--data-dir", help="CIFAR-10 directory in the official layout (default: REGSEARCH_DATA_DIR, else download)")
-    parser.add_argument("--seed", type=int, help="random seed (default: the study's)")
-    parser.add_argument("--batch-size", type=int, help="batch size (default: the study's)")
-    parser.add_argument("--learning-rate", type=float, help="Adam learning rate (default: 1e-3, the study default)")
+    add_model_options(parser, Recipe, only=_OVERRIDES, defaults=False, default_text="the study's")
     parser.add_argument(
         "--no-rescale",
         dest="rescale",
@@ -55,39 +60,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from service.cli import CommandError
+    from service.config import get_settings
     from trainer._export import BestConfigUnavailable, load_best
 
     try:
         if args.config:
             return load_best(args.config, study=args.name)
-        url = args.url
-        if not url:
-            from service.config import get_settings
-
-            url = get_settings().url
-        return load_best(url, study=args.name)
+        return load_best(args.url or get_settings().url, study=args.name)
     except (BestConfigUnavailable, ValueError, OSError) as error:
         raise CommandError(str(error)) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import CommandError
+    from pydantic import ValidationError
+
+    from service.config import get_settings
+    from trainer import TrainSettings
+    from trainer._best import describe
 
     best = _load(args)
+    overrides = {name: getattr(args, name) for name in _OVERRIDES}
+    try:
+        settings = TrainSettings.from_recipe(best, **overrides)  # checks the overrides before TensorFlow loads
+    except ValidationError as error:
+        raise CommandError(describe(error)) from None
     output = Path(args.output or f"retrain-{args.name}")
-    epochs = args.epochs if args.epochs is not None else best.epochs
-    if epochs is None:
-        raise CommandError("the best config does not say how many epochs the study trained; give --epochs")
-    for name in ("epochs", "batch_size"):
-        value = epochs if name == "epochs" else args.batch_size
-        if value is not None and value < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    epochs = settings.epochs
 
     found = f"trial {best.trial_number}" if best.trial_number is not None else "best config"
     if best.value is not None:
         found += f" ({best.metric} {best.value:.4f})"
-    print(f"study {best.study or args.name}: {found}, model {best.model} width {best.width:g}, {epochs} epoch(s)", flush=True)
+    print(
+        f"study {best.study or args.name}: {found}, model {best.model} width {best.width:g}, {epochs} epoch(s), "
+        f"learning rate {settings.learning_rate:g}",
+        flush=True,
+    )
     started = time.perf_counter()
 
     def report(epoch: int, metrics: dict) -> None:
@@ -103,17 +110,13 @@ def run(args: argparse.Namespace) -> int:
         result = retrain(
             best,
             output=output,
-            data_dir=args.data_dir,
-            epochs=epochs,
-            seed=args.seed,
+            data_dir=args.data_dir or get_settings().data_dir,
             rescale=args.rescale,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
             on_epoch_end=report,
+            **overrides,
         )
     except (ValueError, OSError) as error:  # DataError is a ValueError: bad --data-dir, bad arguments
         raise CommandError(str(error)) from None
-
     carry = result.provenance["train_size_rescale"]
     found = result.provenance["config"]["found"]["params"]["weight_decay"]
     trained = result.provenance["config"]["trained"]["params"]["weight_decay"]

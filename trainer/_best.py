@@ -1,0 +1,125 @@
+"""The best configuration of a study: the study's :class:`Recipe` plus the regularization it found.
+
+Its JSON form (:meth:`BestConfig.to_dict`) is what ``GET /v1/studies/{name}/best`` serves (the
+service's ``BestConfigOut`` is a subclass), what ``regsearch best NAME -o best.json`` writes and
+what :func:`trainer.load_best` reads back. Pydantic validates it; :func:`describe` turns a
+validation error into one line naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
+
+from trainer._architecture import MODELS
+from trainer._recipe import Recipe
+from trainer._space import RegularizationConfig
+
+__all__ = ["BestConfig", "describe"]
+
+
+class BestConfig(Recipe):
+    """How the study trained (its :class:`Recipe`: model, width, epochs, batch size, learning rate, data,
+    seed) and the best regularization it found (``params`` in JSON).
+
+    ``train_size`` is the number of images the study's trials trained on (after the validation split):
+    the ``n`` of the lambda/(2n) rule (see :mod:`trainer._space`), needed to carry the strength over to
+    a larger training set. ``keras`` (the Keras coefficients) and ``augment`` (``data.augment``) are
+    derived, written for readers and checked against ``params`` when read back.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    model: Literal[MODELS] = Field(description="Which convnet the study trained.")  # type: ignore[valid-type]
+    regularization: RegularizationConfig = Field(alias="params", description="The best point of the search space.")
+    study: str | None = None
+    trial_number: int | None = Field(None, ge=0)
+    value: float | None = Field(None, description="The best trial's objective value.")
+    metric: str = "val_accuracy"
+    train_size: int | None = Field(None, ge=1, description="Images the trials trained on (after the validation split).")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def keras(self) -> dict[str, float]:
+        """The values as Keras layers take them (l1, l2 and the two dropout rates)."""
+        return self.regularization.keras_values()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def augment(self) -> bool:
+        """``data.augment``, at the top level as earlier files have it."""
+        return self.data.augment
+
+    @field_validator("regularization", mode="before")
+    @classmethod
+    def _every_parameter(cls, value: Any) -> Any:
+        return RegularizationConfig.from_dict(value) if isinstance(value, Mapping) else value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_fields(cls, values: Any) -> Any:
+        """Fold a top-level ``augment`` into ``data``; refuse a ``keras`` block that disagrees with ``params``."""
+        if not isinstance(values, Mapping):
+            if isinstance(values, BestConfig):
+                return values
+            raise ValueError(f"a best config must be a JSON object, got {type(values).__name__}")
+        values = dict(values)
+        augment = values.pop("augment", None)
+        if augment is not None:
+            data = values.get("data")
+            data = dict(data) if isinstance(data, Mapping) else (data.model_dump() if data is not None else {})
+            if "augment" in data and data["augment"] != augment:
+                raise ValueError(f"augment ({augment!r}) disagrees with data.augment ({data['augment']!r})")
+            values["data"] = {**data, "augment": augment}
+        keras_values = values.pop("keras", None)
+        if keras_values is not None:
+            _check_keras_values(keras_values, values.get("params", values.get("regularization")))
+        return values
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (the keys of the service's ``best`` endpoint, less ``best_since`` and ``direction``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "BestConfig":
+        """Read the JSON form; a missing or out-of-range field raises ``ValueError`` naming it."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ValueError(describe(error)) from None
+
+
+def _check_keras_values(keras_values: Any, params: Any) -> None:
+    """A ``keras`` block that disagrees with ``params`` means a hand edit that would be silently ignored."""
+    if not isinstance(keras_values, Mapping):
+        raise ValueError(f"keras must be an object, got {type(keras_values).__name__}")
+    try:
+        regularization = params if isinstance(params, RegularizationConfig) else RegularizationConfig.from_dict(params)
+    except (TypeError, ValueError):
+        return  # params itself is wrong: its own validation names the field
+    expected = regularization.keras_values()
+    for name, value in keras_values.items():
+        if name not in expected:
+            raise ValueError(f"keras has unknown field {name!r}; expected {sorted(expected)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isclose(
+            value, expected[name], rel_tol=1e-9, abs_tol=1e-15
+        ):
+            raise ValueError(
+                f"keras.{name} ({value!r}) disagrees with params ({expected[name]!r}); "
+                "edit params (weight_decay, l1_ratio, dropout_*) and drop or fix the keras block"
+            )
+
+
+def describe(error: ValidationError) -> str:
+    """One line, problems joined by '; ': ``field.path: message``, or our own check's message (it names the field)."""
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "value_error":  # our own checks: the message names the field already
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+        else:
+            parts.append(f"{location}: {item['msg']}" if location else str(item["msg"]))
+    return "; ".join(parts)
