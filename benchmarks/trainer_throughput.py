@@ -24,7 +24,6 @@ Usage: ``.venv/bin/python benchmarks/trainer_throughput.py [--images 2000] [--tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -201,7 +200,7 @@ def part_step(args) -> dict:
         cached_runs.append((time.perf_counter() - started, result))
     cached_trial, cached = min(cached_runs, key=lambda run: run[0])
     started = time.perf_counter()
-    train(config, data, dataclasses.replace(settings, reuse_compiled=False))  # clear_session, build, compile, trace
+    train(config, data, settings.model_copy(update={"reuse_compiled": False}))  # clear_session, build, compile, trace
     fresh_trial = time.perf_counter() - started
     steps = len(data.y_train) // args.batch_size
     step_time = cached.history[0]["train_time_s"] / steps
