@@ -185,3 +185,17 @@ def test_settings_and_database_match_the_compose_defaults():
     assert container["args"] == as_list(SERVICES[DATABASE_SERVICE]["command"])
     database = STACK.declared_environment("api")["REGSEARCH_DATABASE_URL"]
     assert database == SERVICES["api"]["environment"]["REGSEARCH_DATABASE_URL"]
+
+
+def test_upgrade_step_one_applies_the_migration_job_with_what_it_needs_and_no_server():
+    """docs/kubernetes.md upgrades with `-l 'app.kubernetes.io/component notin (api,dashboard,worker)'` first."""
+    resources = RENDERED["overlays/example"]
+    first = [resource for resource in resources
+             if resource["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("api", "dashboard", "worker")]
+    kinds = {(resource["kind"], resource["metadata"]["name"]) for resource in first}
+    job = next(resource for resource in first if resource["kind"] == "Job")
+    (container,) = pod_spec(job)["containers"]
+    needed = {("ConfigMap", source["configMapRef"]["name"]) for source in container["envFrom"]}
+    needed |= {("Secret", variable["valueFrom"]["secretKeyRef"]["name"]) for variable in container["env"] if "valueFrom" in variable}
+    assert needed <= kinds, f"step one misses {needed - kinds}"
+    assert not {kind for kind, _ in kinds} & {"Deployment"}, kinds
