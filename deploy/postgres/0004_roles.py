@@ -68,6 +68,9 @@ def upgrade() -> None:
     op.execute(f"GRANT SELECT ON {', '.join((*OPTUNA_READ, *OPTUNA_TRIAL_TABLES, *SERVICE_TABLES))} TO regsearch_worker")
     op.execute(f"GRANT INSERT, UPDATE ON {', '.join((*OPTUNA_TRIAL_TABLES, 'study_system_attributes'))} TO regsearch_worker")
     op.execute(f"GRANT UPDATE ({', '.join(WORKER_STUDY_COLUMNS)}) ON regsearch_studies TO regsearch_worker")
+    # Optuna locks the study row (SELECT ... FOR UPDATE) when it creates a trial; PostgreSQL asks for
+    # UPDATE on at least one column for that. The key column alone: the lock, nothing else to change.
+    op.execute("GRANT UPDATE (study_id) ON studies TO regsearch_worker")
     op.execute("GRANT INSERT ON regsearch_best_configs TO regsearch_worker")
     op.execute("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO regsearch_worker")
     op.execute(f"REVOKE ALL ON {TOKENS_TABLE} FROM regsearch_worker")
