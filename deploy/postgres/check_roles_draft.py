@@ -4,6 +4,7 @@ stand-in regsearch_tokens table, runs a real worker as a member of regsearch_wor
 study, then tries what the role must be refused. Drops its database and roles afterwards.
 Seen 2026-11-25: worker rc 0, study completed; SELECT tokens, DROP TABLE, DELETE, CREATE TABLE and
 UPDATE regsearch_studies.spec refused. The later phase turns this into tests/ once 0003 is merged."""
+import importlib.util, os, signal, subprocess, sys, time, uuid
 import httpx, sqlalchemy as sa
 sys.path.insert(0, os.getcwd())
 from tests.support import REGSEARCH, base_env, free_port, spawn, kill_group, wait_healthy
