@@ -24,8 +24,10 @@ RUN pip install --no-deps . \
  && python -c "import service.cli, trainer, sys; assert 'tensorflow' not in sys.modules"
 
 # Run as an unprivileged user: the API needs no write access to the image.
-RUN useradd --create-home --uid 10001 regsearch
-USER regsearch
+# The uid/gid are numeric so that Kubernetes' runAsNonRoot can check them (deploy/kubernetes/ pins 10001).
+RUN groupadd --gid 10001 regsearch \
+ && useradd --create-home --uid 10001 --gid 10001 regsearch
+USER 10001:10001
 
 EXPOSE 8000 8080
 ENTRYPOINT ["/app/docker/entrypoint.sh"]

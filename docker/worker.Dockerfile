@@ -8,6 +8,8 @@
 ARG TENSORFLOW_VERSION=2.21.0
 FROM tensorflow/tensorflow:${TENSORFLOW_VERSION}-gpu
 
+# TF_FORCE_GPU_ALLOW_GROWTH: GPU memory grows on demand instead of being taken whole at start, so two
+# workers can share one card when asked (compose and the Kubernetes manifests set it explicitly too).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -31,6 +33,14 @@ COPY docker/entrypoint.sh docker/entrypoint.sh
 RUN python3 -m pip install --no-deps . \
  && python3 -m pip check \
  && python3 -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
+
+# Run as an unprivileged user (the same uid as the API image, which the Kubernetes manifests pin);
+# ~/.keras is where keras.datasets caches CIFAR-10 when REGSEARCH_DATA_DIR is unset.
+RUN groupadd --gid 10001 regsearch \
+ && useradd --create-home --uid 10001 --gid 10001 regsearch \
+ && mkdir -p /home/regsearch/.keras \
+ && chown regsearch:regsearch /home/regsearch/.keras
+USER 10001:10001
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["regsearch", "worker"]

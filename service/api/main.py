@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
-from service import studies
+from service import metrics, studies
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
 from service.config import Settings, get_settings
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
 
     app.include_router(health.router)
     app.include_router(studies_routes.router)
+    metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
 
     if dashboard:
         import optuna_dashboard

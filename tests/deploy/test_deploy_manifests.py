@@ -1,0 +1,201 @@
+"""deploy/kubernetes/: rendered with kustomize, validated against the Kubernetes schemas, and held to
+docker-compose.yml, the Dockerfiles and the code (same commands, same settings, same images).
+
+No cluster is needed: ``kubectl kustomize`` renders offline and kubernetes-validate carries the
+schemas. Each failure names what drifted.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from service.cli import COMMANDS, build_parser
+from service.config import Settings
+from tests.deploy.kube_stack import (
+    BASE,
+    OVERLAYS,
+    KubeStack,
+    by_kind,
+    component,
+    compose_service_for_image,
+    grace_seconds,
+    image_repository,
+    pod_spec,
+    render,
+    validate,
+    workloads,
+)
+from tests.scale.compose_stack import DATABASE_SERVICE, as_list, interpolate, load_compose
+
+KUSTOMIZATIONS = [BASE, *OVERLAYS]
+RENDERED = {path.relative_to(BASE.parent).as_posix(): render(path) for path in KUSTOMIZATIONS}
+BASE_RESOURCES = RENDERED["base"]
+COMPOSE = interpolate(load_compose(), {})
+SERVICES = COMPOSE["services"]
+REGSEARCH_COMPONENTS = ("migrate", "api", "dashboard", "worker")
+STACK = KubeStack(BASE_RESOURCES, "postgresql+psycopg://postgres@127.0.0.1:5432/unused", BASE.parent / "never-created")  # structure only: runs nothing
+
+
+def regsearch_workloads(resources):
+    return {component(workload): workload for workload in workloads(resources) if component(workload) in REGSEARCH_COMPONENTS}
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_every_rendered_manifest_passes_the_kubernetes_schema(name):
+    import kubernetes_validate
+
+    resources = RENDERED[name]
+    assert resources, f"{name} renders nothing"
+    failures = []
+    for resource in resources:
+        try:
+            validate(resource)
+        except kubernetes_validate.ValidationError as error:
+            failures.append(f"{resource['kind']}/{resource['metadata']['name']}: {error.message} at {list(error.path)}")
+    assert not failures, "\n".join(failures)
+
+
+def test_validation_rejects_a_broken_manifest():
+    """The validator is live (offline schemas found, strict mode on), not a no-op."""
+    import kubernetes_validate
+
+    worker = regsearch_workloads(BASE_RESOURCES)["worker"]
+    broken = {**worker, "spec": {**worker["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(broken)
+
+
+@pytest.mark.parametrize("name", sorted(RENDERED))
+def test_topology_has_migration_job_api_dashboard_and_gpu_workers(name):
+    resources = RENDERED[name]
+    found = regsearch_workloads(resources)
+    assert set(found) == set(REGSEARCH_COMPONENTS), sorted(found)
+    assert found["migrate"]["kind"] == "Job" and pod_spec(found["migrate"])["restartPolicy"] == "OnFailure"
+    for name_ in ("api", "dashboard", "worker"):
+        assert found[name_]["kind"] == "Deployment", name_
+    services = by_kind(resources, "Service")
+    assert {"regsearch-api", "regsearch-dashboard"} <= set(services)
+    secrets = by_kind(resources, "Secret")  # generated names carry a content hash suffix
+    assert any(name_.startswith("regsearch-database") for name_ in secrets) and any(name_.startswith("regsearch-admin-token") for name_ in secrets)
+    if DATABASE_SERVICE in by_kind(resources, "StatefulSet"):
+        postgres = by_kind(resources, "StatefulSet")[DATABASE_SERVICE]
+        assert postgres["spec"]["volumeClaimTemplates"], "the in-cluster database lives on a volume claim"
+        assert DATABASE_SERVICE in services, "the database URL's host is the postgres Service"
+
+
+@pytest.mark.parametrize("name", REGSEARCH_COMPONENTS)
+def test_each_container_runs_its_compose_service_command_and_entrypoint(name):
+    """Same image, entrypoint and command as docker-compose.yml's service of the same name."""
+    container = STACK.container(name)
+    service = SERVICES[name]
+    assert container["command"] == as_list(service["entrypoint"]), f"{name}: entrypoint differs from compose"
+    assert container["args"] == as_list(service["command"]), f"{name}: command differs from compose"
+    assert container["image"] == service["image"], f"{name}: image differs from compose ({container['image']} vs {service['image']})"
+    assert compose_service_for_image(container["image"])["build"] == service["build"]
+    args = container["args"]
+    assert args[0] == "regsearch" and args[1] in COMMANDS
+    try:
+        build_parser(args[1]).parse_args(args[1:])
+    except SystemExit as error:
+        pytest.fail(f"{name}: `{' '.join(args)}` is rejected by regsearch (exit {error.code})")
+    assert STACK.argv(name)[0].endswith("docker/entrypoint.sh")
+    assert (pod_spec(STACK.workload(name)).get("shareProcessNamespace") is True) == (service.get("init") is True), f"{name}: compose init vs pod init"
+
+
+@pytest.mark.parametrize("name", REGSEARCH_COMPONENTS)
+def test_each_environment_is_the_compose_environment_of_real_settings(name):
+    env = STACK.declared_environment(name)
+    compose_env = {key: str(value) for key, value in SERVICES[name]["environment"].items()}
+    assert env == compose_env, f"{name}: environment differs from docker-compose.yml's"
+    known = {f"REGSEARCH_{field.upper()}" for field in Settings.model_fields}
+    unknown = sorted(key for key in env if key.startswith("REGSEARCH_") and key not in known)
+    assert not unknown, f"{name}: no setting reads {unknown}"
+    Settings(**{key[len("REGSEARCH_"):].lower(): value for key, value in env.items() if key in known})
+
+
+def test_overlays_keep_the_commands_and_swap_only_registry_tag_and_credentials():
+    base = regsearch_workloads(BASE_RESOURCES)
+    for overlay, resources in RENDERED.items():
+        for name, workload in regsearch_workloads(resources).items():
+            (container,) = pod_spec(workload)["containers"]
+            (original,) = pod_spec(base[name])["containers"]
+            assert container["command"] == original["command"] and container["args"] == original["args"], (overlay, name)
+            assert image_repository(container["image"]) == image_repository(original["image"]), (overlay, name)
+
+
+@pytest.mark.parametrize("overlay", sorted(RENDERED))
+def test_pods_run_non_root_read_only_without_capabilities_and_with_limits(overlay):
+    for workload in workloads(RENDERED[overlay]):
+        spec = pod_spec(workload)
+        label = f"{overlay}: {workload['kind']}/{workload['metadata']['name']}"
+        assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] > 0, label
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", label
+        assert spec.get("automountServiceAccountToken") is False, label
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True, label
+            assert security["capabilities"]["drop"] == ["ALL"], label
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"]), label
+            assert container.get("image") and (":" in container["image"]), f"{label}: images are tagged"
+
+
+def test_api_probes_healthz_and_carries_scrape_annotations():
+    api = STACK.workload("api")
+    container = STACK.container("api")
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz", probe
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    port = int(annotations["prometheus.io/port"])
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert port in [entry["containerPort"] for entry in container["ports"]]
+    args = container["args"]
+    assert int(args[args.index("--port") + 1]) == port and args[args.index("--host") + 1] == "0.0.0.0"
+    service = by_kind(BASE_RESOURCES, "Service")["regsearch-api"]
+    assert service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_workers_take_one_gpu_each_grow_gpu_memory_and_outlast_an_epoch_on_sigterm():
+    worker = STACK.workload("worker")
+    container = STACK.container("worker")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert STACK.declared_environment("worker")["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    grace = pod_spec(worker)["terminationGracePeriodSeconds"]
+    compose_grace = grace_seconds(SERVICES["worker"]["stop_grace_period"])
+    assert grace >= compose_grace, f"workers get {grace}s to re-queue on SIGTERM, compose gives {compose_grace}s"
+    assert "ports" not in container, "workers listen on nothing"
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "an upgrade never asks for more GPUs than the fleet has"
+
+
+def test_network_policy_admits_exactly_the_database_clients_to_postgres():
+    policy = by_kind(BASE_RESOURCES, "NetworkPolicy")["postgres-clients-only"]
+    postgres = by_kind(BASE_RESOURCES, "StatefulSet")[DATABASE_SERVICE]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= postgres["spec"]["template"]["metadata"]["labels"].items()
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    selector = peer["podSelector"]["matchLabels"]
+    admitted = {component(workload) for workload in workloads(BASE_RESOURCES) if selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()}
+    assert admitted == set(REGSEARCH_COMPONENTS), admitted
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+
+
+def test_settings_and_database_match_the_compose_defaults():
+    postgres = by_kind(BASE_RESOURCES, "StatefulSet")[DATABASE_SERVICE]
+    (container,) = pod_spec(postgres)["containers"]
+    assert container["image"] == SERVICES[DATABASE_SERVICE]["image"]
+    assert container["args"] == as_list(SERVICES[DATABASE_SERVICE]["command"])
+    database = STACK.declared_environment("api")["REGSEARCH_DATABASE_URL"]
+    assert database == SERVICES["api"]["environment"]["REGSEARCH_DATABASE_URL"]
+
+
+def test_upgrade_step_one_applies_the_migration_job_with_what_it_needs_and_no_server():
+    """docs/kubernetes.md upgrades with `-l 'app.kubernetes.io/component notin (api,dashboard,worker)'` first."""
+    resources = RENDERED["overlays/example"]
+    first = [resource for resource in resources
+             if resource["metadata"].get("labels", {}).get("app.kubernetes.io/component") not in ("api", "dashboard", "worker")]
+    kinds = {(resource["kind"], resource["metadata"]["name"]) for resource in first}
+    job = next(resource for resource in first if resource["kind"] == "Job")
+    (container,) = pod_spec(job)["containers"]
+    needed = {("ConfigMap", source["configMapRef"]["name"]) for source in container["envFrom"]}
+    needed |= {("Secret", variable["valueFrom"]["secretKeyRef"]["name"]) for variable in container["env"] if "valueFrom" in variable}
+    assert needed <= kinds, f"step one misses {needed - kinds}"
+    assert not {kind for kind, _ in kinds} & {"Deployment"}, kinds
