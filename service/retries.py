@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import studies
-from service.models import ACTIVE_STATUSES
+from service.backoff import backoff
+from service.models import ACTIVE_STATUSES, StudyStatus
 
 __all__ = ["RetryFailedTrial"]
 
@@ -41,15 +42,17 @@ class RetryFailedTrial:
         """Optuna's stale-trial callback: ``trial`` lost its worker."""
         with self._factory() as session:
             try:
-                study_id = studies.get_study(session, study.study_name).id
+                row = studies.get_study(session, study.study_name)
             except studies.StudyNotFound:
                 return  # deleted: nothing to retry, no slot to give back
-        self.retry(study, trial, study_id)
+        self.retry(study, trial, row.id, StudyStatus(row.status))
 
-    def retry(self, study: optuna.Study, trial: FrozenTrial, study_id: int) -> None:
+    def retry(self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None) -> None:
         """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way."""
         try:
-            if trial.params and studies.status_of(self._factory, study_id) in ACTIVE_STATUSES:
+            if status is None and trial.params:  # read again: the trial may have ended (stopped, failed) its study
+                status = backoff(first=0.2, cap=1.0, attempts=4)(studies.status_of, self._factory, study_id)
+            if trial.params and status in ACTIVE_STATUSES:
                 reason = trial.user_attrs.get("fail_reason", "no heartbeat")
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, reason)
