@@ -45,17 +45,18 @@ class RetryFailedTrial:
                 row = studies.get_study(session, study.study_name)
             except studies.StudyNotFound:
                 return  # deleted: nothing to retry, no slot to give back
-        self.retry(study, trial, row.id, StudyStatus(row.status))
+        self.retry(study, trial, row.id, StudyStatus(row.status), reason="no heartbeat")
 
-    def retry(self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None) -> None:
+    def retry(
+        self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error"
+    ) -> None:
         """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way."""
         try:
             if status is None and trial.params:  # read again: the trial may have ended (stopped, failed) its study
                 status = backoff(first=0.2, cap=1.0, attempts=4)(studies.status_of, self._factory, study_id)
             if trial.params and status in ACTIVE_STATUSES:
-                reason = trial.user_attrs.get("fail_reason", "no heartbeat")
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
-                            study.study_name, trial.number, reason)
+                            study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
                 # The retry starts with a clean record (no worker, error or history of the failed run).
                 fresh = copy.deepcopy(trial)
                 fresh.user_attrs = {}
