@@ -20,9 +20,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Same pinned service dependencies as the API image, plus the Keras pruning callback.
+# Same pinned service dependencies as the API image.
 COPY docker/requirements-api.txt docker/requirements-api.txt
-RUN python3 -m pip install -r docker/requirements-api.txt optuna-integration==5.0.0
+RUN python3 -m pip install -r docker/requirements-api.txt
 
 COPY pyproject.toml README.md ./
 COPY service service

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from service.schemas import StudySpec
 from trainer import SEARCH_SPACE
 
-__all__ = ["DIRECTION", "METRIC", "distributions", "make_pruner", "make_sampler", "open_study"]
+__all__ = ["DIRECTION", "METRIC", "distributions", "make_pruner", "make_sampler", "open_study", "retry_of"]
 
 METRIC = "val_accuracy"
 DIRECTION = "maximize"
@@ -61,3 +63,15 @@ def open_study(storage: Any, spec: StudySpec, *, claim_serial: int = 0) -> optun
         sampler=sampler,
         pruner=pruner,
     )
+
+
+def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the failed trial that ``trial`` re-runs (the last of its retry history), or None.
+
+    Retries are queued by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` (see
+    :mod:`service.retries`), which records the history this reads.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[-1] if history else None

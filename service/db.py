@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.backoff import backoff
 from service.config import Settings
 
 __all__ = [
@@ -138,15 +138,10 @@ def _storage_class():
 
     class RDBStorage(optuna.storages.RDBStorage):
         def record_heartbeat(self, trial_id: int) -> None:
-            for attempt in range(1, 4):
-                try:
-                    super().record_heartbeat(trial_id)
-                    return
-                except Exception as error:  # noqa: BLE001 - the heartbeat thread must not die
-                    if attempt == 3:
-                        log.warning("heartbeat of trial id %d not recorded (%s); retrying at the next interval", trial_id, error)
-                        return
-                    time.sleep(0.2 * attempt)
+            try:
+                backoff(first=0.2, cap=0.4, attempts=3)(super().record_heartbeat, trial_id)
+            except Exception as error:  # noqa: BLE001 - the heartbeat thread must not die
+                log.warning("heartbeat of trial id %d not recorded (%s); retrying at the next interval", trial_id, error)
 
     return RDBStorage
 
@@ -172,38 +167,39 @@ def migrate(settings: Settings, attempts: int = 5) -> str:
 
 
 def _migrate(settings: Settings, attempts: int) -> str:
+    engine = create_engine(settings)
+
+    def log_retry(attempt: int, error: BaseException, _wait: float) -> None:
+        reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+        log.warning("migration attempt %d failed (%s); retrying", attempt, reason)
+
+    try:
+        upgrade = backoff(first=0.5, cap=2.0, attempts=attempts, retry_on=sa.exc.OperationalError, on_retry=log_retry)
+        return upgrade(_upgrade, engine, settings)
+    finally:
+        engine.dispose()
+
+
+def _upgrade(engine: sa.Engine, settings: Settings) -> str:
+    """One migration attempt: PostgreSQL's migrators take turns under an advisory lock."""
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
-    engine = create_engine(settings)
     postgres = engine.dialect.name == "postgresql"
-    try:
-        for attempt in range(1, attempts + 1):
-            try:
-                with engine.connect() as connection:
-                    if postgres:
-                        connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                        connection.commit()
-                    try:
-                        command.upgrade(_alembic_config(connection), "head")
-                        connection.commit()
-                        optuna_storage(settings, create_tables=True).engine.dispose()
-                        revision = MigrationContext.configure(
-                            connection, opts={"version_table": VERSION_TABLE}
-                        ).get_current_revision()
-                    finally:
-                        if postgres:
-                            connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                            connection.commit()
-                return revision or ""
-            except sa.exc.OperationalError as error:
-                if attempt == attempts:
-                    raise
-                log.warning("migration attempt %d failed (%s); retrying", attempt, str(error.orig).strip().splitlines()[0])
-                time.sleep(0.5 * attempt)
-    finally:
-        engine.dispose()
-    raise AssertionError("unreachable")
+    with engine.connect() as connection:
+        if postgres:
+            connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            connection.commit()
+        try:
+            command.upgrade(_alembic_config(connection), "head")
+            connection.commit()
+            optuna_storage(settings, create_tables=True).engine.dispose()
+            revision = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        finally:
+            if postgres:
+                connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                connection.commit()
+    return revision or ""
 
 
 def trial_state_counts(session: Session, study_name: str) -> dict[str, int]:

@@ -7,16 +7,27 @@ the two never collide, and our Alembic history uses its own version table.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "BestConfigRecord", "SearchStudy", "STATUSES", "ACTIVE_STATUSES", "utc_now", "as_utc"]
+__all__ = ["ACTIVE_STATUSES", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus", "utc_now", "as_utc"]
 
-#: queued: no trial started yet; running: trials claimed; the rest are final.
-STATUSES = ("queued", "running", "completed", "stopped", "failed")
-ACTIVE_STATUSES = ("queued", "running")
+
+class StudyStatus(enum.StrEnum):
+    """A study's status: queued (no trial started yet), running (trials claimed), or one of the final three."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+#: The statuses in which workers claim trials; the others are final.
+ACTIVE_STATUSES = (StudyStatus.QUEUED, StudyStatus.RUNNING)
 
 
 def utc_now() -> dt.datetime:
@@ -52,7 +63,7 @@ class SearchStudy(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
     spec: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(sa.String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default=StudyStatus.QUEUED, index=True)
     n_trials: Mapped[int]
     claimed: Mapped[int] = mapped_column(default=0)
     claims_total: Mapped[int] = mapped_column(default=0)

@@ -13,20 +13,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, validate_bounds
+from service.models import StudyStatus
+from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
 
 __all__ = [
     "Bounds",
     "BestConfigOut",
     "BestSummary",
+    "Health",
     "Links",
     "SearchSpace",
     "StudyList",
+    "StudyStatus",
     "StudyOut",
     "StudySpec",
     "TrialCounts",
     "TrialList",
     "TrialOut",
+    "TRIAL_STATES",
     "SLUG_PATTERN",
 ]
 
@@ -34,7 +38,9 @@ SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["median", "hyperband", "none"]
-StudyStatus = Literal["queued", "running", "completed", "stopped", "failed"]
+#: Optuna's trial states, as the API names them (``TrialOut.state`` and the fields of ``TrialCounts``).
+TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
+TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-type]
 
 
 class Bounds(BaseModel):
@@ -127,6 +133,11 @@ class Links(BaseModel):
     dashboard: str
 
 
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: str = Field(description="ok, or the class of the error the database raised.")
+
+
 class TrialCounts(BaseModel):
     complete: int = 0
     pruned: int = 0
@@ -162,17 +173,15 @@ class StudyList(BaseModel):
     studies: list[StudyOut]
 
 
-class TrialOut(BaseModel):
+class TrialOut(TrialMetrics):
+    """One trial: its state and params, per-epoch values, the metrics its training reported, and where it ran."""
+
     number: int
-    state: Literal["running", "complete", "pruned", "failed", "waiting"]
+    state: TrialStateName
     params: dict[str, float]
     value: float | None = Field(description="Final validation accuracy (complete trials).")
     intermediate_values: dict[int, float] = Field(description="Validation accuracy reported after each epoch.")
     history: list[dict[str, float]] = Field(description="Per-epoch metrics: loss, accuracy, val_loss, val_accuracy, gap.")
-    train_accuracy: float | None = None
-    gap: float | None = Field(None, description="train_accuracy - val_accuracy of the last epoch.")
-    images_per_second: float | None = None
-    wall_time_s: float | None = None
     duration_s: float | None = None
     datetime_start: dt.datetime | None
     datetime_complete: dt.datetime | None

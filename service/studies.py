@@ -1,8 +1,9 @@
-"""Study bookkeeping in SQL, shared by the API and the workers.
+"""Study bookkeeping in SQL, shared by the API and the workers, and the API's views of it.
 
 The invariants live here: one row per study name (identical re-submissions return it), the
 trial-slot counter that keeps every study at or under ``n_trials`` whatever the number of workers,
 the status transitions, and the best-config history (a row only when the best strictly improves).
+The routes answer with :func:`study_out` and :func:`trials_out`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import OPTUNA_STUDIES, OPTUNA_TRIALS, session_scope, trial_state_counts
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, utc_now
-from service.schemas import StudySpec, TrialCounts
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, as_utc, utc_now
+from service.schemas import TRIAL_STATES, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
+from trainer import TrialMetrics
 
 __all__ = [
+    "StudyAlreadyEnded",
     "StudyConflict",
     "StudyNotFound",
     "best_record",
@@ -35,14 +38,22 @@ __all__ = [
     "status_of",
     "stop_study",
     "studies_with_running_trials",
+    "study_out",
     "submit_study",
     "trial_counts",
+    "trials_out",
 ]
 
 
 class StudyNotFound(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"study {name!r} not found")
+        self.name = name
+
+
+class StudyAlreadyEnded(ValueError):
+    def __init__(self, name: str, status: str) -> None:
+        super().__init__(f"study {name!r} already {status}; nothing to stop")
         self.name = name
 
 
@@ -67,7 +78,7 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     """
     import optuna
 
-    from service._optuna import open_study
+    from service._optuna import METRIC, open_study
 
     wanted = _spec_dict(spec)
     row: SearchStudy | None = None
@@ -76,7 +87,7 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
         with session_scope(factory) as session:
             row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
             if row is None:
-                row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status="queued",
+                row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
                                   claimed=0, claims_total=0, failed_trials=0, created_at=utc_now())
                 session.add(row)
                 session.flush()
@@ -93,7 +104,7 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     if created:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(["val_accuracy"])  # the dashboard's axis label
+            study.set_metric_names([METRIC])  # the dashboard's axis label
         study.set_user_attr("regsearch_spec", wanted)
     return row, created
 
@@ -111,13 +122,7 @@ def list_studies(session: Session) -> list[SearchStudy]:
 
 def trial_counts(session: Session, name: str) -> TrialCounts:
     by_state = trial_state_counts(session, name)
-    return TrialCounts(
-        complete=by_state.get("COMPLETE", 0),
-        pruned=by_state.get("PRUNED", 0),
-        failed=by_state.get("FAIL", 0),
-        running=by_state.get("RUNNING", 0),
-        waiting=by_state.get("WAITING", 0),
-    )
+    return TrialCounts(**{field: by_state.get(state, 0) for state, field in TRIAL_STATES.items()})
 
 
 def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
@@ -130,16 +135,21 @@ def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
 
 
 def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
-    """Mark an active study stopped (workers stop its running trials within one epoch); idempotent."""
+    """Mark an active study stopped (workers stop its running trials within one epoch); idempotent.
+
+    Raises :class:`StudyAlreadyEnded` for a study that already completed or failed.
+    """
     with session_scope(factory) as session:
         row = get_study(session, name)
         session.execute(
             sa.update(SearchStudy)
             .where(SearchStudy.id == row.id, SearchStudy.status.in_(ACTIVE_STATUSES))
-            .values(status="stopped", finished_at=utc_now())
+            .values(status=StudyStatus.STOPPED, finished_at=utc_now())
         )
         session.refresh(row)
-        return row
+    if row.status in (StudyStatus.COMPLETED, StudyStatus.FAILED):
+        raise StudyAlreadyEnded(name, row.status)
+    return row
 
 
 def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> None:
@@ -156,10 +166,11 @@ def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> Non
         pass
 
 
-def status_of(factory: sessionmaker[Session], study_id: int) -> str | None:
+def status_of(factory: sessionmaker[Session], study_id: int) -> StudyStatus | None:
     """The study's current status, or None once it has been deleted."""
     with factory() as session:
-        return session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == study_id))
+        status = session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == study_id))
+    return None if status is None else StudyStatus(status)
 
 
 def runnable_studies(session: Session) -> list[SearchStudy]:
@@ -191,7 +202,7 @@ def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
             .values(
                 claimed=SearchStudy.claimed + 1,
                 claims_total=SearchStudy.claims_total + 1,
-                status="running",
+                status=StudyStatus.RUNNING,
                 started_at=sa.func.coalesce(SearchStudy.started_at, now),
                 last_claim_at=now,
             )
@@ -227,7 +238,7 @@ def record_failure(factory: sessionmaker[Session], study_id: int, message: str, 
                 SearchStudy.failed_trials >= max_failed_trials,
                 SearchStudy.status.in_(ACTIVE_STATUSES),
             )
-            .values(status="failed", finished_at=utc_now())
+            .values(status=StudyStatus.FAILED, finished_at=utc_now())
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
@@ -284,7 +295,7 @@ def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n
                 _trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
                 _trials_of(name, "RUNNING") == 0,
             )
-            .values(status="completed", finished_at=utc_now())
+            .values(status=StudyStatus.COMPLETED, finished_at=utc_now())
             .execution_options(synchronize_session=False)
         )
         return result.rowcount == 1
@@ -327,7 +338,9 @@ def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: st
         return result.rowcount == 1
 
 
-def studies_with_running_trials(session: Session, statuses: tuple[str, ...] = ("stopped", "failed")) -> list[SearchStudy]:
+def studies_with_running_trials(
+    session: Session, statuses: tuple[StudyStatus, ...] = (StudyStatus.STOPPED, StudyStatus.FAILED)
+) -> list[SearchStudy]:
     """Studies in ``statuses`` that still have RUNNING trials (left by a dead worker, or still ending)."""
     running = (
         sa.select(OPTUNA_TRIALS.c.trial_id)
@@ -335,3 +348,78 @@ def studies_with_running_trials(session: Session, statuses: tuple[str, ...] = ("
         .where(OPTUNA_STUDIES.c.study_name == SearchStudy.name, sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "RUNNING")
     )
     return list(session.scalars(sa.select(SearchStudy).where(SearchStudy.status.in_(statuses), sa.exists(running))))
+
+
+# --------------------------------------------------------------------------------------------------
+# What the API answers
+
+
+def study_out(session: Session, row: SearchStudy) -> StudyOut:
+    """The study as the API shows it: status, trial counts, best so far, spec and links."""
+    counts = trial_counts(session, row.name)
+    best = best_record(session, row.id)
+    return StudyOut(
+        name=row.name,
+        status=row.status,
+        n_trials=row.n_trials,
+        trials_finished=counts.complete + counts.pruned,
+        counts=counts,
+        best=None
+        if best is None
+        else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
+        error=row.error,
+        spec=StudySpec.model_validate(row.spec),
+        created_at=as_utc(row.created_at),
+        started_at=as_utc(row.started_at),
+        finished_at=as_utc(row.finished_at),
+        links=_links(session, row.name),
+    )
+
+
+def _links(session: Session, name: str) -> Links:
+    optuna_id = session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == name))
+    base = f"/v1/studies/{name}"
+    return Links(
+        self=base,
+        trials=f"{base}/trials",
+        best=f"{base}/best",
+        stop=f"{base}/stop",
+        dashboard=f"/dashboard/studies/{optuna_id}" if optuna_id is not None else "/dashboard",
+    )
+
+
+def trials_out(session: Session, storage: Any, name: str) -> TrialList:
+    """Every trial of the study (raises :class:`StudyNotFound` for an unknown name)."""
+    get_study(session, name)
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return TrialList(study=name, trials=[])
+    return TrialList(study=name, trials=[_trial_out(trial) for trial in storage.get_all_trials(study_id, deepcopy=False)])
+
+
+def _trial_out(trial: Any) -> TrialOut:
+    from service._optuna import retry_of
+
+    attrs = trial.user_attrs
+    start, end = trial.datetime_start, trial.datetime_complete
+    return TrialOut(
+        **TrialMetrics.model_validate(attrs).model_dump(),
+        number=trial.number,
+        state=TRIAL_STATES.get(trial.state.name, trial.state.name.lower()),
+        params=trial.params,
+        value=trial.value if trial.state.name == "COMPLETE" else None,
+        intermediate_values=dict(trial.intermediate_values),
+        history=attrs.get("history", []),
+        duration_s=None if start is None or end is None else (end - start).total_seconds(),
+        datetime_start=_utc(start),
+        datetime_complete=_utc(end),
+        retry_of=retry_of(trial),
+        fail_reason=attrs.get("fail_reason"),
+        worker=attrs.get("worker"),
+    )
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Optuna stores naive local times; the API answers in UTC like everything else."""
+    return None if value is None else value.astimezone(dt.timezone.utc)

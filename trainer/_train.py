@@ -46,6 +46,7 @@ import numpy as np
 
 from trainer._data import CifarData, make_dataset
 from trainer._models import Knobs, build_model, build_search_model
+from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._best import BestConfig
 from trainer._space import RegularizationConfig
@@ -112,6 +113,10 @@ class TrainResult:
             model.set_weights(self._weights)
             self._model = model
         return self._model
+
+    def metrics(self) -> TrialMetrics:
+        """The per-trial metrics (:class:`trainer._recipe.TrialMetrics`) of this training."""
+        return TrialMetrics.model_validate(self, from_attributes=True)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready metrics (no model)."""

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.scale.compose_stack import _BLOCKER, DATABASE_SERVICE, dockerfile_of, interpolate, is_api_image, load_compose, local_path
+from tests.scale.compose_stack import _BLOCKER, DATABASE_SERVICE, interpolate, is_api_image, load_compose, local_path
 from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"

@@ -11,7 +11,7 @@ what ``docker compose up`` would, one process per container:
   for the test's database; ``--host 0.0.0.0`` becomes 127.0.0.1 and each published port a free one;
 * ``depends_on`` is honoured: ``service_completed_successfully`` runs the dependency to the end,
   ``service_healthy`` polls the dependency's own healthcheck command;
-* services built from the API image run with TensorFlow, Keras and optuna-integration made
+* services built from the API image run with TensorFlow and Keras made
   unimportable, as in that image, which does not install them.
 
 Nothing here knows what the services are: drift between the compose file and the code (a command
@@ -38,7 +38,7 @@ from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spaw
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DATABASE_SERVICE = "postgres"
 #: What the API image leaves out (docker/requirements-api.txt); its services must run without them.
-TRAINING_ONLY_MODULES = ("tensorflow", "keras", "optuna_integration")
+TRAINING_ONLY_MODULES = ("tensorflow", "keras")
 
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))")
 

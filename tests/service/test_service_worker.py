@@ -112,6 +112,9 @@ def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(data
     assert "training blew up" in failed[0].user_attrs["error"]
     retry = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [failed[0].number])
     assert retry.params == failed[0].params and retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.system_attrs["failed_trial"] == failed[0].number  # Optuna's retry callback's record
+    assert "fail_reason" not in retry.user_attrs and "error" not in retry.user_attrs  # a clean record
+    assert retry.user_attrs["train_size"] == 270 and retry.user_attrs["val_accuracy"] == retry.value  # TrialMetrics
     with factory() as session:
         row = studies.get_study(session, "retry")
         assert (row.status, row.claimed, row.failed_trials) == ("completed", 6, 1)
@@ -300,3 +303,26 @@ def test_worker_survives_its_database_connections_being_dropped(postgres_url):
     assert drops and drops[0] > 0, "no connection of the worker was terminated"
     assert row.status == "completed" and counts.complete == 4 and counts.running == 0
     engine.dispose()
+
+
+def test_trials_route_names_the_trial_each_retry_re_runs(database):
+    """``retry_of`` comes from Optuna's retry history: the failed trial the retry re-runs, with its metrics."""
+    from fastapi.testclient import TestClient
+
+    from service.api.main import create_app
+
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(name="chain", n_trials=2, epochs=1, pruner="none"))
+    run_workers(settings, quick_training(fail_on_calls={1, 2}), count=1)  # the first trial fails, so does its retry
+
+    app = create_app(settings, dashboard=False)
+    with TestClient(app) as client:
+        trials = client.get("/v1/studies/chain/trials").json()["trials"]
+    app.state.engine.dispose()
+    app.state.optuna_storage.engine.dispose()
+    first, retry, second_retry = trials[0], trials[1], trials[2]
+    assert [trial["state"] for trial in trials[:3]] == ["failed", "failed", "complete"]
+    assert (first["retry_of"], retry["retry_of"], second_retry["retry_of"]) == (None, first["number"], retry["number"])
+    assert first["params"] == retry["params"] == second_retry["params"]
+    assert retry["fail_reason"] == "error" and second_retry["fail_reason"] is None
+    assert second_retry["train_size"] == 270 and second_retry["val_accuracy"] == second_retry["value"]

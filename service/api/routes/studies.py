@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -13,55 +11,10 @@ from sqlalchemy.orm import Session
 
 from service import studies
 from service.api.deps import SessionDep, SessionFactoryDep, SettingsDep, StorageDep
-from service.db import OPTUNA_STUDIES
 from service.models import SearchStudy, as_utc
-from service.schemas import (
-    BestConfigOut,
-    BestSummary,
-    Links,
-    StudyList,
-    StudyOut,
-    StudySpec,
-    TrialList,
-    TrialOut,
-)
+from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
-
-_STATE_NAMES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
-
-
-def _links(session: Session, name: str) -> Links:
-    optuna_id = session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == name))
-    base = f"/v1/studies/{name}"
-    return Links(
-        self=base,
-        trials=f"{base}/trials",
-        best=f"{base}/best",
-        stop=f"{base}/stop",
-        dashboard=f"/dashboard/studies/{optuna_id}" if optuna_id is not None else "/dashboard",
-    )
-
-
-def _study_out(session: Session, row: SearchStudy) -> StudyOut:
-    counts = studies.trial_counts(session, row.name)
-    best = studies.best_record(session, row.id)
-    return StudyOut(
-        name=row.name,
-        status=row.status,
-        n_trials=row.n_trials,
-        trials_finished=counts.complete + counts.pruned,
-        counts=counts,
-        best=None
-        if best is None
-        else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
-        error=row.error,
-        spec=StudySpec.model_validate(row.spec),
-        created_at=as_utc(row.created_at),
-        started_at=as_utc(row.started_at),
-        finished_at=as_utc(row.finished_at),
-        links=_links(session, row.name),
-    )
 
 
 @router.post(
@@ -75,7 +28,9 @@ def _study_out(session: Session, row: SearchStudy) -> StudyOut:
         422: {"description": "Invalid spec: the error names the field and the reason."},
     },
 )
-def submit_study(spec: StudySpec, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep) -> Any:
+def submit_study(
+    spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep
+) -> StudyOut:
     """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
     if spec.n_trials > settings.max_trials:
         raise RequestValidationError(
@@ -92,64 +47,25 @@ def submit_study(spec: StudySpec, settings: SettingsDep, factory: SessionFactory
         row, created = studies.submit_study(factory, storage, spec)
     except studies.StudyConflict as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    if not created:
+        response.status_code = status.HTTP_200_OK
     with factory() as session:
-        body = _study_out(session, row)
-    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200)
+        return studies.study_out(session, row)
 
 
 @router.get("", response_model=StudyList, summary="List studies")
 def list_studies(session: SessionDep) -> StudyList:
-    return StudyList(studies=[_study_out(session, row) for row in studies.list_studies(session)])
+    return StudyList(studies=[studies.study_out(session, row) for row in studies.list_studies(session)])
 
 
 @router.get("/{name}", response_model=StudyOut, summary="A study's status, trial counts and best so far")
 def get_study(name: str, session: SessionDep) -> StudyOut:
-    return _study_out(session, studies.get_study(session, name))
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """Optuna stores naive local times; the API answers in UTC like everything else."""
-    return None if value is None else value.astimezone(dt.timezone.utc)
-
-
-def _seconds(start: dt.datetime | None, end: dt.datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return (end - start).total_seconds()
+    return studies.study_out(session, studies.get_study(session, name))
 
 
 @router.get("/{name}/trials", response_model=TrialList, summary="Every trial: params, per-epoch values, state, gap, durations")
 def list_trials(name: str, session: SessionDep, storage: StorageDep) -> TrialList:
-    studies.get_study(session, name)
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return TrialList(study=name, trials=[])
-    out = []
-    for trial in storage.get_all_trials(study_id, deepcopy=False):
-        attrs = trial.user_attrs
-        retry_history = trial.system_attrs.get("retry_history") or []
-        out.append(
-            TrialOut(
-                number=trial.number,
-                state=_STATE_NAMES.get(trial.state.name, trial.state.name.lower()),
-                params=trial.params,
-                value=trial.value if trial.state.name == "COMPLETE" else None,
-                intermediate_values=dict(trial.intermediate_values),
-                history=attrs.get("history", []),
-                train_accuracy=attrs.get("train_accuracy"),
-                gap=attrs.get("gap"),
-                images_per_second=attrs.get("images_per_second"),
-                wall_time_s=attrs.get("wall_time_s"),
-                duration_s=_seconds(trial.datetime_start, trial.datetime_complete),
-                datetime_start=_utc(trial.datetime_start),
-                datetime_complete=_utc(trial.datetime_complete),
-                retry_of=retry_history[-1] if retry_history else None,
-                fail_reason=attrs.get("fail_reason"),
-                worker=attrs.get("worker"),
-            )
-        )
-    return TrialList(study=name, trials=out)
+    return studies.trials_out(session, storage, name)
 
 
 def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
@@ -215,11 +131,12 @@ def get_best(
     responses={409: {"description": "The study already completed or failed."}},
 )
 def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
-    row = studies.stop_study(factory, name)
-    if row.status in ("completed", "failed"):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"study {name!r} already {row.status}; nothing to stop")
+    try:
+        row = studies.stop_study(factory, name)
+    except studies.StudyAlreadyEnded as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     with factory() as session:
-        return _study_out(session, row)
+        return studies.study_out(session, row)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials and its Optuna study")

@@ -1,0 +1,141 @@
+"""One trial, from ``study.optimize``'s objective to what the service records once it ends.
+
+:class:`Objective` suggests the trial's params, trains it, reports each epoch to the pruner (and
+stops within one epoch once the study is stopped or the worker shuts down) and stores the
+training's :class:`~trainer._recipe.TrialMetrics` as the trial's user attributes. :func:`settle`
+then records a new best, hands a failed trial to :class:`~service.retries.RetryFailedTrial` (retry
+with the same params, slot given back) and completes the study once ``n_trials`` finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import studies
+from service._optuna import METRIC, distributions
+from service.models import ACTIVE_STATUSES, SearchStudy
+from service.retries import RetryFailedTrial
+from service.schemas import StudySpec
+from trainer import RegularizationConfig
+from trainer import TrialMetrics
+
+__all__ = ["Objective", "StudyStopped", "TrainFunction", "WorkerShutdown", "settle"]
+
+log = logging.getLogger(__name__)
+
+#: ``train(spec, config, on_epoch_end) -> metrics``: :class:`TrialMetrics` (or a mapping of its
+#: fields) with at least ``val_accuracy``.
+TrainFunction = Callable[
+    [StudySpec, RegularizationConfig, Callable[[int, Mapping[str, float]], None]], TrialMetrics | Mapping[str, Any]
+]
+
+
+class StudyStopped(Exception):
+    """The study was stopped or deleted while this trial ran."""
+
+
+class WorkerShutdown(Exception):
+    """The worker was asked to shut down; the trial is re-queued for another worker."""
+
+
+class Objective:
+    """The objective of one ``study.optimize(objective, n_trials=1)`` call.
+
+    Afterwards ``trial_id`` is the trial it ran (None if Optuna never created one) and
+    ``finished_here`` tells whether it completed or was pruned here (Optuna then tells that state
+    unless another worker failed the trial meanwhile).
+    """
+
+    def __init__(
+        self, train: TrainFunction, factory: sessionmaker[Session], row: SearchStudy, spec: StudySpec,
+        worker: str, shutdown: threading.Event,
+    ) -> None:
+        self.train, self.factory, self.row, self.spec = train, factory, row, spec
+        self.worker, self.shutdown = worker, shutdown
+        self.trial_id: int | None = None
+        self.finished_here = False
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.trial_id = trial._trial_id
+        trial.set_user_attr("worker", self.worker)
+        params = {
+            name: trial.suggest_float(name, dist.low, dist.high, log=dist.log) for name, dist in distributions(self.spec).items()
+        }
+        try:
+            result = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial))
+        except optuna.TrialPruned:
+            self.finished_here = True
+            raise
+        except StudyStopped:
+            trial.set_user_attr("fail_reason", "stopped")
+            raise
+        except WorkerShutdown:
+            trial.set_user_attr("fail_reason", "worker-shutdown")
+            raise
+        except Exception as error:
+            trial.set_user_attr("fail_reason", "error")
+            trial.set_user_attr("error", f"{error.__class__.__name__}: {error}"[:2000])
+            raise
+        metrics = TrialMetrics.model_validate(result)
+        for name in TrialMetrics.model_fields:
+            value = getattr(metrics, name)
+            if value is not None and math.isfinite(value):
+                trial.set_user_attr(name, value)
+        if metrics.val_accuracy is None:
+            raise ValueError("the training reported no val_accuracy")
+        self.finished_here = math.isfinite(metrics.val_accuracy)  # a NaN value makes Optuna fail the trial
+        return metrics.val_accuracy
+
+    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, Mapping[str, float]], None]:
+        history: list[dict[str, float]] = []
+
+        def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
+            history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})
+            trial.set_user_attr("history", history)
+            trial.report(float(metrics[METRIC]), epoch)
+            if studies.status_of(self.factory, self.row.id) not in ACTIVE_STATUSES:
+                raise StudyStopped(f"study {self.row.name!r} was stopped")
+            if self.shutdown.is_set():
+                raise WorkerShutdown(f"worker {self.worker} is shutting down")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {METRIC} {metrics[METRIC]:.4f}")
+
+        return on_epoch_end
+
+
+def settle(
+    factory: sessionmaker[Session], storage: Any, retry: RetryFailedTrial, study: optuna.Study, row: SearchStudy,
+    objective: Objective, max_failed_trials: int,
+) -> None:
+    """Record what became of ``objective``'s trial: a new best, a retry, a completed study."""
+    trial = storage.get_trial(objective.trial_id)
+    state = trial.state
+    if state == optuna.trial.TrialState.COMPLETE:
+        if studies.record_best(factory, row.id, trial.number, trial.value, trial.params, trial.user_attrs.get("train_size")):
+            log.info("study %s: trial %d is the new best (%.4f)", row.name, trial.number, trial.value)
+    elif state == optuna.trial.TrialState.FAIL:
+        if objective.finished_here:
+            # The objective completed (or was pruned) here, yet the trial is FAIL: another worker's
+            # heartbeat check declared it stale while it ran (a heartbeat write lost to a dropped
+            # connection), and its retry callback already re-queued it and gave the slot back.
+            # Doing both again would let the study exceed n_trials.
+            log.warning("study %s: trial %d was failed by a heartbeat check while it ran here", row.name, trial.number)
+            return
+        try:
+            if trial.user_attrs.get("fail_reason") == "error":
+                error = trial.user_attrs.get("error", "trial failed")
+                if studies.record_failure(factory, row.id, error, max_failed_trials):
+                    log.error("study %s failed after repeated trial errors: %s", row.name, error)
+        finally:
+            retry.retry(study, trial, row.id)  # re-queued unless the study has ended; the slot given back
+    # RUNNING here means the final tell did not reach the database: the heartbeat check fails
+    # and re-queues it once its grace period is over.
+    if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        studies.complete_if_done(factory, row.id, row.name, row.n_trials)

@@ -1,0 +1,93 @@
+"""Sweeps: what a worker cleans up after others (dead workers, lost connections) so every study ends.
+
+A worker sweeps a study whose slots are all taken (or any study, when it is idle):
+
+* **stale trials**: a RUNNING trial whose worker stopped heart-beating for the grace period is
+  failed by Optuna's own check, which calls the storage's
+  :class:`~service.retries.RetryFailedTrial` (retry with the same params, slot given back);
+* **orphaned trials**: a RUNNING trial with neither a heartbeat nor a param (its creation raced a
+  dropped connection) is invisible to that check; it is marked failed here;
+* **leaked slots**: slots no trial holds (a worker killed between its claim and its trial) are given
+  back once the study has been quiet for the grace period;
+* **ended studies**: the trials that dead workers left RUNNING in stopped or failed studies are
+  failed too (without a retry), so that nothing stays ``running`` forever.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import warnings
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import studies
+from service.models import SearchStudy
+
+__all__ = ["fail_orphaned_trials", "fail_stale_trials", "sweep_ended_studies", "sweep_study"]
+
+log = logging.getLogger(__name__)
+
+
+def sweep_study(
+    factory: sessionmaker[Session], storage: Any, study: optuna.Study, row: SearchStudy, grace_period: float
+) -> None:
+    """For an active study whose slots are all taken: fail trials of dead workers and reclaim leaked slots."""
+    fail_stale_trials(factory, storage, study, row.name, grace_period)
+    if studies.reclaim_leaked_slots(factory, row.id, row.name, grace_period):
+        log.warning("study %s: gave back trial slot(s) whose worker died before its trial started", row.name)
+
+
+def sweep_ended_studies(factory: sessionmaker[Session], storage: Any, grace_period: float) -> None:
+    """Fail the trials that dead workers left RUNNING in stopped or failed studies (one query when none)."""
+    with factory() as session:
+        rows = studies.studies_with_running_trials(session)
+    for row in rows:
+        try:
+            study = optuna.load_study(study_name=row.name, storage=storage)
+        except KeyError:
+            continue
+        fail_stale_trials(factory, storage, study, row.name, grace_period)
+
+
+def fail_stale_trials(
+    factory: sessionmaker[Session], storage: Any, study: optuna.Study, name: str, grace_period: float
+) -> None:
+    """Optuna's heartbeat check (its stale-trial callback retries them), then the orphans it cannot see."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    fail_orphaned_trials(factory, storage, name, grace_period)
+
+
+def fail_orphaned_trials(factory: sessionmaker[Session], storage: Any, name: str, grace_period: float) -> None:
+    """Fail RUNNING trials older than the grace period that never recorded a heartbeat nor drew a param.
+
+    Optuna's stale-trial check skips trials without a heartbeat row. A trial whose creation raced a
+    dropped database connection (``ask`` raised in its worker, which gave the slot back) stays
+    RUNNING with neither forever, and its study would never complete. Its slot was already returned
+    and it has no params to retry, so it is only marked failed.
+    """
+    query = sa.text(
+        "SELECT t.trial_id, t.datetime_start, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
+        "WHERE s.study_name = :name "
+        "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id) "
+        "AND NOT EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
+    )
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)  # Optuna's naive local time
+    with factory() as session:
+        rows = session.execute(query, {"name": name}).all()
+    for trial_id, started, state in rows:
+        if isinstance(started, str):
+            started = dt.datetime.fromisoformat(started)
+        if str(state).rsplit(".", 1)[-1] != "RUNNING" or (started is not None and started > cutoff):
+            continue
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned")
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        log.warning("study %s: trial id %d was left running without a heartbeat or params; marked failed", name, trial_id)
