@@ -29,7 +29,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.orm import Session
 
 from service.db import OPTUNA_STUDIES, is_sqlite
-from service.models import ACTIVE_STATUSES, STATUSES, BestConfigRecord, SearchStudy
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus
 
 __all__ = ["DOMAIN_METRICS", "SearchCollector", "instrument", "new_registry"]
 
@@ -96,7 +96,7 @@ class SearchCollector(Collector):
     def _families(self, session: Session) -> Iterator[Metric]:
         studies = GaugeMetricFamily("regsearch_studies", DOMAIN_METRICS["regsearch_studies"], labels=["status"])
         counts = dict(session.execute(sa.select(SearchStudy.status, sa.func.count()).group_by(SearchStudy.status)).all())
-        for status in STATUSES:
+        for status in StudyStatus:
             studies.add_metric([status], counts.get(status, 0))
         yield studies
 

@@ -10,11 +10,12 @@ from typing import Any
 
 from service.cli import CommandError
 from service.cli.options import add_model_options, values_from_args
+from service.models import ACTIVE_STATUSES, StudyStatus
 from service.schemas import StudySpec
 
 _NOT_FLAGS = ("search_space",)  # StudySpec fields given in the spec file only
 
-FINAL_STATUSES = ("completed", "stopped", "failed")
+FINAL_STATUSES = tuple(status for status in StudyStatus if status not in ACTIVE_STATUSES)
 
 
 def _add_url(parser) -> None:
