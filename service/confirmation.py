@@ -67,6 +67,7 @@ __all__ = [
     "confirmation_plan",
     "is_confirmation",
     "mean_interval",
+    "missing_items",
     "paired_test",
     "repeat_seed",
     "robust_ranges",
@@ -223,6 +224,20 @@ def confirmation_plan(
         for repeat in range(1, confirm.repeats + 1)
         for trial in top
     ]
+
+
+def missing_items(plan: Sequence[ConfirmationTrial], trials: Iterable[optuna.trial.FrozenTrial]) -> list[ConfirmationTrial]:
+    """The items of ``plan`` not yet in the study (no trial of any state with their ``confirms`` and ``repeat``).
+
+    Makes enqueueing idempotent: a worker that died between marking the study ``confirming`` and
+    enqueueing the whole plan leaves the rest to the next worker, which enqueues only what is missing.
+    (Not ``enqueue_trial(skip_if_exists=True)``: it compares params only, and every repeat of a config has
+    the same params.) A retried trial (Optuna's retry callbacks copy the user attributes) counts as present.
+    """
+    present = {
+        (trial.user_attrs.get(CONFIRMS_ATTR), trial.user_attrs.get(REPEAT_ATTR)) for trial in trials if is_confirmation(trial)
+    }
+    return [item for item in plan if (item.confirms, item.repeat) not in present]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from service.confirmation import (
     confirmation_plan,
     is_confirmation,
     mean_interval,
+    missing_items,
     paired_test,
     repeat_seed,
     robust_ranges,
@@ -199,6 +200,14 @@ def test_confirmation_plan_is_paired_and_repeat_major():
     assert [item.seed for item in plan] == [repeat_seed(5, 1)] * 2 + [repeat_seed(5, 2)] * 2  # paired across configs
     assert confirmation_plan(trials, ConfirmSpec(top_k=0), base_seed=5) == []
     assert confirmation_plan([], ConfirmSpec(), base_seed=5) == []
+
+
+def test_enqueueing_is_idempotent():
+    trials = [search_trial(0, 0.50, 1e-4, 0.30), search_trial(1, 0.58, 2e-4, 0.40)]
+    plan = confirmation_plan(trials, ConfirmSpec(top_k=2, repeats=2), base_seed=0)
+    assert missing_items(plan, trials) == plan
+    enqueued = [run(2, plan[0], 0.5, state=optuna.trial.TrialState.FAIL), run(3, plan[1], 0.5, state=optuna.trial.TrialState.WAITING)]
+    assert missing_items(plan, [*trials, *enqueued]) == plan[2:]  # same params as plan[0], another repeat: still missing
 
 
 def test_confirmation_runs_are_not_search_candidates():
