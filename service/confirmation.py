@@ -13,9 +13,12 @@ Keras, no database, no service state. The worker plugs them in:
 * :func:`confirmation_plan` turns the finished search into the trials to enqueue
   (``study.enqueue_trial(item.params, user_attrs=item.user_attrs)``), repeat by repeat.
 * :func:`repeat_seed` is the seed of repeat ``r``: it seeds the validation split, the data order and
-  the initialisation of that run. Repeat 0 is the search trial itself (split and init seeded by the
-  recipe's ``seed``), so every config has ``n = 1 + repeats`` runs and repeat ``r`` of every config
-  uses the same split: the runs are *paired* across configs.
+  the initialisation of that run, while the training pool (the class-balanced ``train_size`` draw)
+  stays the one the recipe's ``seed`` drew, so every split comes from the same images. Repeat 0 is the
+  search trial itself (split and init seeded by the recipe's ``seed``), so every config has
+  ``n = 1 + repeats`` runs and repeat ``r`` of every config uses the same split: the runs are *paired*
+  across configs. The worker reads the seed from the trial's ``seed`` user attribute.
+* :func:`missing_items` makes enqueueing the plan idempotent (a worker may die half-way through).
 * :func:`summarize` turns all trials (search and confirmation) into :class:`Confirmation`: the best
   with its mean/std/n/interval and the value it was first picked on, its ties and the robust ranges.
 
