@@ -491,12 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the study's seed")
     parser.add_argument("--pruners", nargs="+", default=["median"], choices=["median", "fair"],
                         help="(c) for each: 'fair' runs a second search with service.pruning.make_fair_pruner")
-    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes to prove the script runs: {SMOKE}")
+    parser.add_argument("--smoke", action="store_true", help=f"tiny sizes to prove the script runs (explicit options win): {SMOKE}")
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS.relative_to(ROOT)} (smoke: a temp file)")
+    if parser.parse_known_args(argv)[0].smoke:
+        parser.set_defaults(**SMOKE)  # the smoke sizes, unless an option is given explicitly
     args = parser.parse_args(argv)
-    if args.smoke:
-        for key, value in SMOKE.items():
-            setattr(args, key, value)
     output = args.output or (Path(tempfile.gettempdir()) / "search_quality_smoke.json" if args.smoke else RESULTS)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
