@@ -445,27 +445,38 @@ def part_c(lab: Lab, search: dict[str, Any], args: argparse.Namespace, data_dir:
 
 
 def part_d(search: dict[str, Any], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """The study's best (found on N images) retrained on 2N and 4N, with and without the n_study/n_full rescale."""
+    """The study's best (found on N images) retrained on 2N and 4N, with and without the n_study/n_full rescale.
+
+    ``--carry-configs best defaults`` also carries the seed text's defaults (L2 1e-4) as if a study on N
+    had found them: a best whose weight decay is tiny tests nothing, the rescale being immaterial.
+    """
     best = search["summary"].best
     train_size = next(
         trial.user_attrs.get("train_size") for trial in search["search_trials"] if trial.number == best.trial_number
     )
-    out: dict[str, Any] = {"study_images": args.train_size, "n_study": train_size, "params": best.params, "sizes": {}}
-    for factor in (2, 4):
-        size = args.train_size * factor
-        data_dir = make_subset(workdir / f"cifar-{size}", size, args.test_size)
-        row = {}
-        for rescale in (True, False):
-            log.info("(d) %d images, rescale=%s", size, rescale)
-            runs = test_runs(best_json(best.params, args, train_size), data_dir, args.seeds, rescale=rescale)
-            row["rescaled" if rescale else "kept"] = {"runs": runs, "test_accuracy": interval([run["test_accuracy"] for run in runs])}
-        row["rescaled_minus_kept"] = margin(row["rescaled"]["runs"], row["kept"]["runs"])
-        out["sizes"][str(size)] = row
-        print(
-            f"(d) {size} images: rescaled {fmt(row['rescaled']['test_accuracy'])}, kept {fmt(row['kept']['test_accuracy'])}, "
-            f"rescaled - kept {fmt(row['rescaled_minus_kept'])}",
-            flush=True,
-        )
+    out: dict[str, Any] = {"study_images": args.train_size, "n_study": train_size}
+    for label in args.carry_configs:
+        params = best.params if label == "best" else DEFAULTS
+        entry: dict[str, Any] = {"params": params, "sizes": {}}
+        for factor in (2, 4):
+            size = args.train_size * factor
+            data_dir = make_subset(workdir / f"cifar-{size}", size, args.test_size)
+            row = {}
+            for rescale in (True, False):
+                log.info("(d) %s on %d images, rescale=%s", label, size, rescale)
+                runs = test_runs(best_json(params, args, train_size), data_dir, args.seeds, rescale=rescale)
+                row["rescaled" if rescale else "kept"] = {"runs": runs, "test_accuracy": interval([run["test_accuracy"] for run in runs])}
+            row["rescaled_minus_kept"] = margin(row["rescaled"]["runs"], row["kept"]["runs"])
+            entry["sizes"][str(size)] = row
+            print(
+                f"(d) {label} on {size} images: rescaled {fmt(row['rescaled']['test_accuracy'])}, "
+                f"kept {fmt(row['kept']['test_accuracy'])}, rescaled - kept {fmt(row['rescaled_minus_kept'])}",
+                flush=True,
+            )
+        if label == "best":
+            out.update(entry)
+        else:
+            out.setdefault("also", {})[label] = entry
     return out
 
 
@@ -491,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="the study's seed")
     parser.add_argument("--pruners", nargs="+", default=["median"], choices=["median", "fair"],
                         help="(c) for each: 'fair' runs a second search with service.pruning.make_fair_pruner")
+    parser.add_argument("--carry-configs", nargs="+", default=["best"], choices=["best", "defaults"],
+                        help="(d): the configs carried over (defaults: the seed text's L2 1e-4, as if found on N)")
     parser.add_argument("--smoke", action="store_true", help=f"tiny sizes to prove the script runs (explicit options win): {SMOKE}")
     parser.add_argument("--output", type=Path, default=None, help=f"default {RESULTS.relative_to(ROOT)} (smoke: a temp file)")
     if parser.parse_known_args(argv)[0].smoke:
