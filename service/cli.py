@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "watch": "service._cli_client",
     "best": "service._cli_client",
     "studies": "service._cli_client",
+    "token": "service._cli_tokens",
 }
 
 
