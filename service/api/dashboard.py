@@ -68,7 +68,7 @@ class ReadOnlyDashboard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path == "/v1" or path.startswith("/v1/"):
+        if path == "/v1" or path.startswith("/v1/") or self._allowed(scope):
             await self._api_miss(scope, receive, send)
             return
         if scope["method"] not in READ_ONLY_METHODS:
@@ -88,13 +88,17 @@ class ReadOnlyDashboard:
                 return
         await self.app(scope, receive, send)
 
-    async def _api_miss(self, scope: Scope, receive: Receive, send: Send) -> None:
-        allowed = {
+    def _allowed(self, scope: Scope) -> set[str]:
+        """The methods the API's own routes serve at this path (empty: not an API path)."""
+        return {
             method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
             for route in self.api_routes
             if not isinstance(route, Mount)
             and route.matches({**scope, "method": method, "root_path": ""})[0] is Match.FULL
         }
+
+    async def _api_miss(self, scope: Scope, receive: Receive, send: Send) -> None:
+        allowed = self._allowed(scope)
         if allowed:
             await json_error(405, f"method {scope['method']} not allowed here; allowed: {', '.join(sorted(allowed))}",
                              headers={"Allow": ", ".join(sorted(allowed))})(scope, receive, send)

@@ -197,9 +197,11 @@ class InputGuard:
 
     @staticmethod
     def _non_finite(body: bytes) -> str | None:
-        """Why the JSON body holds a non-finite number, or None (invalid JSON is left to the app's 422)."""
+        """Why the JSON body holds a non-finite number or is not text, or None (other invalid JSON: the app's 422)."""
         try:
             json.loads(body, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int)
+        except UnicodeDecodeError:
+            return "the body is not UTF-8 text (JSON must be)"
         except ValueError as error:
             message = str(error)
             if "valid JSON number" in message or "numbers must be finite" in message:
