@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         description="Where the first start writes its admin token (mode 0600), and where the client looks for one.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond it).")
+    auth_cache_s: float = Field(
+        2.0, ge=0, description="Seconds the API trusts a token it has checked (a revoked token stops working within twice this)."
+    )
+    read_cache_s: float = Field(
+        1.0, ge=0, description="Seconds GET /v1/studies/NAME and .../best answers are served from memory "
+        "(writes through the same process clear them at once; 0: off)."
+    )
 
 
 @functools.lru_cache(maxsize=1)

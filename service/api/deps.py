@@ -6,11 +6,13 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.tokens import ApiToken, authenticate, has_scope
+from service.api.read_cache import TokenCache, TokenInfo
+from service.tokens import authenticate, has_scope
 
 
 def get_settings(request: Request) -> Settings:
@@ -46,9 +48,9 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _require(needed: str) -> Callable[..., Any]:
-    def require_scope(
+    async def require_scope(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
-    ) -> ApiToken | None:
+    ) -> TokenInfo | None:
         settings: Settings = request.app.state.settings
         if not settings.auth:
             return None
@@ -58,9 +60,18 @@ def _require(needed: str) -> Callable[..., Any]:
                 "missing token: send 'Authorization: Bearer TOKEN' (the CLI reads REGSEARCH_TOKEN or the token file)",
                 headers=BEARER_CHALLENGE,
             )
-        token = authenticate(request.app.state.session_factory, credentials.credentials)
+        cache: TokenCache = request.app.state.token_cache
+        token = cache.get(credentials.credentials, refresh=True)
         if token is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers=BEARER_CHALLENGE)
+            try:
+                row = await run_in_threadpool(authenticate, request.app.state.session_factory, credentials.credentials)
+            except BaseException:
+                cache.put(credentials.credentials, None)
+                raise
+            token = None if row is None else TokenInfo(row.id, row.name, row.scope)
+            cache.put(credentials.credentials, token)
+            if token is None:
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers=BEARER_CHALLENGE)
         scope = needed
         if needed == "method":  # reads need read, everything else write
             scope = "read" if request.method in READ_METHODS else "write"
@@ -80,7 +91,7 @@ require_admin = _require("admin")
 #: read scope for GET/HEAD, write scope for every other method: one rule for a whole router.
 require_scope_by_method = _require("method")
 
-ReadAccess = Annotated[ApiToken | None, Depends(require_read)]
-WriteAccess = Annotated[ApiToken | None, Depends(require_write)]
-AdminAccess = Annotated[ApiToken | None, Depends(require_admin)]
-MethodAccess = Annotated[ApiToken | None, Depends(require_scope_by_method)]
+ReadAccess = Annotated[TokenInfo | None, Depends(require_read)]
+WriteAccess = Annotated[TokenInfo | None, Depends(require_write)]
+AdminAccess = Annotated[TokenInfo | None, Depends(require_admin)]
+MethodAccess = Annotated[TokenInfo | None, Depends(require_scope_by_method)]

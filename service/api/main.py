@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 
 from service import studies
 from service.api.deps import require_scope_by_method
+from service.api.read_cache import ReadCache, TokenCache
 from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
@@ -79,7 +80,9 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
         return JSONResponse({"detail": str(error)}, status_code=status.HTTP_404_NOT_FOUND)
 
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)
+    app.state.token_cache = TokenCache(settings.auth_cache_s)
+    app.add_middleware(ReadCache, ttl=settings.read_cache_s, tokens=app.state.token_cache, auth=settings.auth)
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # outermost: before anything reads
 
     app.include_router(health.router)
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
+from service.tokens import create_token, revoke_token
 from tests.support import REGSEARCH, base_env, free_port, kill_group, spawn, wait_healthy
 
 SPEC = {"name": "auth-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
@@ -48,6 +50,13 @@ class Server:
         return (self.root / "server.log").read_text()
 
 
+def _factory(server: Server):
+    from service.config import Settings
+    from service.db import create_engine, session_factory
+
+    return session_factory(create_engine(Settings(database_url=server.env["REGSEARCH_DATABASE_URL"])))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
@@ -60,13 +69,12 @@ def server(tmp_path_factory):
     try:
         wait_healthy(srv.url, timeout=90)
         srv.tokens["admin"] = token_file.read_text().strip()
-        for scope in ("write", "read"):
-            created = srv.cli("token", "create", "--scope", scope, "--name", f"test-{scope}")
-            assert created.returncode == 0, created.stderr
-            srv.tokens[scope] = created.stdout.strip()
-        revoked = srv.cli("token", "create", "--scope", "admin", "--name", "to-revoke")
+        created = srv.cli("token", "create", "--scope", "write", "--name", "test-write")
+        assert created.returncode == 0, created.stderr
+        srv.tokens["write"] = created.stdout.strip()
+        srv.tokens["read"] = create_token(_factory(srv), "read", "test-read")[1]
+        srv.tokens["revoked"] = create_token(_factory(srv), "admin", "to-revoke")[1]
         assert srv.cli("token", "revoke", "to-revoke").returncode == 0
-        srv.tokens["revoked"] = revoked.stdout.strip()
         srv.tokens["unknown"] = "rgs_" + "x" * 43
         yield srv
     finally:
@@ -248,3 +256,34 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, tmp_path):
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " 500 " not in server.log() and "Traceback" not in server.log()
+
+
+def test_standalone_dashboard_is_read_only_behind_a_read_token_with_an_open_healthz(server):
+    port = free_port()
+    dashboard = spawn([REGSEARCH, "dashboard", "--port", str(port)], server.env, server.root / "dashboard.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, timeout=90)
+        assert httpx.get(f"{url}/dashboard", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/dashboard", headers=_basic(server.tokens["read"]), timeout=30).status_code == 200
+        refused = httpx.post(f"{url}/api/studies", json={"study_name": "x", "directions": ["minimize"]},
+                             headers=_basic(server.tokens["admin"]), timeout=30)
+        assert refused.status_code == 403
+        form = httpx.post(f"{url}/api/studies", content=b"a=1", timeout=30,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})
+        assert form.status_code == 415
+    finally:
+        kill_group(dashboard)
+
+
+def test_a_revoked_token_stops_working_within_twice_the_auth_cache(server):
+    from service.config import Settings
+
+    assert server.request("POST", "/v1/studies", server.tokens["admin"], json=SPEC).status_code in (200, 201)
+    token = create_token(_factory(server), "read", "short-lived")[1]
+    for _ in range(3):  # checked once, then trusted from the cache (and served from the read cache)
+        assert server.request("GET", "/v1/studies/auth-demo", token).status_code == 200
+    revoke_token(_factory(server), "short-lived")
+    time.sleep(2 * Settings().auth_cache_s + 1.0)
+    for path in ("/v1/studies/auth-demo", "/v1/studies/auth-demo/best", "/v1/studies"):
+        assert server.request("GET", path, token).status_code == 401, path
