@@ -287,3 +287,16 @@ def test_a_revoked_token_stops_working_within_twice_the_auth_cache(server):
     time.sleep(2 * Settings().auth_cache_s + 1.0)
     for path in ("/v1/studies/revocation", "/v1/studies/revocation/best", "/v1/studies"):
         assert server.request("GET", path, token).status_code == 401, path
+
+
+def test_load_best_sends_regsearch_token(server, monkeypatch):
+    from trainer import BestConfigUnavailable, load_best
+
+    monkeypatch.setenv("REGSEARCH_TOKEN_FILE", "/nonexistent")
+    monkeypatch.delenv("REGSEARCH_TOKEN", raising=False)
+    with pytest.raises(BestConfigUnavailable, match="401.*REGSEARCH_TOKEN"):
+        load_best(server.url, study="auth-demo")
+    monkeypatch.setenv("REGSEARCH_TOKEN", server.tokens["read"])
+    assert server.request("POST", "/v1/studies", server.tokens["admin"], json={**SPEC, "name": "load-best"}).status_code == 201
+    with pytest.raises(BestConfigUnavailable, match="no best config"):  # authenticated: past auth, no trial yet
+        load_best(server.url, study="load-best")
