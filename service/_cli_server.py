@@ -163,10 +163,8 @@ def _worker(args) -> int:
 
 
 def _dashboard(args) -> int:
-    import optuna_dashboard
     import sqlalchemy as sa
     import uvicorn
-    from a2wsgi import WSGIMiddleware
 
     from service.db import migrate, optuna_storage
 
@@ -179,7 +177,7 @@ def _dashboard(args) -> int:
         raise _database_error(error) from None
     from service.api.dashboard import standalone_dashboard  # read-only, behind a read token
 
-    uvicorn.run(standalone_dashboard(settings), host=args.host or settings.host, port=args.port, log_level="info")
+    uvicorn.run(standalone_dashboard(settings, storage), host=args.host or settings.host, port=args.port, log_level="info")
     return 0
 
 

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.hardening import json_error
 from service.config import Settings
 
-__all__ = ["ReadOnlyDashboard", "dashboard_app", "token_from_headers"]
+__all__ = ["ReadOnlyDashboard", "dashboard_app", "standalone_dashboard", "token_from_headers"]
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 BASIC_CHALLENGE = 'Basic realm="regsearch dashboard (password: a regsearch token)", charset="UTF-8"'
@@ -132,7 +132,7 @@ def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: A
     )
 
 
-def standalone_dashboard(settings: Settings) -> ASGIApp:
+def standalone_dashboard(settings: Settings, storage: Any = None) -> ASGIApp:
     """``regsearch dashboard``: the read-only dashboard, the input guard and an open ``/healthz``."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse
@@ -143,5 +143,5 @@ def standalone_dashboard(settings: Settings) -> ASGIApp:
     async def healthz(_request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[Route("/healthz", healthz), Mount("/", dashboard_app(settings))])
+    app = Starlette(routes=[Route("/healthz", healthz), Mount("/", dashboard_app(settings, storage))])
     return InputGuard(app, settings.max_body_bytes)

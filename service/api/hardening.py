@@ -14,7 +14,7 @@ import json
 import math
 from typing import Any
 
-from fastapi import Request, status
+from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import stat
 import subprocess
 import threading
