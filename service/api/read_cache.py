@@ -5,7 +5,9 @@ from memory for ``read_cache_s`` seconds, and a token seen valid is trusted for 
 ``GET /v1/studies/NAME/best`` is kept for ``read_cache_s`` (default 1 s) and replayed to any client
 whose bearer token this process has validated within ``auth_cache_s`` (every other request takes the
 full path, auth included). When an entry expires, one request refreshes it while the others get the
-previous answer (for at most one more ``read_cache_s``), so the clients never stampede the database. Any other method on ``/v1/studies/NAME...`` through this process drops
+previous answer (for at most one more ``read_cache_s``), so the clients never stampede the database.
+Reads of one study stay monotonic: a fresher answer of the study, or any uncached read of it (its
+trials), retires the older cached answers of that study. Any other method on ``/v1/studies/NAME...`` through this process drops
 that study's entries at once; changes made elsewhere (workers, other API processes, ``regsearch
 token revoke``) show within those few seconds.
 """
@@ -130,6 +132,9 @@ class ReadCache:
             await self.app(scope, receive, send)
             return
         if not _CACHED_PATH.match(path):
+            study = _STUDY_PATH.match(path)
+            if study:  # e.g. /trials, read fresh: no older cached answer of this study may follow it
+                self._invalidate(study.group(1))
             await self.app(scope, receive, send)
             return
         key = (path, scope.get("query_string", b""))
@@ -172,6 +177,12 @@ class ReadCache:
                 elif not message.get("more_body", False) and born > self._invalidated.get(name, 0.0):
                     if len(self._entries) >= MAX_ENTRIES:
                         self._entries.clear()
+                    # Reads stay monotonic per study: once a fresher answer exists, older ones of
+                    # the same study (GET study vs GET best) are not served any more.
+                    prefix = f"/v1/studies/{name}"
+                    for other in [k for k, v in self._entries.items()
+                                  if k != key and k[0] in (prefix, prefix + "/best") and v[0] - self.ttl < born]:
+                        self._entries.pop(other, None)
                     self._entries[key] = (born + self.ttl, start, b"".join(chunks))
             await send(message)
 
