@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ClientError", "RegsearchClient", "error_message"]
+__all__ = ["ClientError", "RegsearchClient", "error_message", "find_token"]
 
 
 class ClientError(Exception):
@@ -34,14 +34,27 @@ def error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}"
 
 
+def find_token() -> str | None:
+    """The token to send: ``REGSEARCH_TOKEN``, else the token file (``REGSEARCH_TOKEN_FILE``) if readable."""
+    from service.config import get_settings
+    from service.tokens import read_token_file
+
+    settings = get_settings()
+    return settings.token or read_token_file(settings.token_file)
+
+
 class RegsearchClient:
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    """``token``: sent as ``Authorization: Bearer``; default :func:`find_token`."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0, token: str | None = None) -> None:
         if url is None:
             from service.config import get_settings
 
             url = get_settings().url
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        token = token or find_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -58,7 +71,10 @@ class RegsearchClient:
         except httpx.TransportError as error:
             raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
         if response.status_code >= 400:
-            raise ClientError(error_message(response), response.status_code)
+            message = error_message(response)
+            if response.status_code in (401, 403):
+                message += " (set REGSEARCH_TOKEN to a token of enough scope: regsearch token create --scope write)"
+            raise ClientError(message, response.status_code)
         return response
 
     def health(self) -> dict[str, Any]:

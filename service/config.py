@@ -7,11 +7,19 @@ variables, so a container or a test configures the whole system by setting envir
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "default_token_file", "get_settings"]
+
+
+def default_token_file() -> str:
+    """``$XDG_CONFIG_HOME/regsearch/token`` (``~/.config/regsearch/token``): per user, on this machine."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return str(Path(config_home) / "regsearch" / "token")
 
 
 class Settings(BaseSettings):
@@ -49,6 +57,30 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest back-off between a worker's attempts while the database is unreachable."
     )
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers.")
+    db_pool_size: int = Field(
+        40, ge=1, description="Connections each engine keeps open; the API serves up to 40 requests at once "
+        "(its thread pool), so this matches it and no request waits for a connection."
+    )
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections an engine may open beyond db_pool_size.")
+
+    # Trust (docs/security.md).
+    auth: bool = Field(
+        True, description="Require a bearer token on the API and the dashboard (read scope to read, write to change); "
+        "false only for a trusted loopback setup."
+    )
+    token: str | None = Field(None, description="The token the command-line client and load_best send (REGSEARCH_TOKEN).")
+    token_file: str = Field(
+        default_factory=default_token_file,
+        description="Where the first start writes its admin token (mode 0600), and where the client looks for one.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond it).")
+    auth_cache_s: float = Field(
+        2.0, ge=0, description="Seconds the API trusts a token it has checked (a revoked token stops working within twice this)."
+    )
+    read_cache_s: float = Field(
+        1.0, ge=0, description="Seconds GET /v1/studies/NAME and .../best answers are served from memory "
+        "(writes through the same process clear them at once; 0: off)."
+    )
 
 
 @functools.lru_cache(maxsize=1)

@@ -59,6 +59,7 @@ def is_sqlite(url: str) -> bool:
 def engine_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for every engine on ``settings.database_url`` (ours and Optuna's)."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)  # sized to the API's threads
     if is_sqlite(settings.database_url):
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_s}
     return kwargs

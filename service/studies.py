@@ -58,9 +58,10 @@ class StudyAlreadyEnded(ValueError):
 
 
 class StudyConflict(ValueError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reason: str = "") -> None:
         super().__init__(
             f"a study named {name!r} already exists with a different spec; choose another name or DELETE it first"
+            if not reason else f"a study named {name!r} already exists ({reason}); choose another name"
         )
         self.name = name
 
@@ -86,6 +87,8 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     try:
         with session_scope(factory) as session:
             row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+            if row is None and session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == spec.name)) is not None:
+                raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
             if row is None:
                 row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
                                   claimed=0, claims_total=0, failed_trials=0, created_at=utc_now())
@@ -157,9 +160,11 @@ def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> Non
     import optuna
 
     with session_scope(factory) as session:
-        row = get_study(session, name)
-        session.execute(sa.delete(BestConfigRecord).where(BestConfigRecord.study_id == row.id))
-        session.delete(row)
+        # Write first, read nothing: of concurrent deletes exactly one deletes the row (the others 404).
+        session.execute(sa.delete(BestConfigRecord).where(
+            BestConfigRecord.study_id.in_(sa.select(SearchStudy.id).where(SearchStudy.name == name))))
+        if session.execute(sa.delete(SearchStudy).where(SearchStudy.name == name)).rowcount != 1:
+            raise StudyNotFound(name)
     try:
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:

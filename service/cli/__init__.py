@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "watch": "service.cli.client",
     "best": "service.cli.client",
     "studies": "service.cli.client",
+    "token": "service.cli.tokens",
 }
 
 

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=None, help="port (default REGSEARCH_PORT or 8000)")
     serve.add_argument("--workers", type=int, default=1, help="local worker processes to start (0: API only; default 1)")
     serve.add_argument("--no-dashboard", action="store_true", help="do not mount the Optuna dashboard")
+    serve.add_argument("--no-auth", action="store_true", help="no tokens needed (trusted loopback only; same as REGSEARCH_AUTH=false)")
     serve.set_defaults(func=_serve)
 
     worker = subparsers.add_parser(
@@ -119,7 +120,7 @@ def _serve(args) -> int:
     # exception so that the workers are stopped in the `finally` below instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _logging()
-    settings = _settings()
+    settings = _settings().model_copy(update={"auth": False}) if args.no_auth else _settings()
     host = args.host or settings.host
     port = args.port or settings.port
     if args.workers < 0:
@@ -162,10 +163,8 @@ def _worker(args) -> int:
 
 
 def _dashboard(args) -> int:
-    import optuna_dashboard
     import sqlalchemy as sa
     import uvicorn
-    from a2wsgi import WSGIMiddleware
 
     from service.db import migrate, optuna_storage
 
@@ -176,7 +175,9 @@ def _dashboard(args) -> int:
         storage = optuna_storage(settings)
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
-    uvicorn.run(WSGIMiddleware(optuna_dashboard.wsgi(storage)), host=args.host or settings.host, port=args.port, log_level="info")
+    from service.api.dashboard import standalone_dashboard  # read-only, behind a read token
+
+    uvicorn.run(standalone_dashboard(settings, storage), host=args.host or settings.host, port=args.port, log_level="info")
     return 0
 
 

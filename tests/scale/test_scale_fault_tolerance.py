@@ -79,7 +79,7 @@ def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_pa
         postgres_url,
         tmp_path / "stack",
         variables={"REGSEARCH_HEARTBEAT_INTERVAL": "1", "REGSEARCH_GRACE_PERIOD": "4", "REGSEARCH_MAX_RETRIES": "2"},
-        extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR)},
+        extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR), "REGSEARCH_AUTH": "false"},
     )
     monitor = SlotMonitor(postgres_url, "crash")
     try:
