@@ -10,7 +10,7 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "default_token_file", "get_settings"]
@@ -25,7 +25,7 @@ def default_token_file() -> str:
 class Settings(BaseSettings):
     """Environment-driven settings. ``REGSEARCH_DATABASE_URL`` etc.; see README.md, "Settings"."""
 
-    model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore", hide_input_in_errors=True)  # no secret in a log
 
     database_url: str = Field(
         "sqlite:///regsearch.db",
@@ -73,6 +73,15 @@ class Settings(BaseSettings):
         default_factory=default_token_file,
         description="Where the first start writes its admin token (mode 0600), and where the client looks for one.",
     )
+    admin_token: SecretStr | None = Field(
+        None, description="An admin token to install when the database has no token yet (e.g. from the Kubernetes "
+        "Secret regsearch-admin-token): `regsearch migrate` and the API store only its hash, log nothing of it, and "
+        "write no token file. At least 24 characters; ignored once any token exists.",
+    )
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a token. Only where the API's port is reachable by the scraper "
+        "alone (docs/kubernetes.md, \"Metrics\"); otherwise a scrape needs a read token like every read.",
+    )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond it).")
     auth_cache_s: float = Field(
         2.0, ge=0, description="Seconds the API trusts a token it has checked (a revoked token stops working within twice this)."
@@ -81,6 +90,21 @@ class Settings(BaseSettings):
         1.0, ge=0, description="Seconds GET /v1/studies/NAME and .../best answers are served from memory "
         "(writes through the same process clear them at once; 0: off)."
     )
+    migrate_on_start: bool = Field(
+        True, description="`regsearch serve`, `worker` and `dashboard` apply the migrations when they start (one machine). "
+        "False where a migration job runs first and the processes log in as roles without DDL (deploy/kubernetes, "
+        "docker-compose.yml).",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        token = value.get_secret_value()
+        if len(token) < 24 or len(token) > 256 or not token.isascii() or any(char.isspace() for char in token):
+            raise ValueError("must be 24 to 256 ASCII characters without spaces (e.g. `openssl rand -base64 32`)")
+        return value
 
 
 @functools.lru_cache(maxsize=1)

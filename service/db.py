@@ -195,6 +195,11 @@ def _upgrade(engine: sa.Engine, settings: Settings) -> str:
             command.upgrade(_alembic_config(connection), "head")
             connection.commit()
             optuna_storage(settings, create_tables=True).engine.dispose()
+            if postgres:  # the roles' grants cover Optuna's tables too, created just now on a fresh database
+                from service.migrations.roles import apply_grants
+
+                apply_grants(connection)
+                connection.commit()
             revision = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
         finally:
             if postgres:

@@ -6,7 +6,9 @@ hashes the presented token, finds the row by hash and compares the hashes in con
 
 Secure by default: :func:`ensure_admin_token` (called when the API starts with auth on) creates an
 admin token when the table is empty and writes it to ``settings.token_file`` (mode 0600, parent
-0700), so that the first ``regsearch serve`` is never open to whoever reaches its port.
+0700), so that the first ``regsearch serve`` is never open to whoever reaches its port. Where the operator
+holds the first token (a Kubernetes Secret: ``REGSEARCH_ADMIN_TOKEN``), :func:`install_admin_token`
+stores its hash instead and nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ __all__ = [
     "create_token",
     "ensure_admin_token",
     "has_scope",
+    "install_admin_token",
     "list_tokens",
     "read_token_file",
     "revoke_token",
@@ -159,6 +162,24 @@ def _write_private(path: Path, token: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def install_admin_token(factory: sessionmaker[Session], token: str) -> bool:
+    """On an empty tokens table, store ``token`` (its hash) as the admin token; True when this call did.
+
+    For ``REGSEARCH_ADMIN_TOKEN``: the operator keeps the token (a Secret), the database only its hash.
+    Once any token exists this does nothing, so rotating means ``regsearch token create`` + ``revoke``.
+    """
+    with factory() as session:
+        if session.scalar(sa.select(sa.func.count()).select_from(ApiToken)):
+            return False
+    try:
+        with session_scope(factory) as session:
+            session.add(ApiToken(name=BOOTSTRAP_NAME, scope="admin", token_hash=token_hash(token),
+                                 prefix=token[:PREFIX_LENGTH], created_at=utc_now()))
+    except sa.exc.IntegrityError:
+        return False  # another process installed it at the same moment
+    return True
 
 
 def ensure_admin_token(factory: sessionmaker[Session], token_file: str) -> Path | None:

@@ -135,7 +135,8 @@ class Worker:
     def _connect(self) -> None:
         if self._storage is not None:
             return
-        migrate(self.settings)  # idempotent and safe to race; lets a worker start on a fresh database
+        if self.settings.migrate_on_start:  # off where a migration job runs first (a worker role has no DDL)
+            migrate(self.settings)  # idempotent and safe to race; lets a worker start on a fresh database
         self._engine = create_engine(self.settings)
         self._factory = session_factory(self._engine)
         self._retry = RetryFailedTrial(self._factory, self.settings.max_retries)

@@ -38,6 +38,13 @@ def announce_auth(settings: Settings, factory) -> None:
         log.warning("AUTH IS OFF (REGSEARCH_AUTH=false / --no-auth): anyone who reaches this port can read, "
                     "submit, stop and delete studies; use it only on a trusted loopback setup")
         return
+    if settings.admin_token is not None:
+        from service.tokens import install_admin_token
+
+        if install_admin_token(factory, settings.admin_token.get_secret_value()):
+            log.warning("installed the admin token of REGSEARCH_ADMIN_TOKEN (only its hash is stored)")
+        log.info("auth on: requests need a token (regsearch token list | create)")
+        return
     path = ensure_admin_token(factory, settings.token_file)
     if path is not None:
         log.warning(
@@ -52,9 +59,10 @@ def announce_auth(settings: Settings, factory) -> None:
 
 
 def create_app(settings: Settings | None = None, *, dashboard: bool = True, apply_migrations: bool = True) -> FastAPI:
-    """Build the app on ``settings.database_url``, applying migrations first (idempotent)."""
+    """Build the app on ``settings.database_url``, applying migrations first (idempotent) unless
+    ``settings.migrate_on_start`` is off (a migration job ran them, and this process may lack DDL rights)."""
     settings = settings or get_settings()
-    if apply_migrations:
+    if apply_migrations and settings.migrate_on_start:
         migrate(settings)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -171,7 +171,8 @@ def _dashboard(args) -> int:
     _logging()
     settings = _settings()
     try:
-        migrate(settings)
+        if settings.migrate_on_start:
+            migrate(settings)
         storage = optuna_storage(settings)
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
@@ -192,4 +193,14 @@ def _migrate(_args) -> int:
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
     print(f"database at revision {revision}")
+    if settings.admin_token is not None:  # an operator's first token (a Kubernetes Secret): its hash only
+        from service.db import create_engine, session_factory
+        from service.tokens import install_admin_token
+
+        engine = create_engine(settings)
+        try:
+            if install_admin_token(session_factory(engine), settings.admin_token.get_secret_value()):
+                print("installed the admin token of REGSEARCH_ADMIN_TOKEN (only its hash is stored)")
+        finally:
+            engine.dispose()
     return 0

@@ -14,8 +14,12 @@ import pytest
 
 from service.cli import COMMANDS, build_parser
 from service.config import Settings
+from service.migrations.roles import ROLES
 from tests.scale.compose_stack import (
     DATABASE_SERVICE,
+    INITDB_DIR,
+    ROLE_PASSWORDS,
+    SERVICE_ROLES,
     ComposeStack,
     as_list,
     dockerfile_instructions,
@@ -65,11 +69,25 @@ def test_each_environment_names_only_real_settings(name):
     assert not unknown, f"{name}: no setting reads {unknown} (service/config.py has {sorted(known)})"
     Settings(**{key[len("REGSEARCH_"):].lower(): value for key, value in environment.items() if key in known})
     postgres = RESOLVED["postgres"]["environment"]
-    expected = (
-        f"postgresql+psycopg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
-        f"@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
-    )
-    assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database"
+    role = SERVICE_ROLES[name]
+    user, password = (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]) if role is None else (role, postgres[ROLE_PASSWORDS[role]])
+    expected = f"postgresql+psycopg://{user}:{password}@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
+    assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database as {user}"
+    assert environment["REGSEARCH_MIGRATE_ON_START"] == "false", f"{name}: the migrate service migrates, nothing else"
+    assert ("REGSEARCH_ADMIN_TOKEN" in environment) == (name in ("migrate", "api")), f"{name}: the admin token goes to migrate and api only"
+
+
+def test_postgres_init_script_creates_each_role_with_the_password_of_its_url():
+    """The script the postgres service mounts at /docker-entrypoint-initdb.d (Kubernetes mounts the same file)."""
+    postgres = RESOLVED["postgres"]
+    (mount,) = [volume for volume in postgres["volumes"] if volume.split(":")[1] == INITDB_DIR]
+    scripts = sorted((ROOT / mount.split(":")[0]).glob("*.sh"))
+    assert scripts and all(script.stat().st_mode & 0o111 for script in scripts)
+    text = "\n".join(script.read_text() for script in scripts)
+    for role, variable in ROLE_PASSWORDS.items():
+        assert f"ALTER ROLE {role} LOGIN PASSWORD" in text and f'"${variable}"' in text, role
+        assert variable in postgres["environment"], variable
+    assert set(SERVICE_ROLES.values()) - {None} == set(ROLES)
 
 
 @pytest.mark.parametrize("name", REGSEARCH_SERVICES)
