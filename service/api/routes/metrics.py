@@ -16,6 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.api.deps import _bearer, require_read
+from service.api.hardening import ERROR_RESPONSES
 
 router = APIRouter(tags=["metrics"])
 
@@ -27,6 +28,6 @@ async def metrics_access(request: Request, credentials: Annotated[HTTPAuthorizat
 
 
 @router.get("/metrics", summary="Prometheus metrics: HTTP traffic and the search's state", response_class=Response,
-            dependencies=[Depends(metrics_access)])
+            dependencies=[Depends(metrics_access)], responses={code: ERROR_RESPONSES[code] for code in (401, 403)})
 def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
