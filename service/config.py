@@ -7,11 +7,14 @@ variables, so a container or a test configures the whole system by setting envir
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ARTIFACT_DIRNAME", "Settings", "get_settings"]
+
+ARTIFACT_DIRNAME = "regsearch-artifacts"
 
 
 class Settings(BaseSettings):
@@ -49,6 +52,22 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest back-off between a worker's attempts while the database is unreachable."
     )
     sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers.")
+    artifact_url: str | None = Field(
+        None,
+        description="Where the best trials' models are kept (Optuna's artifact store): a directory, file:///dir or "
+        "s3://bucket/prefix. Unset: regsearch-artifacts/ next to a SQLite database file, else under the working directory.",
+    )
+
+    def artifact_location(self) -> str:
+        """``artifact_url``, or its default: ``regsearch-artifacts`` beside the SQLite file (else in the working directory)."""
+        if self.artifact_url:
+            return self.artifact_url
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return str(Path(url.database).resolve().parent / ARTIFACT_DIRNAME)
+        return str(Path.cwd() / ARTIFACT_DIRNAME)
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,6 +17,7 @@ from service.api.routes import health
 from service.api.routes import studies as studies_routes
 from service.config import Settings, get_settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.features import ImportanceCache, make_artifact_store
 
 __all__ = ["create_app"]
 
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.state.engine = engine
     app.state.session_factory = session_factory(engine)
     app.state.optuna_storage = optuna_storage(settings)
+    app.state.artifact_store = make_artifact_store(settings.artifact_location())
+    app.state.importance_cache = ImportanceCache()
 
     @app.exception_handler(studies.StudyNotFound)
     def _not_found(_request: Request, error: studies.StudyNotFound) -> JSONResponse:

@@ -20,6 +20,7 @@ from service.features._artifacts import (
     disk_usage,
     download_best_model,
     make_artifact_store,
+    remove_study_artifacts,
     store_best_model,
 )
 from service.features._bounds import search_bounds
@@ -32,7 +33,7 @@ from service.features._constraints import (
     is_feasible,
     record_gap_constraint,
 )
-from service.features._export import COLUMNS, csv_lines, json_chunks, trial_row, trial_rows
+from service.features._export import COLUMNS, SEARCH_STAGE, csv_lines, json_chunks, trial_row, trial_rows
 from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
 from service.features._reference import (
     REFERENCE_STAGE,
@@ -70,6 +71,7 @@ __all__ = [
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
     "REFERENCE_STAGE",
+    "SEARCH_STAGE",
     "STAGE_KEY",
     "WARM_START_STAGE",
     "BestModel",
@@ -106,6 +108,7 @@ __all__ = [
     "StudyFeatures",
     "WarmStartOut",
     "record_gap_constraint",
+    "remove_study_artifacts",
     "reference_config",
     "search_bounds",
     "store_best_model",

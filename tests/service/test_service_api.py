@@ -43,7 +43,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     body = created.json()
     assert body["status"] == "queued"
     assert body["n_trials"] == 3 and body["trials_finished"] == 0
-    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    # The reference config is queued as the first trial (issue 11).
+    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 1}
     assert body["best"] is None
     # Defaults come from the trainer's declaration of the search space.
     assert body["spec"]["search_space"]["dropout_conv"] == {"low": 0.3, "high": 0.5}
@@ -61,7 +62,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     listing = client.get("/v1/studies").json()["studies"]
     assert [study["name"] for study in listing] == ["api-demo"]
     assert client.get("/v1/studies/api-demo").json()["spec"]["width"] == 0.25
-    assert client.get("/v1/studies/api-demo/trials").json() == {"study": "api-demo", "trials": []}
+    (queued,) = client.get("/v1/studies/api-demo/trials").json()["trials"]  # the reference, waiting for a worker
+    assert (queued["number"], queued["state"], queued["stage"], queued["value"]) == (0, "waiting", "reference", None)
 
     best = client.get("/v1/studies/api-demo/best")
     assert best.status_code == 404
