@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "watch": "service.cli.client",
     "best": "service.cli.client",
     "studies": "service.cli.client",
+    "trials": "service.cli.client",
+    "importance": "service.cli.client",
 }
 
 

@@ -33,7 +33,7 @@ from service.features._constraints import (
     is_feasible,
     record_gap_constraint,
 )
-from service.features._export import COLUMNS, SEARCH_STAGE, csv_lines, json_chunks, trial_row, trial_rows
+from service.features._export import COLUMNS, PARAM_COLUMNS, SEARCH_STAGE, csv_lines, json_chunks, trial_row, trial_rows
 from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
 from service.features._reference import (
     REFERENCE_STAGE,
@@ -70,6 +70,7 @@ __all__ = [
     "MIN_TRIALS",
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
+    "PARAM_COLUMNS",
     "REFERENCE_STAGE",
     "SEARCH_STAGE",
     "STAGE_KEY",

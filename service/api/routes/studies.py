@@ -63,7 +63,8 @@ def submit_study(
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except (studies.WarmStartRefused, features.IncompatibleStudy) as error:
         raise RequestValidationError(
-            [{"type": "value_error", "loc": ("body", "warm_start_from"), "msg": str(error), "input": spec.warm_start_from}]
+            [{"type": "value_error", "loc": ("body", "warm_start_from"), "msg": str(error).removeprefix("warm_start_from: "),
+              "input": spec.warm_start_from}]
         ) from None
     if not created:
         response.status_code = status.HTTP_200_OK
