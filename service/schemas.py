@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from service.features import MarginOut, ModelInfoOut, StudyFeatures, WarmStartOut
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import StudyStatus
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
 
@@ -167,6 +167,9 @@ class StudyOut(BaseModel):
     counts: TrialCounts = Field(description="The study's own trials by state (warm-start trials are not counted here).")
     best: BestSummary | None
     # -- issue 11 (study features) --
+    reference: ReferenceOut | None = Field(
+        None, description="The reference config this study measures (null with reference: false); note says if it was clipped."
+    )
     margin: MarginOut | None = Field(None, description="The best's margin over the reference config (null until both ran).")
     warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
     model: ModelInfoOut | None = Field(

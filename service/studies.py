@@ -25,7 +25,7 @@ from service.db import (
     OPTUNA_TRIALS,
     session_scope,
 )
-from service.features import MarginOut, ModelInfoOut, WarmStartOut
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
 from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, as_utc, utc_now
 from service.schemas import TRIAL_STATES, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from trainer import TrialMetrics
@@ -450,6 +450,7 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
     """The study as the API shows it: status, trial counts, best so far, spec and links."""
     counts = trial_counts(session, row.name)
     best = best_record(session, row.id)
+    spec = StudySpec.model_validate(row.spec)
     return StudyOut(
         name=row.name,
         status=row.status,
@@ -459,9 +460,9 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
         best=None
         if best is None
         else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
-        **_features_out(session, row.name, None if best is None else best.value),
+        **_features_out(session, row.name, None if best is None else best.value, spec),
         error=row.error,
-        spec=StudySpec.model_validate(row.spec),
+        spec=spec,
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
@@ -501,7 +502,7 @@ def _trial_out(trial: Any) -> TrialOut:
         number=trial.number,
         state=TRIAL_STATES.get(trial.state.name, trial.state.name.lower()),
         stage=attrs.get(features.STAGE_KEY) or features.SEARCH_STAGE,
-        params=trial.params,
+        params=trial.params or trial.system_attrs.get("fixed_params", {}),  # a queued trial: the params it will run
         value=trial.value if trial.state.name == "COMPLETE" else None,
         intermediate_values=dict(trial.intermediate_values),
         history=attrs.get("history", []),
@@ -584,11 +585,13 @@ def margin_out(session: Session, name: str, best: float | list[float] | None) ->
     return None if margin is None else MarginOut(**margin.to_dict())
 
 
-def _features_out(session: Session, name: str, best_value: float | None) -> dict[str, Any]:
-    """StudyOut's issue-11 fields: ``margin``, ``warm_start``, ``model``."""
+def _features_out(session: Session, name: str, best_value: float | None, spec: StudySpec) -> dict[str, Any]:
+    """StudyOut's issue-11 fields: ``reference``, ``margin``, ``warm_start``, ``model``."""
     attrs = _study_system_attrs(session, name, WARM_START_ATTR, features.BEST_MODEL_ATTR)
     warm_start, model = attrs.get(WARM_START_ATTR), attrs.get(features.BEST_MODEL_ATTR)
+    reference = features.reference_config(spec.search_space) if spec.reference else None
     return {
+        "reference": ReferenceOut(**reference.to_dict()) if reference else None,
         "margin": margin_out(session, name, best_value),
         "warm_start": WarmStartOut(**warm_start) if warm_start else None,
         "model": ModelInfoOut(**model) if model else None,

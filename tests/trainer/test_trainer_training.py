@@ -58,7 +58,7 @@ def test_short_trial_validation_accuracy_follows_training_accuracy(data):
     result = train(config, data, settings)
     assert result.train_accuracy > 0.18, result.history  # it learned something in 30 steps
     assert result.val_accuracy > 0.2, result.history  # chance is 0.1 on these 120 validation images
-    assert abs(result.val_accuracy - result.train_accuracy) < 0.12, result.history
+    assert abs(result.val_accuracy - result.history[-1]["accuracy"]) < 0.12, result.history  # Keras' running accuracy
     moving_averages = train(config, data, settings.model_copy(update=dict(precise_bn_images=0)))
     assert moving_averages.history[-1]["accuracy"] == pytest.approx(result.history[-1]["accuracy"], abs=1e-6)  # the same training
     assert moving_averages.val_accuracy < result.val_accuracy - 0.05, (moving_averages.history, result.history)
