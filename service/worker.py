@@ -38,7 +38,7 @@ import optuna
 from service import studies, sweeps
 from service._optuna import make_sampler, open_study
 from service.backoff import backoff
-from service.config import Settings
+from service.config import Settings, artifact_location
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import make_artifact_store
 from service.models import SearchStudy
@@ -143,7 +143,7 @@ class Worker:
         self._factory = session_factory(self._engine)
         self._retry = RetryFailedTrial(self._factory, self.settings.max_retries)
         self._storage = optuna_storage(self.settings, heartbeat=True, on_stale_trial=self._retry)
-        self._artifact_store = make_artifact_store(self.settings.artifact_location())
+        self._artifact_store = make_artifact_store(artifact_location(self.settings))
 
     def run(self) -> int:
         """The worker loop; returns the process exit code."""

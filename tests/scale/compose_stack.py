@@ -220,6 +220,7 @@ class ComposeStack:
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
         env.update(declared)
         env.update(self.extra_env)
+        env.setdefault("REGSEARCH_ARTIFACT_URL", str(self.workdir / "artifacts"))  # stored models: one shared store, never the checkout
         env["REGSEARCH_DATABASE_URL"] = self.database_url
         if is_api_image(service):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir), env.get("PYTHONPATH")]))
