@@ -46,7 +46,7 @@ from service.features._reference import (
     margin_from_trials,
     reference_config,
 )
-from service.features._schemas import ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
+from service.features._schemas import EXPORT_COLUMNS_TEXT, ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     ENQUEUED_STAGE,
@@ -65,6 +65,7 @@ __all__ = [
     "COLUMNS",
     "CONSTRAINT_ATTR",
     "ENQUEUED_STAGE",
+    "EXPORT_COLUMNS_TEXT",
     "EVALUATORS",
     "GAP_CONSTRAINT",
     "MIN_TRIALS",

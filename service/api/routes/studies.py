@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
 import shutil
 import tempfile
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -23,8 +22,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.features import ImportanceOut
-from service.features._schemas import EXPORT_COLUMNS_TEXT
+from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut
 from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
