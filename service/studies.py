@@ -339,9 +339,9 @@ def record_best(
 # -- which trials count towards n_trials (one rule, shared by the slot accounting and the API) --
 
 #: Stages of the trials that count towards ``n_trials`` (the search): besides trials without a
-#: ``stage`` user attribute (the sampler's), the reference and the enqueued configs. Warm-start
+#: ``stage`` user attribute (the sampler's, or ``"search"`` explicitly), the reference and the enqueued configs. Warm-start
 #: trials (copied from another study) and confirmation repeats (issue 10) are counted apart.
-SEARCH_STAGES: tuple[str, ...] = (features.REFERENCE_STAGE, features.ENQUEUED_STAGE)
+SEARCH_STAGES: tuple[str, ...] = (features.SEARCH_STAGE, features.REFERENCE_STAGE, features.ENQUEUED_STAGE)
 
 
 def is_search_trial(trial: Any) -> bool:
