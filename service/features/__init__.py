@@ -46,7 +46,15 @@ from service.features._reference import (
     margin_from_trials,
     reference_config,
 )
-from service.features._schemas import EXPORT_COLUMNS_TEXT, ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
+from service.features._schemas import (
+    EXPORT_COLUMNS_TEXT,
+    ImportanceOut,
+    MarginOut,
+    ModelInfoOut,
+    ReferenceOut,
+    TrialRow,
+    WarmStartOut,
+)
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     ENQUEUED_STAGE,
@@ -108,6 +116,7 @@ __all__ = [
     "ModelInfoOut",
     "ReferenceOut",
     "StudyFeatures",
+    "TrialRow",
     "WarmStartOut",
     "record_gap_constraint",
     "remove_study_artifacts",

@@ -21,7 +21,7 @@ import keras
 import optuna
 import pytest
 
-from service.features import COLUMNS
+from service.features import COLUMNS, TrialRow
 from tests.support import REGSEARCH, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
 from trainer import RegularizationConfig, regularization_of
 
@@ -168,6 +168,7 @@ def test_trials_export_as_csv_and_json_with_the_stated_columns(service):
 
     as_json = service.get("/v1/studies/feat-main/trials", params={"format": "json"}).json()
     assert [list(row) for row in as_json] == [list(COLUMNS)] * MAIN_TRIALS
+    assert all(TrialRow.model_validate(row) for row in as_json)  # the documented row schema
     nested = service.get("/v1/studies/feat-main/trials").json()["trials"]  # the default shape is unchanged
     for row, trial in zip(as_json, nested):
         assert row["value"] == pytest.approx(trial["value"]) and row["gap"] == pytest.approx(trial["gap"])

@@ -22,7 +22,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut
+from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
@@ -82,9 +82,10 @@ def get_study(name: str, session: SessionDep) -> StudyOut:
 
 @router.get(
     "/{name}/trials",
-    response_model=TrialList,
+    response_model=TrialList | list[TrialRow],
     summary="Every trial: params, per-epoch values, state, gap, durations",
-    responses={200: {"content": {"text/csv": {}}, "description": "With format=csv|json: one flat row per trial, streamed."}},
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                     "description": "Without format: the TrialList. With format=csv|json: one flat row per trial, streamed."}},
 )
 def list_trials(
     name: str,
