@@ -175,9 +175,9 @@ class KubeStack:
         assert host == DATABASE_SERVICE, f"{name}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} Service"
         env = {key: value for key, value in base_env().items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
         env.update(self.extra_env)
-        env.setdefault("REGSEARCH_ARTIFACT_URL", str(self.workdir / "artifacts"))  # stored models: one shared store, never the checkout
         env["REGSEARCH_DATABASE_URL"] = self.database_url
         if is_api_image(compose_service_for_image(self.container(name)["image"])):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir()), env.get("PYTHONPATH")]))

@@ -218,9 +218,9 @@ class ComposeStack:
         # Nothing of this machine's REGSEARCH_* setup leaks in: only what the compose file declares.
         env = {key: value for key, value in env.items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
         env.update(self.extra_env)
-        env.setdefault("REGSEARCH_ARTIFACT_URL", str(self.workdir / "artifacts"))  # stored models: one shared store, never the checkout
         env["REGSEARCH_DATABASE_URL"] = self.database_url
         if is_api_image(service):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir), env.get("PYTHONPATH")]))
