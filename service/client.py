@@ -1,4 +1,4 @@
-"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies``)."""
+"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance``)."""
 
 from __future__ import annotations
 
@@ -98,6 +98,29 @@ class RegsearchClient:
         """The best config: a dict for json and keras, the snippet's text for python."""
         response = self._request("GET", f"/v1/studies/{name}/best", params={"format": output_format})
         return response.text if output_format == "python" else response.json()
+
+    # -- issue 11 --
+    def export_trials(self, name: str, output_format: str, out) -> None:
+        """Stream ``GET /trials?format=csv|json`` into the text file object ``out``."""
+        try:
+            with self._http.stream("GET", f"/v1/studies/{name}/trials", params={"format": output_format}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(error_message(response), response.status_code)
+                for chunk in response.iter_text():
+                    out.write(chunk)
+        except httpx.TransportError as error:
+            raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
+
+    def best_model(self, name: str, path: str) -> dict[str, str]:
+        """Download the best trial's ``.keras`` file to ``path``; return the response headers."""
+        response = self._request("GET", f"/v1/studies/{name}/best/model")
+        with open(path, "wb") as file:
+            file.write(response.content)
+        return dict(response.headers)
+
+    def importance(self, name: str, evaluator: str = "ped-anova") -> dict[str, Any]:
+        return self._request("GET", f"/v1/studies/{name}/importance", params={"evaluator": evaluator}).json()
 
     def stop(self, name: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/studies/{name}/stop").json()

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     data_dir: str | None = Field(
         None, description="CIFAR-10 directory in the official layout; unset: keras.datasets downloads it."
     )
+    artifact_url: str | None = Field(
+        None,
+        description="Where the best trials' models are kept (Optuna's artifact store): a directory, file:///dir or "
+        "s3://bucket/prefix. Unset: regsearch-artifacts/ next to a SQLite database file, else under the working directory.",
+    )
+
     host: str = Field("127.0.0.1", description="Address `regsearch serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `regsearch serve` listens on.")
     max_trials: int = Field(1000, ge=1, description="Cap on a study's n_trials.")
@@ -111,3 +117,18 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings (cached; tests that change the environment call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def artifact_location(settings: Settings) -> str:
+    """``settings.artifact_url``, or its default: ``regsearch-artifacts/`` beside a SQLite database file, else in
+    the working directory (the API and the workers must share it: set ``REGSEARCH_ARTIFACT_URL`` when they run apart)."""
+    if settings.artifact_url:
+        return settings.artifact_url
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return str(Path(url.database).resolve().parent / "regsearch-artifacts")
+    return str(Path.cwd() / "regsearch-artifacts")

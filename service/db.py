@@ -32,7 +32,10 @@ __all__ = [
     "session_scope",
     "trial_state_counts",
     "OPTUNA_STUDIES",
+    "OPTUNA_STUDY_SYSTEM_ATTRS",
     "OPTUNA_TRIALS",
+    "OPTUNA_TRIAL_USER_ATTRS",
+    "OPTUNA_TRIAL_VALUES",
     "VERSION_TABLE",
 ]
 
@@ -50,6 +53,11 @@ OPTUNA_TRIALS = sa.table(
     "trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"),
     sa.column("datetime_complete", sa.DateTime),  # Optuna writes naive local time
 )
+OPTUNA_TRIAL_USER_ATTRS = sa.table(
+    "trial_user_attributes", sa.column("trial_user_attribute_id"), sa.column("trial_id"), sa.column("key"), sa.column("value_json")
+)
+OPTUNA_TRIAL_VALUES = sa.table("trial_values", sa.column("trial_id"), sa.column("objective"), sa.column("value", sa.Float))
+OPTUNA_STUDY_SYSTEM_ATTRS = sa.table("study_system_attributes", sa.column("study_id"), sa.column("key"), sa.column("value_json"))
 
 
 def is_sqlite(url: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import studies
+from service import features, studies
 from service._optuna import METRIC, distributions
 from service.models import ACTIVE_STATUSES, SearchStudy
 from service.retries import RetryFailedTrial
@@ -31,7 +31,8 @@ __all__ = ["Objective", "StudyStopped", "TrainFunction", "WorkerShutdown", "sett
 log = logging.getLogger(__name__)
 
 #: ``train(spec, config, on_epoch_end) -> metrics``: :class:`TrialMetrics` (or a mapping of its
-#: fields) with at least ``val_accuracy``.
+#: fields) with at least ``val_accuracy``, or a :class:`trainer.TrainResult` (its ``metrics()``;
+#: its ``model`` is stored when the trial becomes the best).
 TrainFunction = Callable[
     [StudySpec, RegularizationConfig, Callable[[int, Mapping[str, float]], None]], TrialMetrics | Mapping[str, Any]
 ]
@@ -55,10 +56,11 @@ class Objective:
 
     def __init__(
         self, train: TrainFunction, factory: sessionmaker[Session], row: SearchStudy, spec: StudySpec,
-        worker: str, shutdown: threading.Event,
+        worker: str, shutdown: threading.Event, *, artifact_store: Any = None,
     ) -> None:
         self.train, self.factory, self.row, self.spec = train, factory, row, spec
         self.worker, self.shutdown = worker, shutdown
+        self.artifact_store = artifact_store
         self.trial_id: int | None = None
         self.finished_here = False
 
@@ -83,18 +85,46 @@ class Objective:
             trial.set_user_attr("fail_reason", "error")
             trial.set_user_attr("error", f"{error.__class__.__name__}: {error}"[:2000])
             raise
-        metrics = TrialMetrics.model_validate(result)
+        metrics = result.metrics() if callable(getattr(result, "metrics", None)) else TrialMetrics.model_validate(result)
         for name in TrialMetrics.model_fields:
             value = getattr(metrics, name)
             if value is not None and math.isfinite(value):
                 trial.set_user_attr(name, value)
         if metrics.val_accuracy is None:
             raise ValueError("the training reported no val_accuracy")
+        self._record_features(trial, metrics, result)
         self.finished_here = math.isfinite(metrics.val_accuracy)  # a NaN value makes Optuna fail the trial
         return metrics.val_accuracy
 
+    # -- issue 11: the gap constraint and the best trial's model --
+    def _record_features(self, trial: optuna.Trial, metrics: TrialMetrics, result: Any) -> None:
+        """Record the ``max_gap`` constraint; store the model if this feasible trial is the study's best so far.
+
+        Both happen here, before the objective returns: Optuna takes constraints and artifacts
+        from running trials only.
+        """
+        constraint = features.record_gap_constraint(trial, metrics.gap, self.spec.max_gap)
+        if constraint is not None and constraint > 0:
+            return  # infeasible: never the best, so its model is never kept
+        if (
+            self.artifact_store is None
+            or isinstance(result, (Mapping, TrialMetrics))  # a training that kept no model
+            or not studies.is_search_trial(trial)
+            or not math.isfinite(metrics.val_accuracy)
+        ):
+            return
+        try:  # the model is materialized and uploaded only when the value beats the stored one
+            record = features.store_best_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store)
+        except Exception as error:  # noqa: BLE001 - a store hiccup must not cost the trial its result
+            log.warning("study %s: trial %d's model not stored (%s: %s)", self.row.name, trial.number,
+                        error.__class__.__name__, error)
+            return
+        if record is not None:
+            log.info("study %s: stored the model of trial %d (%d bytes)", self.row.name, trial.number, record.size_bytes)
+
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, Mapping[str, float]], None]:
         history: list[dict[str, float]] = []
+        prunable = _prunable(trial)
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
             history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})
@@ -104,10 +134,19 @@ class Objective:
                 raise StudyStopped(f"study {self.row.name!r} was stopped")
             if self.shutdown.is_set():
                 raise WorkerShutdown(f"worker {self.worker} is shutting down")
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {METRIC} {metrics[METRIC]:.4f}")
 
         return on_epoch_end
+
+
+#: Stages whose trials run to the end: the reference (the yardstick) and confirmation repeats (issue 10).
+UNPRUNED_STAGES = frozenset({features.REFERENCE_STAGE, "confirm"})
+
+
+def _prunable(trial: optuna.Trial) -> bool:
+    """Whether the pruner may stop this trial (not the reference, not a confirmation repeat)."""
+    return trial.user_attrs.get(features.STAGE_KEY) not in UNPRUNED_STAGES
 
 
 def settle(
@@ -117,7 +156,7 @@ def settle(
     """Record what became of ``objective``'s trial: a new best, a retry, a completed study."""
     trial = storage.get_trial(objective.trial_id)
     state = trial.state
-    if state == optuna.trial.TrialState.COMPLETE:
+    if state == optuna.trial.TrialState.COMPLETE and features.is_feasible(trial) and studies.is_search_trial(trial):
         if studies.record_best(factory, row.id, trial.number, trial.value, trial.params, trial.user_attrs.get("train_size")):
             log.info("study %s: trial %d is the new best (%.4f)", row.name, trial.number, trial.value)
     elif state == optuna.trial.TrialState.FAIL:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import StudyStatus
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
 
@@ -88,9 +89,11 @@ SearchSpace = create_model(
 )
 
 
-class StudySpec(Recipe):
+class StudySpec(Recipe, StudyFeatures):
     """What to search: the training :class:`trainer.Recipe` (model, width, epochs, batch_size,
-    learning_rate, data, seed) plus the study's own fields. Every field but ``name`` has a default."""
+    learning_rate, data, seed), the study features of :class:`service.features.StudyFeatures`
+    (reference, enqueue, warm_start_from, max_gap) and the study's own fields. Every field but
+    ``name`` has a default."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -143,7 +146,9 @@ class TrialCounts(BaseModel):
     pruned: int = 0
     failed: int = 0
     running: int = 0
-    waiting: int = Field(0, description="Trials queued for a retry (same params) after a failure.")
+    waiting: int = Field(
+        0, description="Trials queued with fixed params: the reference, enqueued configs, retries of failed trials."
+    )
 
 
 class BestSummary(BaseModel):
@@ -159,8 +164,20 @@ class StudyOut(BaseModel):
     status: StudyStatus
     n_trials: int
     trials_finished: int = Field(description="Complete plus pruned trials (the ones that count towards n_trials).")
-    counts: TrialCounts
+    counts: TrialCounts = Field(description="The study's own trials by state (warm-start trials are not counted here).")
     best: BestSummary | None
+    # -- issue 11 (study features) --
+    reference: ReferenceOut | None = Field(
+        None, description="The reference config this study measures (null with reference: false); note says if it was clipped."
+    )
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (null until both ran).")
+    warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
+    model: ModelInfoOut | None = Field(
+        None,
+        description="The best trial's stored model (GET .../best/model); the artifact store keeps only this file "
+        "per study, so size_bytes is the disk the study's artifacts use.",
+    )
+    # -- end issue 11 --
     error: str | None = None
     spec: StudySpec
     created_at: dt.datetime
@@ -178,6 +195,9 @@ class TrialOut(TrialMetrics):
 
     number: int
     state: TrialStateName
+    stage: str = Field(
+        "search", description="Why it ran: search (the sampler's), reference, enqueued, warm_start (copied from another study)."
+    )
     params: dict[str, float]
     value: float | None = Field(description="Final validation accuracy (complete trials).")
     intermediate_values: dict[int, float] = Field(description="Validation accuracy reported after each epoch.")
@@ -204,3 +224,4 @@ class BestConfigOut(BestConfig):
     trial_number: int
     best_since: dt.datetime
     direction: Literal["maximize"] = "maximize"
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")

@@ -9,19 +9,31 @@ The routes answer with :func:`study_out` and :func:`trials_out`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import OPTUNA_STUDIES, OPTUNA_TRIALS, session_scope, trial_state_counts
+from service import features
+from service.db import (
+    OPTUNA_STUDIES,
+    OPTUNA_STUDY_SYSTEM_ATTRS,
+    OPTUNA_TRIAL_USER_ATTRS,
+    OPTUNA_TRIAL_VALUES,
+    OPTUNA_TRIALS,
+    session_scope,
+)
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
 from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, as_utc, utc_now
 from service.schemas import TRIAL_STATES, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from trainer import TrialMetrics
 
 __all__ = [
+    "SEARCH_STAGES",
     "StudyAlreadyEnded",
+    "WarmStartRefused",
     "StudyConflict",
     "StudyNotFound",
     "best_record",
@@ -29,6 +41,11 @@ __all__ = [
     "complete_if_done",
     "delete_study",
     "get_study",
+    "is_search_trial",
+    "margin_out",
+    "best_model_file",
+    "export_lines",
+    "importance_out",
     "list_studies",
     "reclaim_leaked_slots",
     "record_best",
@@ -75,13 +92,24 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
 
     An identical spec under an existing name returns the existing row (``created=False``); a
     different one raises :class:`StudyConflict`. Concurrent identical submissions create one row:
-    the unique name decides, the losers read the winner's row.
+    the unique name decides, the losers read the winner's row. A ``warm_start_from`` that cannot
+    seed this study raises :class:`WarmStartRefused` (or ``IncompatibleStudy``) before anything is
+    written.
+
+    The row is inserted holding all its trial slots (``claimed = n_trials``, just claimed) while its
+    Optuna study is set up (:func:`_set_up_optuna_study`: the reference and the enqueued configs
+    queued, the warm-start trials added), then the slots are released: no worker samples a point
+    before those trials are queued. A creator that dies in between leaves the slots to the
+    leaked-slot sweep (after the grace period); one whose set-up raises deletes the study again.
     """
-    import optuna
-
-    from service._optuna import METRIC, open_study
-
     wanted = _spec_dict(spec)
+    with factory() as session:
+        existing = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+    if existing is not None:
+        if existing.spec != wanted:
+            raise StudyConflict(spec.name)
+        return existing, False
+    warm_start = _warm_start(factory, storage, spec) if spec.warm_start_from else None
     row: SearchStudy | None = None
     created = False
     try:
@@ -90,8 +118,10 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
             if row is None and session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == spec.name)) is not None:
                 raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
             if row is None:
+                now = utc_now()
                 row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
-                                  claimed=0, claims_total=0, failed_trials=0, created_at=utc_now())
+                                  claimed=spec.n_trials, claims_total=0, failed_trials=0, created_at=now,
+                                  last_claim_at=now)  # slots held until the Optuna study is set up
                 session.add(row)
                 session.flush()
                 created = True
@@ -101,15 +131,42 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
         created = False
     if row is None:  # deleted between the insert race and the read: let the client retry
         raise StudyConflict(spec.name)
-    if not created and row.spec != wanted:
-        raise StudyConflict(spec.name)
+    if not created:
+        if row.spec != wanted:
+            raise StudyConflict(spec.name)
+        return row, False
+    try:
+        _set_up_optuna_study(storage, spec, warm_start)
+    except BaseException:
+        delete_study(factory, storage, spec.name)
+        raise
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy).where(SearchStudy.id == row.id, SearchStudy.claims_total == 0)
+            .values(claimed=0, last_claim_at=None).execution_options(synchronize_session=False)
+        )
+    row.claimed, row.last_claim_at = 0, None
+    return row, True
+
+
+def _set_up_optuna_study(storage: Any, spec: StudySpec, warm_start: features.WarmStart | None) -> None:
+    """Create the Optuna study; queue the reference, then the enqueued configs; add the warm-start trials."""
+    import optuna
+
+    from service._optuna import METRIC, open_study
+
     study = open_study(storage, spec)
-    if created:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])  # the dashboard's axis label
-        study.set_user_attr("regsearch_spec", wanted)
-    return row, created
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])  # the dashboard's axis label
+    study.set_user_attr("regsearch_spec", _spec_dict(spec))
+    # -- issue 11: the reference first, then the user's configs, then another study's trials --
+    if spec.reference:
+        features.enqueue_reference(study, spec.search_space)
+    features.enqueue_configs(study, spec.enqueue, spec.search_space)
+    if warm_start is not None:
+        study.add_trials(warm_start.trials)
+        storage.set_study_system_attr(study._study_id, WARM_START_ATTR, warm_start.to_dict())
 
 
 def get_study(session: Session, name: str) -> SearchStudy:
@@ -124,7 +181,15 @@ def list_studies(session: Session) -> list[SearchStudy]:
 
 
 def trial_counts(session: Session, name: str) -> TrialCounts:
-    by_state = trial_state_counts(session, name)
+    """The study's search trials (:func:`is_search_trial`) per state."""
+    state = sa.cast(OPTUNA_TRIALS.c.state, sa.String)
+    rows = session.execute(
+        sa.select(state, sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, _search_trial(OPTUNA_TRIALS.c.trial_id))
+        .group_by(state)
+    ).all()
+    by_state = {str(name).rsplit(".", 1)[-1]: int(count) for name, count in rows}
     return TrialCounts(**{field: by_state.get(state, 0) for state, field in TRIAL_STATES.items()})
 
 
@@ -155,8 +220,8 @@ def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
     return row
 
 
-def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> None:
-    """Delete the study, its best-config history and its Optuna study (trials included)."""
+def delete_study(factory: sessionmaker[Session], storage: Any, name: str, artifact_store: Any = None) -> None:
+    """Delete the study, its best-config history, its Optuna study (trials included) and its artifacts."""
     import optuna
 
     with session_scope(factory) as session:
@@ -166,6 +231,8 @@ def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> Non
         if session.execute(sa.delete(SearchStudy).where(SearchStudy.name == name)).rowcount != 1:
             raise StudyNotFound(name)
     try:
+        if artifact_store is not None:
+            features.remove_study_artifacts(optuna.load_study(study_name=name, storage=storage), artifact_store)
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
@@ -274,12 +341,37 @@ def record_best(
         return True
 
 
+# -- which trials count towards n_trials (one rule, shared by the slot accounting and the API) --
+
+#: Stages of the trials that count towards ``n_trials`` (the search): besides trials without a
+#: ``stage`` user attribute (the sampler's, or ``"search"`` explicitly), the reference and the enqueued configs. Warm-start
+#: trials (copied from another study) and confirmation repeats (issue 10) are counted apart.
+SEARCH_STAGES: tuple[str, ...] = (features.SEARCH_STAGE, features.REFERENCE_STAGE, features.ENQUEUED_STAGE)
+
+
+def is_search_trial(trial: Any) -> bool:
+    """Whether a trial counts towards ``n_trials``: its ``stage`` is absent or one of :data:`SEARCH_STAGES`."""
+    stage = trial.user_attrs.get(features.STAGE_KEY)
+    return stage is None or stage in SEARCH_STAGES
+
+
+def _search_trial(trial_id: Any) -> sa.ColumnElement[bool]:
+    """SQL twin of :func:`is_search_trial` for the trial whose id is ``trial_id`` (a column)."""
+    other_stage = sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+        OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
+        OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+        OPTUNA_TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
+    )
+    return ~sa.exists(other_stage)
+
+
 def _trials_of(name: str, *states: str) -> sa.Select:
-    """``SELECT COUNT(*)`` of the Optuna study's trials in ``states``, as a scalar subquery."""
+    """``SELECT COUNT(*)`` of the Optuna study's search trials in ``states``, as a scalar subquery."""
     return (
         sa.select(sa.func.count())
         .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states))
+        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states),
+               _search_trial(OPTUNA_TRIALS.c.trial_id))
         .scalar_subquery()
     )
 
@@ -363,6 +455,7 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
     """The study as the API shows it: status, trial counts, best so far, spec and links."""
     counts = trial_counts(session, row.name)
     best = best_record(session, row.id)
+    spec = StudySpec.model_validate(row.spec)
     return StudyOut(
         name=row.name,
         status=row.status,
@@ -372,8 +465,9 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
         best=None
         if best is None
         else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
+        **_features_out(session, row.name, None if best is None else best.value, spec),
         error=row.error,
-        spec=StudySpec.model_validate(row.spec),
+        spec=spec,
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
@@ -412,7 +506,8 @@ def _trial_out(trial: Any) -> TrialOut:
         **TrialMetrics.model_validate(attrs).model_dump(),
         number=trial.number,
         state=TRIAL_STATES.get(trial.state.name, trial.state.name.lower()),
-        params=trial.params,
+        stage=attrs.get(features.STAGE_KEY) or features.SEARCH_STAGE,
+        params=trial.params or trial.system_attrs.get("fixed_params", {}),  # a queued trial: the params it will run
         value=trial.value if trial.state.name == "COMPLETE" else None,
         intermediate_values=dict(trial.intermediate_values),
         history=attrs.get("history", []),
@@ -428,3 +523,120 @@ def _trial_out(trial: Any) -> TrialOut:
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     """Optuna stores naive local times; the API answers in UTC like everything else."""
     return None if value is None else value.astimezone(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 11: what the study features add to the API's answers (plain SQL on Optuna's tables)
+
+#: The study system attribute recording what ``warm_start_from`` added (:class:`service.features.WarmStart`).
+WARM_START_ATTR = "regsearch:warm_start"
+
+
+class WarmStartRefused(ValueError):
+    """``warm_start_from`` names no study (a 422, like :class:`service.features.IncompatibleStudy`)."""
+
+
+def _warm_start(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -> features.WarmStart:
+    """The source study's trials ready for ``add_trials``; ``WarmStartRefused``/``IncompatibleStudy`` (422s)."""
+    name = spec.warm_start_from
+    with factory() as session:
+        source = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
+    if source is None:
+        raise WarmStartRefused(f"warm_start_from: study {name!r} not found")
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    except KeyError:
+        trials = []
+    return features.warm_start_trials(
+        trials, StudySpec.model_validate(source.spec), spec, source_name=name, max_gap=spec.max_gap
+    )
+
+
+def _study_system_attrs(session: Session, name: str, *keys: str) -> dict[str, Any]:
+    rows = session.execute(
+        sa.select(OPTUNA_STUDY_SYSTEM_ATTRS.c.key, OPTUNA_STUDY_SYSTEM_ATTRS.c.value_json)
+        .select_from(OPTUNA_STUDY_SYSTEM_ATTRS.join(OPTUNA_STUDIES, OPTUNA_STUDY_SYSTEM_ATTRS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, OPTUNA_STUDY_SYSTEM_ATTRS.c.key.in_(keys))
+    ).all()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def reference_values(session: Session, name: str) -> list[float]:
+    """The values of the study's COMPLETE reference trial(s) (several once the reference is confirmed)."""
+    query = (
+        sa.select(OPTUNA_TRIAL_VALUES.c.value)
+        .select_from(
+            OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id)
+            .join(OPTUNA_TRIAL_VALUES, OPTUNA_TRIAL_VALUES.c.trial_id == OPTUNA_TRIALS.c.trial_id)
+            .join(OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id)
+        )
+        .where(
+            OPTUNA_STUDIES.c.study_name == name,
+            sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "COMPLETE",
+            OPTUNA_TRIAL_VALUES.c.objective == 0,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps(features.REFERENCE_STAGE),
+        )
+        .order_by(OPTUNA_TRIALS.c.number)
+    )
+    return [float(value) for value in session.scalars(query)]
+
+
+def margin_out(session: Session, name: str, best: float | list[float] | None) -> MarginOut | None:
+    """The best's margin over the reference: ``best`` is the best's value (or its repeats' values)."""
+    if best is None:
+        return None
+    margin = features.margin(best, reference_values(session, name))
+    return None if margin is None else MarginOut(**margin.to_dict())
+
+
+def _features_out(session: Session, name: str, best_value: float | None, spec: StudySpec) -> dict[str, Any]:
+    """StudyOut's issue-11 fields: ``reference``, ``margin``, ``warm_start``, ``model``."""
+    attrs = _study_system_attrs(session, name, WARM_START_ATTR, features.BEST_MODEL_ATTR)
+    warm_start, model = attrs.get(WARM_START_ATTR), attrs.get(features.BEST_MODEL_ATTR)
+    reference = features.reference_config(spec.search_space) if spec.reference else None
+    return {
+        "reference": ReferenceOut(**reference.to_dict()) if reference else None,
+        "margin": margin_out(session, name, best_value),
+        "warm_start": WarmStartOut(**warm_start) if warm_start else None,
+        "model": ModelInfoOut(**model) if model else None,
+    }
+
+
+def export_lines(session: Session, storage: Any, name: str, output_format: str) -> Any:
+    """The study's trials as text chunks: CSV lines or a JSON array (columns :data:`service.features.COLUMNS`).
+
+    The trials are read now (an unknown study raises :class:`StudyNotFound` before streaming);
+    rows are encoded one at a time as the response is sent.
+    """
+    get_study(session, name)
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    except KeyError:
+        trials = []
+    rows = features.trial_rows(trials)
+    return features.csv_lines(rows) if output_format == "csv" else features.json_chunks(rows)
+
+
+def importance_out(factory: sessionmaker[Session], storage: Any, cache: features.ImportanceCache, name: str,
+                   evaluator: str) -> features.ImportanceOut:
+    """Each parameter's importance (blocking: call off the event loop); ``TooFewTrials`` below the minimum."""
+    import optuna
+
+    with factory() as session:
+        get_study(session, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return features.ImportanceOut(**cache.get(study, evaluator).to_dict())
+
+
+def best_model_file(session: Session, storage: Any, store: Any, name: str, directory: str) -> tuple[Any, features.BestModel, dict[str, int]]:
+    """Download the study's best model into ``directory``: ``(path, record, disk usage)``; ``NoBestModel`` if none."""
+    import os
+
+    import optuna
+
+    get_study(session, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    path = os.path.join(directory, features.MODEL_FILENAME)
+    record = features.download_best_model(study, store, path)
+    return path, record, features.disk_usage(study, store)

@@ -36,6 +36,11 @@ _LAZY: dict[str, str] = {
     # training
     "TrainResult": "trainer._train",
     "train": "trainer._train",
+    # the generalization gap and the trained model as a file
+    "GapMeasurement": "trainer._gap",
+    "measure_gap": "trainer._gap",
+    "regularization_of": "trainer._keras_file",
+    "save_keras_model": "trainer._keras_file",
     # production hand-off
     "load_best": "trainer._export",
     "apply_regularization": "trainer._export",

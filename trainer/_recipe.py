@@ -60,8 +60,12 @@ class TrialMetrics(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     val_accuracy: float | None = Field(None, description="Validation accuracy after the last epoch.")
-    train_accuracy: float | None = Field(None, description="Training accuracy after the last epoch.")
-    gap: float | None = Field(None, description="train_accuracy - val_accuracy of the last epoch.")
+    train_accuracy: float | None = Field(
+        None, description="Training accuracy after the last epoch, in inference mode on a fixed training sample."
+    )
+    gap: float | None = Field(
+        None, description="train_accuracy - val_accuracy after the last epoch (both in inference mode): the generalization gap."
+    )
     images_per_second: float | None = None
     wall_time_s: float | None = None
     epochs_run: int | None = None

@@ -33,6 +33,20 @@ def get_storage(request: Request) -> Any:
     return request.app.state.optuna_storage
 
 
+def get_artifact_store(request: Request) -> Any:
+    """Optuna's artifact store holding the best trials' models (``REGSEARCH_ARTIFACT_URL``)."""
+    return request.app.state.artifact_store
+
+
+def get_importance_cache(request: Request) -> Any:
+    """The process's :class:`service.features.ImportanceCache` (one computation per trial count)."""
+    return request.app.state.importance_cache
+
+
+ArtifactStoreDep = Annotated[Any, Depends(get_artifact_store)]
+ImportanceCacheDep = Annotated[Any, Depends(get_importance_cache)]
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]

@@ -22,8 +22,9 @@ from service.api.read_cache import ReadCache, TokenCache
 from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
-from service.config import Settings, get_settings
+from service.config import Settings, artifact_location, get_settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.features import ImportanceCache, make_artifact_store
 
 __all__ = ["create_app"]
 
@@ -78,6 +79,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     )
     engine = create_engine(settings)
     app.state.settings = settings
+    app.state.artifact_store = make_artifact_store(artifact_location(settings))  # the best trials' models
+    app.state.importance_cache = ImportanceCache()
     app.state.engine = engine
     app.state.session_factory = session_factory(engine)
     app.state.optuna_storage = optuna_storage(settings)

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "dashboard": "service.cli.server",
     "migrate": "service.cli.server",
     "submit": "service.cli.client",
+    "trials": "service.cli.client",
+    "importance": "service.cli.client",
     "watch": "service.cli.client",
     "best": "service.cli.client",
     "studies": "service.cli.client",

@@ -186,6 +186,7 @@ class KubeStack:
         assert host == DATABASE_SERVICE, f"{name}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} Service"
         env = {key: value for key, value in base_env().items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
         env.update(self.extra_env)
         env["REGSEARCH_DATABASE_URL"] = local_database_url(declared["REGSEARCH_DATABASE_URL"], self.database_url)

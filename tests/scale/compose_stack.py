@@ -251,6 +251,7 @@ class ComposeStack:
         # Nothing of this machine's REGSEARCH_* setup leaks in: only what the compose file declares.
         env = {key: value for key, value in env.items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
         env.update(self.extra_env)
         env["REGSEARCH_DATABASE_URL"] = local_database_url(url, self.database_url)

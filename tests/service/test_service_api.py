@@ -43,7 +43,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     body = created.json()
     assert body["status"] == "queued"
     assert body["n_trials"] == 3 and body["trials_finished"] == 0
-    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    # The reference config is queued as the first trial (issue 11).
+    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 1}
     assert body["best"] is None
     # Defaults come from the trainer's declaration of the search space.
     assert body["spec"]["search_space"]["dropout_conv"] == {"low": 0.3, "high": 0.5}
@@ -61,7 +62,16 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     listing = client.get("/v1/studies").json()["studies"]
     assert [study["name"] for study in listing] == ["api-demo"]
     assert client.get("/v1/studies/api-demo").json()["spec"]["width"] == 0.25
-    assert client.get("/v1/studies/api-demo/trials").json() == {"study": "api-demo", "trials": []}
+    (queued,) = client.get("/v1/studies/api-demo/trials").json()["trials"]  # the reference, waiting for a worker
+    assert (queued["number"], queued["state"], queued["stage"], queued["value"]) == (0, "waiting", "reference", None)
+    # A reference clipped into narrowed bounds says so.
+    narrowed = client.post("/v1/studies", json={**SPEC, "name": "api-narrow", "search_space": {"dropout_dense": {"high": 0.4}}})
+    assert narrowed.status_code == 201, narrowed.text
+    reference = narrowed.json()["reference"]
+    assert reference["params"]["dropout_dense"] == 0.4 and reference["clipped"] == {"dropout_dense": [0.5, 0.4]}
+    assert "dropout_dense 0.5 -> 0.4" in reference["note"]
+    assert client.get("/v1/studies/api-narrow/trials").json()["trials"][0]["params"]["dropout_dense"] == 0.4
+    assert client.delete("/v1/studies/api-narrow").status_code == 204
 
     best = client.get("/v1/studies/api-demo/best")
     assert best.status_code == 404
@@ -97,6 +107,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
         ({"name": "-leading-dash"}, "name", "must be a slug"),
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 1"),
         ({"epochs": "many"}, "epochs", "valid integer"),
+        ({"max_gap": 0}, "max_gap", "greater than 0"),
+        ({"reference": "maybe"}, "reference", "valid boolean"),
     ],
 )
 def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, reason):
@@ -106,6 +118,21 @@ def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, 
     locations = {".".join(str(part) for part in error["loc"][1:]): error["msg"] for error in errors}
     assert field in locations, errors
     assert reason in locations[field]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"enqueue": [{"weight_decay": 1.0}]}, "enqueue[0].weight_decay must be within the study's search bounds [1e-06, 0.01]"),
+        ({"enqueue": [{}, {"momentum": 0.1}]}, "enqueue[1] has unknown parameter(s) momentum"),
+        ({"enqueue": [{"dropout_conv": 0.45}], "search_space": {"dropout_conv": {"high": 0.4}}}, "enqueue[0].dropout_conv"),
+        ({"warm_start_from": "api-demo"}, "warm_start_from must name another study"),
+    ],
+)
+def test_bad_study_features_are_422_naming_the_field(sqlite_client, change, reason):
+    response = sqlite_client.post("/v1/studies", json={**SPEC, **change})
+    assert response.status_code == 422, response.text
+    assert reason in response.json()["detail"][0]["msg"]
 
 
 def test_missing_name_malformed_json_and_unknown_study(sqlite_client):
