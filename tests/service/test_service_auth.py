@@ -206,7 +206,8 @@ def test_dashboard_writes_are_refused_for_everyone_and_the_study_stays_intact(se
     assert server.request("POST", "/v1/studies", admin, json=SPEC).status_code in (200, 201)
     storage = server.env["REGSEARCH_DATABASE_URL"]
     study = optuna.load_study(study_name=SPEC["name"], storage=storage)
-    trial = study.ask()  # a trial "running" in a worker
+    trial = study.ask()  # a trial "running" in a worker (the queued reference config)
+    attrs_before = dict(trial.user_attrs)
     study_id = study._study_id
     before = server.request("GET", f"/v1/studies/{SPEC['name']}", admin).json()
     forged = [
@@ -223,7 +224,7 @@ def test_dashboard_writes_are_refused_for_everyone_and_the_study_stays_intact(se
             assert response.status_code == 403, (method, path, response.text)
             assert "read-only" in response.json()["detail"]
     frozen = optuna.load_study(study_name=SPEC["name"], storage=storage).get_trials(deepcopy=False)
-    assert [t.state for t in frozen] == [optuna.trial.TrialState.RUNNING] and frozen[0].user_attrs == {}
+    assert [t.state for t in frozen] == [optuna.trial.TrialState.RUNNING] and frozen[0].user_attrs == attrs_before
     assert server.request("GET", f"/v1/studies/{SPEC['name']}/best", admin).status_code == 404  # no forged best
     after = server.request("GET", f"/v1/studies/{SPEC['name']}", admin).json()
     assert after["status"] == before["status"] and after["counts"] == before["counts"]
@@ -249,7 +250,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, tmp_path):
          "--checks", "all",
          # The schema lets some search bounds through that the server refuses (weight_decay.low = 0):
          # StudySpec's published bounds are being rebuilt on trainer.Recipe (issue 8); re-enable then.
-         "--exclude-checks", "positive_data_acceptance",
+         # A study's best, best/model and importance answer 404 until its trials have run: by design,
+         # not a resource the POST failed to create (schemathesis' ensure_resource_availability).
+         "--exclude-checks", "positive_data_acceptance,ensure_resource_availability",
          "--max-examples", "15", "--seed", "1", "--no-color", "--request-timeout", "20"],
         env={**server.env, "SCHEMATHESIS_HOOKS": ""}, capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
