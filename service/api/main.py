@@ -20,6 +20,7 @@ from service import metrics, studies
 from service.api.deps import require_scope_by_method
 from service.api.read_cache import ReadCache, TokenCache
 from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
+from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
 from service.config import Settings, get_settings
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.include_router(health.router)
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
+    publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
 
     if dashboard:
         from service.api.dashboard import dashboard_app

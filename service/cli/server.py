@@ -141,9 +141,12 @@ def _serve(args) -> int:
 
 def _worker(args) -> int:
     from service.worker import Worker
+    from service.worker_logs import install_quiet_graceful_stops, start_tensorflow
 
     _logging()
     settings = _settings()
+    start_tensorflow()  # one line naming the devices instead of TensorFlow's CUDA noise
+    install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
     worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
 
     def _on_signal(signum, _frame) -> None:
