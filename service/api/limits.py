@@ -40,7 +40,7 @@ def server_limits(settings: Settings) -> dict[tuple[str, ...], tuple[int, str]]:
     limits = {("n_trials",): (settings.max_trials, "the server's REGSEARCH_MAX_TRIALS")}
     images = training_images(settings.data_dir)
     if images is not None:
-        limits[("data", "train_size")] = (images, f"the training images in the server's data directory")
+        limits[("data", "train_size")] = (images, "the training images in the server's data directory")
     return limits
 
 

@@ -185,6 +185,36 @@ def test_cli_sends_the_token_from_the_file_or_the_environment_and_explains_a_401
     assert len(refused.stderr.strip().splitlines()) == 1 and "REGSEARCH_TOKEN" in refused.stderr
     read_only = server.cli("submit", "--name", "cli-read", REGSEARCH_TOKEN=server.tokens["read"])
     assert read_only.returncode == 1 and "needs 'write'" in read_only.stderr
+    assert len(read_only.stderr.strip().splitlines()) == 1 and "REGSEARCH_TOKEN" in read_only.stderr  # the 403's hint
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:notaport", "bad server URL 'http://127.0.0.1:notaport'"),
+    ("http://127.0.0.1:1", "cannot reach the regsearch server at http://127.0.0.1:1"),
+    ("ftp://127.0.0.1", "cannot reach the regsearch server at ftp://127.0.0.1"),
+])
+def test_cli_client_errors_are_one_line_and_exit_1(server, url, says):
+    result = server.cli("studies", "--url", url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"regsearch studies: {says}"), result.stderr
+
+
+def test_cli_not_a_regsearch_server_is_one_line(server):
+    result = server.cli("studies", "--url", f"{server.url}/dashboard")  # HTML, not the API
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_cli_output_into_a_closed_pipe_ends_quietly(server, reader):
+    """``regsearch studies --json | head -1``: no BrokenPipeError traceback; exit 1 when the pipe broke."""
+    for index in range(3):
+        server.request("POST", "/v1/studies", server.tokens["write"], json={**SPEC, "name": f"pipe-{index}"})
+    result = subprocess.run(["bash", "-c", f"set -o pipefail; '{REGSEARCH}' studies --json | {reader}"],
+                            env={**server.env, "REGSEARCH_URL": server.url}, capture_output=True, text=True, timeout=120)
+    assert result.stderr == "", result.stderr
+    assert result.returncode in ((0, 1) if reader.startswith("head") else (1,))  # `true` never reads: always broken
+    if reader.startswith("head"):
+        assert result.stdout == "[\n"
 
 
 def _basic(token: str) -> dict[str, str]:
