@@ -44,9 +44,10 @@ def announce_auth(settings: Settings, factory) -> None:
         log.warning(
             "created the first admin token and wrote it to %s (readable by you only). Use it with:\n"
             "    export REGSEARCH_TOKEN=$(cat %s)      # the regsearch CLI also reads that file by itself\n"
-            "    curl -H \"Authorization: Bearer $(cat %s)\" http://HOST:PORT/v1/studies\n"
+            "    curl -H \"Authorization: Bearer $(cat %s)\" http://%s:%d/v1/studies\n"
             "    dashboard: user name anything, password the token\n"
             "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, path, path,
+            settings.host, settings.port,
         )
     else:
         log.info("auth on: requests need a token (regsearch token list | create; token file %s)", settings.token_file)

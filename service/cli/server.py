@@ -123,6 +123,7 @@ def _serve(args) -> int:
     settings = _settings().model_copy(update={"auth": False}) if args.no_auth else _settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    settings = settings.model_copy(update={"host": host, "port": port})  # the first start's hint names them
     if args.workers < 0:
         raise CommandError("--workers must be >= 0")
     try:

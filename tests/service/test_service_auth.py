@@ -87,6 +87,7 @@ def test_first_start_writes_an_owner_only_admin_token_file_and_says_how_to_use_i
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     log = server.log()
     assert f"wrote it to {token_file}" in log and "Authorization: Bearer" in log and "REGSEARCH_TOKEN" in log
+    assert f"{server.url}/v1/studies" in log  # the hint names where this server listens
     assert server.tokens["admin"] not in log  # the token itself is never logged
     listing = server.cli("token", "list")
     assert listing.returncode == 0, listing.stderr
