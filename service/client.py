@@ -54,7 +54,10 @@ class RegsearchClient:
         self.url = url.rstrip("/")
         token = token or find_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        try:
+            self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        except httpx.InvalidURL as error:
+            raise ClientError(f"bad server URL {url!r} ({error}); expected e.g. http://127.0.0.1:8000") from None
 
     def close(self) -> None:
         self._http.close()
@@ -70,11 +73,21 @@ class RegsearchClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+            raise ClientError(f"bad request URL {self.url}{path} ({error})") from None
         if response.status_code >= 400:
             message = error_message(response)
             if response.status_code in (401, 403):
                 message += " (set REGSEARCH_TOKEN to a token of enough scope: regsearch token create --scope write)"
             raise ClientError(message, response.status_code)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            try:
+                response.json()
+            except ValueError:
+                raise ClientError(f"the server at {self.url} answered {path} with malformed JSON") from None
+        elif path.startswith("/v1/") and "format=python" not in str(response.request.url) or path == "/healthz":
+            raise ClientError(f"{self.url} does not look like a regsearch server (it answered {path} with "
+                              f"{response.headers.get('content-type') or 'no content type'}, not JSON)")
         return response
 
     def health(self) -> dict[str, Any]:

@@ -12,10 +12,12 @@ for a trial whose training raised or whose worker shut down.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import warnings
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,9 +26,29 @@ from service import studies
 from service.backoff import backoff
 from service.models import ACTIVE_STATUSES, StudyStatus
 
-__all__ = ["RetryFailedTrial"]
+__all__ = ["WORKER_LOST", "RetryFailedTrial"]
 
 log = logging.getLogger(__name__)
+
+
+#: ``fail_reason`` of a trial whose worker stopped heart-beating (killed, machine lost).
+WORKER_LOST = "worker lost"
+
+#: Optuna's table of trial user attributes (one row per trial and key, the value as JSON).
+_USER_ATTRS = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
+
+
+def _record_fail_reason(factory: sessionmaker[Session], trial: FrozenTrial, reason: str) -> None:
+    """Set ``fail_reason`` on a trial Optuna has already failed.
+
+    Optuna's storage refuses to change a finished trial, and its heartbeat check fails the trial
+    before it calls back; so the attribute is written to Optuna's table directly, in its format.
+    """
+    with factory() as session, session.begin():
+        where = (_USER_ATTRS.c.trial_id == trial._trial_id) & (_USER_ATTRS.c.key == "fail_reason")
+        session.execute(sa.delete(_USER_ATTRS).where(where))
+        session.execute(sa.insert(_USER_ATTRS).values(trial_id=trial._trial_id, key="fail_reason", value_json=json.dumps(reason)))
+    trial.user_attrs["fail_reason"] = reason
 
 
 class RetryFailedTrial:
@@ -40,12 +62,13 @@ class RetryFailedTrial:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's stale-trial callback: ``trial`` lost its worker."""
+        _record_fail_reason(self._factory, trial, WORKER_LOST)
         with self._factory() as session:
             try:
                 row = studies.get_study(session, study.study_name)
             except studies.StudyNotFound:
                 return  # deleted: nothing to retry, no slot to give back
-        self.retry(study, trial, row.id, StudyStatus(row.status), reason="no heartbeat")
+        self.retry(study, trial, row.id, StudyStatus(row.status), reason=WORKER_LOST)
 
     def retry(
         self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error"

@@ -8,14 +8,15 @@ declaration adds it to the API, its validation and its OpenAPI schema.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
 from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
-from service.models import StudyStatus
-from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
+from service.models import StudyStatus, as_utc, iso_utc
+from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
 __all__ = [
     "Bounds",
@@ -32,7 +33,17 @@ __all__ = [
     "TrialList",
     "TrialOut",
     "TRIAL_STATES",
+    "UtcDateTime",
     "SLUG_PATTERN",
+]
+
+#: Every timestamp the API returns: in UTC, one format (:func:`service.models.iso_utc`, e.g.
+#: ``2026-11-25T21:58:30.123456Z``), whatever the database handed back.
+UtcDateTime = Annotated[
+    dt.datetime,
+    AfterValidator(as_utc),
+    PlainSerializer(iso_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-25T21:58:30.123456Z"]}),
 ]
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -47,39 +58,46 @@ TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-typ
 class Bounds(BaseModel):
     """A search range; a missing end takes the trainer's default for that parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    low: float
-    high: float
+    low: Number
+    high: Number
 
 
-def _fill_default_bounds(value: Any, info: ValidationInfo) -> Any:
-    if isinstance(value, dict):
-        spec = SEARCH_SPACE_BY_NAME[info.field_name]
-        return {"low": spec.low, "high": spec.high, **value}
-    return value
+def _bounds_model(spec: ParamSpec) -> type[Bounds]:
+    """``Bounds`` of one parameter, its ends limited to the values the parameter may take (so the
+    OpenAPI schema states the bounds the server enforces); ``low <= high`` is checked after."""
+    limits: dict[str, float] = {("ge" if spec.minimum_inclusive else "gt"): spec.minimum}
+    if math.isfinite(spec.maximum):
+        limits["le" if spec.maximum_inclusive else "lt"] = spec.maximum
+    title = "".join(part.title() for part in spec.name.split("_")) + "Bounds"
+    return create_model(
+        title,
+        __base__=Bounds,
+        __doc__=f"The range searched for {spec.name}: {spec.range_text()}, low <= high.",
+        low=(Number, Field(spec.low, **limits)),
+        high=(Number, Field(spec.high, **limits)),
+    )
 
 
 def _check_bounds(value: Bounds, info: ValidationInfo) -> Bounds:
-    low, high = validate_bounds(info.field_name, value.low, value.high)  # ValueError names the field
-    return Bounds(low=low, high=high)
+    validate_bounds(info.field_name, value.low, value.high)  # ValueError names the field (low > high)
+    return value
 
 
 _NAMES = [spec.name for spec in SEARCH_SPACE]
+_BOUNDS = {spec.name: _bounds_model(spec) for spec in SEARCH_SPACE}
 
 SearchSpace = create_model(
     "SearchSpace",
     __config__=ConfigDict(extra="forbid"),
     __doc__="Per searched parameter, the range to search (defaults: the trainer's declaration).",
-    __validators__={
-        "fill_defaults": field_validator(*_NAMES, mode="before")(_fill_default_bounds),
-        "check_bounds": field_validator(*_NAMES, mode="after")(_check_bounds),
-    },
+    __validators__={"check_bounds": field_validator(*_NAMES, mode="after")(_check_bounds)},
     **{
         spec.name: (
-            Bounds,
+            _BOUNDS[spec.name],
             Field(
-                default_factory=lambda spec=spec: Bounds(low=spec.low, high=spec.high),
+                default_factory=_BOUNDS[spec.name],
                 description=f"{spec.description} Allowed {spec.range_text()}; "
                 f"default [{spec.low:g}, {spec.high:g}]{', log scale' if spec.log else ''}.",
             ),
@@ -111,8 +129,11 @@ class StudySpec(Recipe, StudyFeatures):
         },
     )
 
-    name: str = Field(description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).")
-    n_trials: int = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
+    name: str = Field(
+        description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).",
+        json_schema_extra={"pattern": SLUG_PATTERN.pattern},  # checked by _slug, with a readable message
+    )
+    n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
     pruner: PrunerName = Field("median", description="Stops weak trials early from each epoch's validation accuracy.")
@@ -156,7 +177,7 @@ class BestSummary(BaseModel):
     metric: str = "val_accuracy"
     trial_number: int
     params: dict[str, float]
-    best_since: dt.datetime
+    best_since: UtcDateTime
 
 
 class StudyOut(BaseModel):
@@ -180,9 +201,9 @@ class StudyOut(BaseModel):
     # -- end issue 11 --
     error: str | None = None
     spec: StudySpec
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
     links: Links
 
 
@@ -203,8 +224,8 @@ class TrialOut(TrialMetrics):
     intermediate_values: dict[int, float] = Field(description="Validation accuracy reported after each epoch.")
     history: list[dict[str, float]] = Field(description="Per-epoch metrics: loss, accuracy, val_loss, val_accuracy, gap.")
     duration_s: float | None = None
-    datetime_start: dt.datetime | None
-    datetime_complete: dt.datetime | None
+    datetime_start: UtcDateTime | None
+    datetime_complete: UtcDateTime | None
     retry_of: int | None = Field(None, description="Number of the failed trial this one re-runs with the same params.")
     fail_reason: str | None = None
     worker: str | None = None
@@ -222,6 +243,6 @@ class BestConfigOut(BestConfig):
     study: str
     value: float
     trial_number: int
-    best_since: dt.datetime
+    best_since: UtcDateTime
     direction: Literal["maximize"] = "maximize"
     margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")

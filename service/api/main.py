@@ -20,6 +20,7 @@ from service import metrics, studies
 from service.api.deps import require_scope_by_method
 from service.api.read_cache import ReadCache, TokenCache
 from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
+from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
 from service.config import Settings, artifact_location, get_settings
@@ -51,9 +52,10 @@ def announce_auth(settings: Settings, factory) -> None:
         log.warning(
             "created the first admin token and wrote it to %s (readable by you only). Use it with:\n"
             "    export REGSEARCH_TOKEN=$(cat %s)      # the regsearch CLI also reads that file by itself\n"
-            "    curl -H \"Authorization: Bearer $(cat %s)\" http://HOST:PORT/v1/studies\n"
+            "    curl -H \"Authorization: Bearer $(cat %s)\" http://%s:%d/v1/studies\n"
             "    dashboard: user name anything, password the token\n"
             "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, path, path,
+            settings.host, settings.port,
         )
     else:
         log.info("auth on: requests need a token (regsearch token list | create; token file %s)", settings.token_file)
@@ -98,6 +100,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.include_router(health.router)
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
+    publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
 
     if dashboard:
         from service.api.dashboard import dashboard_app

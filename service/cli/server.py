@@ -123,6 +123,7 @@ def _serve(args) -> int:
     settings = _settings().model_copy(update={"auth": False}) if args.no_auth else _settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    settings = settings.model_copy(update={"host": host, "port": port})  # the first start's hint names them
     if args.workers < 0:
         raise CommandError("--workers must be >= 0")
     try:
@@ -141,9 +142,12 @@ def _serve(args) -> int:
 
 def _worker(args) -> int:
     from service.worker import Worker
+    from service.worker_logs import install_quiet_graceful_stops, start_tensorflow
 
     _logging()
     settings = _settings()
+    start_tensorflow()  # one line naming the devices instead of TensorFlow's CUDA noise
+    install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
     worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
 
     def _on_signal(signum, _frame) -> None:

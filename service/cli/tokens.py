@@ -51,10 +51,10 @@ def _factory():
 
 
 def _row(row) -> dict:
-    from service.models import as_utc
+    from service.models import iso_utc
 
     def when(value):
-        return None if value is None else as_utc(value).isoformat()
+        return None if value is None else iso_utc(value)
 
     return {"id": row.id, "name": row.name, "scope": row.scope, "prefix": row.prefix, "created_at": when(row.created_at),
             "last_used_at": when(row.last_used_at), "revoked_at": when(row.revoked_at)}

@@ -94,8 +94,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     [
         ({"search_space": {"l1_ratio": {"low": 0.8, "high": 0.2}}}, "search_space.l1_ratio", "must not exceed high"),
         ({"search_space": {"weight_decay": {"low": 1e-2, "high": 1e-5}}}, "search_space.weight_decay", "must not exceed high"),
-        ({"search_space": {"dropout_conv": {"low": 0.3, "high": 1.0}}}, "search_space.dropout_conv", "must be in [0, 1)"),
-        ({"search_space": {"dropout_dense": {"low": -0.1, "high": 0.5}}}, "search_space.dropout_dense", "must be in [0, 1)"),
+        ({"search_space": {"dropout_conv": {"low": 0.3, "high": 1.0}}}, "search_space.dropout_conv.high", "less than 1"),
+        ({"search_space": {"dropout_dense": {"low": -0.1, "high": 0.5}}}, "search_space.dropout_dense.low", "greater than or equal to 0"),
         ({"search_space": {"momentum": {"low": 0.1, "high": 0.5}}}, "search_space.momentum", "Extra inputs are not permitted"),
         ({"n_trials": 0}, "n_trials", "greater than or equal to 1"),
         ({"n_trials": -3}, "n_trials", "greater than or equal to 1"),
@@ -105,7 +105,17 @@ def test_submit_read_repeat_conflict_stop_delete(client):
         ({"sampler": "cmaes"}, "sampler", "'tpe' or 'random'"),
         ({"name": "Not A Slug!"}, "name", "must be a slug"),
         ({"name": "-leading-dash"}, "name", "must be a slug"),
-        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 1"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 0.75"),
+        # Specs that could not run: each refused at POST, naming the field.
+        ({"data": {"val_fraction": 0.75}}, "data.val_fraction", "less than 0.75"),  # a class of 2 keeps no training image
+        ({"data": {"train_size": 19}}, "data.train_size", "greater than or equal to 20"),
+        ({"width": 0.015625}, "width", "greater than 0.015625"),  # the 32-filter layers would round to 0 units
+        ({"seed": 2**32}, "seed", "less than or equal to 4294967295"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"search_space": {"weight_decay": {"low": 1e-3, "high": 1e299}}}, "search_space.weight_decay.high", "less than or equal to 1"),
+        ({"search_space": {"weight_decay": {"low": 0, "high": 1e-3}}}, "search_space.weight_decay.low", "greater than 0"),
+        ({"learning_rate": True}, "learning_rate", "valid number"),
+        ({"n_trials": True}, "n_trials", "not a boolean"),
         ({"epochs": "many"}, "epochs", "valid integer"),
         ({"max_gap": 0}, "max_gap", "greater than 0"),
         ({"reference": "maybe"}, "reference", "valid boolean"),
@@ -196,3 +206,21 @@ def test_api_process_never_imports_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_train_size_beyond_the_servers_data_is_422_and_the_schema_says_so(tmp_path):
+    from tests.support import CIFAR_DIR
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'db'}", data_dir=str(CIFAR_DIR)), dashboard=False)
+    with TestClient(app) as client:
+        too_many = client.post("/v1/studies", json={**SPEC, "data": {"train_size": 601}})  # tests/data holds 600
+        assert too_many.status_code == 422
+        [error] = too_many.json()["detail"]
+        assert error["loc"] == ["body", "data", "train_size"] and "at most 600" in error["msg"]
+        assert client.post("/v1/studies", json={**SPEC, "data": {"train_size": 600}}).status_code == 201
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        train_size = next(option for option in schema["DataRecipe"]["properties"]["train_size"]["anyOf"] if option.get("type") == "integer")
+        assert (train_size["minimum"], train_size["maximum"]) == (20, 600)
+        assert schema["WeightDecayBounds"]["properties"]["high"]["maximum"] == 1.0
+        assert schema["WeightDecayBounds"]["properties"]["low"]["exclusiveMinimum"] == 0.0
+    app.state.engine.dispose()

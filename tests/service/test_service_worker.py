@@ -141,6 +141,8 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
     rerun = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [orphan.number])
     assert rerun.params == orphan.params and rerun.state == optuna.trial.TrialState.COMPLETE
+    lost = next(trial for trial in trials if trial.number == orphan.number)
+    assert lost.user_attrs["fail_reason"] == "worker lost" and "fail_reason" not in rerun.user_attrs
     with factory() as session:
         assert session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == row.id)) == "completed"
 

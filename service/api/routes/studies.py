@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
 from service import features, studies
+from service.api.limits import check_server_limits
 from service.api.deps import (
     ArtifactStoreDep,
     ImportanceCacheDep,
@@ -44,17 +45,7 @@ def submit_study(
     spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep
 ) -> StudyOut:
     """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
-    if spec.n_trials > settings.max_trials:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "less_than_equal",
-                    "loc": ("body", "n_trials"),
-                    "msg": f"n_trials must be at most {settings.max_trials} (the server's REGSEARCH_MAX_TRIALS)",
-                    "input": spec.n_trials,
-                }
-            ]
-        )
+    check_server_limits(spec, settings)  # n_trials and train_size within this server's limits (422)
     try:
         row, created = studies.submit_study(factory, storage, spec)
     except studies.StudyConflict as error:
