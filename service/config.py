@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "default_token_file", "get_settings"]
+__all__ = ["Settings", "artifact_location", "default_token_file", "get_settings", "settings_table"]
 
 
 def default_token_file() -> str:
@@ -23,7 +23,7 @@ def default_token_file() -> str:
 
 
 class Settings(BaseSettings):
-    """Environment-driven settings. ``REGSEARCH_DATABASE_URL`` etc.; see README.md, "Settings"."""
+    """Environment-driven settings, each declared once here; docs/settings.md shows :func:`settings_table`."""
 
     model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore", hide_input_in_errors=True)  # no secret in a log
 
@@ -33,18 +33,21 @@ class Settings(BaseSettings):
         "(e.g. postgresql+psycopg://user@host:5432/regsearch).",
     )
     data_dir: str | None = Field(
-        None, description="CIFAR-10 directory in the official layout; unset: keras.datasets downloads it."
+        None, description="CIFAR-10 in the official layout (cifar-10-batches-py/ or cifar-10-python.tar.gz); unset: "
+        "keras.datasets downloads it. `make run` sets it to the shipped subset tests/data."
     )
     artifact_url: str | None = Field(
         None,
         description="Where the best trials' models are kept (Optuna's artifact store): a directory, file:///dir or "
-        "s3://bucket/prefix. Unset: regsearch-artifacts/ next to a SQLite database file, else under the working directory.",
+        "s3://bucket/prefix (any S3-compatible service: boto3 reads AWS_ENDPOINT_URL and the usual credentials). Unset: "
+        "regsearch-artifacts/ next to a SQLite database file, else under the working directory. The API and every worker "
+        "must see the same store: with workers on several machines, use S3 or a shared volume.",
     )
 
     host: str = Field("127.0.0.1", description="Address `regsearch serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `regsearch serve` listens on.")
-    max_trials: int = Field(1000, ge=1, description="Cap on a study's n_trials.")
-    url: str = Field("http://127.0.0.1:8000", description="Server URL the command-line client talks to.")
+    max_trials: int = Field(1000, ge=1, description="Cap on a study's n_trials (422 above it).")
+    url: str = Field("http://127.0.0.1:8000", description="Server URL the command-line client talks to (--url overrides it).")
 
     # Workers and fault tolerance.
     poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker waits before looking for work again.")
@@ -62,7 +65,7 @@ class Settings(BaseSettings):
     db_retry_max_s: float = Field(
         30.0, gt=0, description="Longest back-off between a worker's attempts while the database is unreachable."
     )
-    sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers.")
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers (SQLite runs in WAL mode).")
     db_pool_size: int = Field(
         40, ge=1, description="Connections each engine keeps open; the API serves up to 40 requests at once "
         "(its thread pool), so this matches it and no request waits for a connection."
@@ -117,6 +120,18 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings (cached; tests that change the environment call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, derived from :class:`Settings` (docs/settings.md embeds it)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is default_token_file:
+            default = "`~/.config/regsearch/token` (under `$XDG_CONFIG_HOME` when set)"
+        else:
+            default = "unset" if field.default is None else f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
+        rows.append(f"| `REGSEARCH_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"
 
 
 def artifact_location(settings: Settings) -> str:
