@@ -12,6 +12,9 @@
   service that names the same image), the in-cluster ``postgres`` URL is swapped for the test's
   (keeping a least-privilege role's login), the PostgreSQL pod's init scripts (its ConfigMap at
   ``/docker-entrypoint-initdb.d``) run once against it, and every ``containerPort`` becomes a free local one. Containers of the API image run without TensorFlow.
+  A directory setting (``REGSEARCH_ARTIFACT_URL``) naming a container path is mapped through the pod's
+  volumes: a PersistentVolumeClaim becomes one directory under the work directory, shared by every pod
+  that mounts it; other volumes and unmounted paths, directories private to that workload.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from tests.scale.compose_stack import (
     is_api_image,
     load_compose,
     local_database_url,
+    local_directory_setting,
     local_path,
     run_initdb_scripts,
 )
@@ -153,6 +157,21 @@ class KubeStack:
             out.append(arg)
         return out
 
+    def container_path(self, name: str, path: str) -> Path:
+        """Where ``path`` inside workload ``name``'s container lives here: a claim's directory (shared by the
+        pods that mount it), else one private to the workload (an emptyDir, the container's filesystem)."""
+        assert path.startswith("/"), f"{name}: {path!r} is not an absolute container path"
+        volumes = {volume["name"]: volume for volume in pod_spec(self.workload(name)).get("volumes", [])}
+        mounts = sorted(self.container(name).get("volumeMounts", []), key=lambda mount: -len(mount["mountPath"]))
+        for mount in mounts:
+            target = mount["mountPath"].rstrip("/") or "/"
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                rest = path[len(target):].lstrip("/")
+                claim = volumes[mount["name"]].get("persistentVolumeClaim")
+                base = self.workdir / "claims" / claim["claimName"] if claim else self.workdir / "pods" / name / mount["name"]
+                return base / rest if rest else base
+        return self.workdir / "containers" / name / path.lstrip("/")
+
     def declared_environment(self, name: str) -> dict[str, str]:
         """The container's environment as the kubelet would build it (envFrom, then env)."""
         container = self.container(name)
@@ -188,6 +207,9 @@ class KubeStack:
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
         env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
+        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
+        if artifacts:  # the container path -> the claim's directory here, never /artifacts of this machine
+            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
         env.update(self.extra_env)
         env["REGSEARCH_DATABASE_URL"] = local_database_url(declared["REGSEARCH_DATABASE_URL"], self.database_url)
         if is_api_image(compose_service_for_image(self.container(name)["image"])):

@@ -31,7 +31,17 @@ from tests.deploy.kube_stack import (
 )
 from service.migrations.roles import ROLES
 from tests.support import ROOT
-from tests.scale.compose_stack import DATABASE_SERVICE, INITDB_DIR, ROLE_PASSWORDS, SERVICE_ROLES, as_list, interpolate, load_compose
+from tests.scale.compose_stack import (
+    DATABASE_SERVICE,
+    INITDB_DIR,
+    ROLE_PASSWORDS,
+    SERVICE_ROLES,
+    as_list,
+    interpolate,
+    load_compose,
+    local_directory_setting,
+    volume_mounts,
+)
 
 KUSTOMIZATIONS = [BASE, *OVERLAYS]
 RENDERED = {path.relative_to(BASE.parent).as_posix(): render(path) for path in KUSTOMIZATIONS}
@@ -250,3 +260,34 @@ def test_postgres_runs_the_role_init_script_with_the_role_passwords():
     (compose_mount,) = [entry for entry in SERVICES[DATABASE_SERVICE]["volumes"] if entry.split(":")[1] == INITDB_DIR]
     compose_dir = ROOT / compose_mount.split(":")[0]
     assert script == "\n".join(path.read_text() for path in sorted(compose_dir.glob("*.sh")))
+
+
+@pytest.mark.parametrize("overlay", sorted(RENDERED))
+def test_api_and_workers_share_one_artifact_store(overlay):
+    """REGSEARCH_ARTIFACT_URL (the settings ConfigMap, as compose's) is the same in every container. A path: the API
+    and worker pods mount one ReadWriteMany claim there, where compose mounts its artifacts volume. An s3:// URL
+    (overlays/s3-artifacts): both get the same credentials Secret and the claim is gone."""
+    resources = RENDERED[overlay]
+    stack = KubeStack(resources, "postgresql+psycopg://postgres@127.0.0.1:5432/unused", BASE.parent / "never-created")
+    urls = {name: stack.declared_environment(name)["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_COMPONENTS}
+    assert len(set(urls.values())) == 1, f"{overlay}: the containers disagree on the artifact store: {urls}"
+    path = local_directory_setting(urls["api"])
+    if path is None:
+        assert urls["api"].startswith("s3://") and not by_kind(resources, "PersistentVolumeClaim"), (overlay, urls["api"])
+        secrets = {name: {source["secretRef"]["name"] for source in stack.container(name)["envFrom"] if "secretRef" in source} for name in ("api", "worker")}
+        assert secrets["api"] == secrets["worker"] and len(secrets["api"]) == 1, f"{overlay}: api and worker need the same S3 credentials: {secrets}"
+        for name in ("api", "worker"):
+            assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(stack.declared_environment(name)), f"{overlay}: {name} has no S3 credentials"
+        return
+    claims = {}
+    for name in ("api", "worker"):
+        volumes = {volume["name"]: volume for volume in pod_spec(stack.workload(name))["volumes"]}
+        mounts = [mount for mount in stack.container(name)["volumeMounts"] if mount["mountPath"] == path]
+        assert len(mounts) == 1 and not mounts[0].get("readOnly"), f"{overlay}: {name} must mount {path} writable once"
+        claims[name] = volumes[mounts[0]["name"]].get("persistentVolumeClaim", {}).get("claimName")
+    assert claims["api"] == claims["worker"] is not None, f"{overlay}: api and worker must share one claim at {path}: {claims}"
+    claim = by_kind(resources, "PersistentVolumeClaim")[claims["api"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], f"{overlay}: API and worker pods on several nodes need RWX"
+    assert stack.container_path("api", path) == stack.container_path("worker", path) == stack.workdir / "claims" / claims["api"]
+    for name in ("api", "worker"):
+        assert path in volume_mounts(SERVICES[name]), f"compose's {name} mounts its artifacts volume elsewhere than {path}"

@@ -140,6 +140,11 @@ def test_manifests_run_as_processes_and_metrics_follow_a_study(postgres_url, tmp
         assert value(final, "regsearch_trial_duration_seconds_sum", study=STUDY["name"], state="complete") > 0
         best = httpx.get(f"{api_url}/v1/studies/{STUDY['name']}/best", headers={"Authorization": f"Bearer {read_token}"}, timeout=10).json()
         assert value(final, "regsearch_study_best_value", study=STUDY["name"]) == pytest.approx(best["value"])
+        # The best model: written by a worker, served by the API, through the claim both pods mount (artifacts.yaml).
+        model = httpx.get(f"{api_url}/v1/studies/{STUDY['name']}/best/model", headers={"Authorization": f"Bearer {read_token}"}, timeout=30)
+        assert model.status_code == 200 and len(model.content) > 0, model.text[:500]
+        claim = stack.container_path("api", stack.declared_environment("api")["REGSEARCH_ARTIFACT_URL"])
+        assert claim.is_relative_to(tmp_path) and any(path.is_file() for path in claim.rglob("*")), f"no stored model under {claim}"
         # HTTP metrics by route template and status, from the instrumentation middleware.
         assert value(final, "http_requests_total", handler="/v1/studies", method="POST", status="201") == 1.0
         assert value(final, "http_requests_total", handler="/v1/studies/{name}", method="GET", status="200") >= len(snapshots)

@@ -11,6 +11,9 @@ what ``docker compose up`` would, one process per container:
   for the test's database, keeping the login of a least-privilege role (service/migrations/roles.py);
   the ``postgres`` service's init scripts (``/docker-entrypoint-initdb.d``) run once against it,
   as the image would on an empty volume; ``--host 0.0.0.0`` becomes 127.0.0.1 and each published port a free one;
+* a directory setting (``REGSEARCH_ARTIFACT_URL``) that names a container path is mapped through the
+  service's ``volumes``: a named volume becomes one directory under the stack's work directory, shared
+  by every service that mounts it; an unmounted path, one private to that container (lost with it);
 * ``depends_on`` is honoured: ``service_completed_successfully`` runs the dependency to the end,
   ``service_healthy`` polls the dependency's own healthcheck command;
 * services built from the API image run with TensorFlow and Keras made
@@ -167,6 +170,22 @@ def published_ports(service: Mapping[str, Any]) -> list[int]:
     return ports
 
 
+def volume_mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's mounts: container path -> source (a named volume or a host path), short or long syntax."""
+    mounts = {}
+    for entry in service.get("volumes", []):
+        source, target = (entry.get("source", ""), entry["target"]) if isinstance(entry, dict) else str(entry).split(":")[:2]
+        mounts[target.rstrip("/") or "/"] = source
+    return mounts
+
+
+def local_directory_setting(url: str) -> str | None:
+    """The container path a directory setting names (a path or file:///path); None for s3:// and the like."""
+    if url.startswith("file://"):
+        return urlsplit(url).path
+    return None if "://" in url else url
+
+
 def is_api_image(service: Mapping[str, Any]) -> bool:
     return dockerfile_of(service).name == "api.Dockerfile"
 
@@ -209,6 +228,20 @@ class ComposeStack:
 
     def url(self, name: str, container_port: int) -> str:
         return f"http://127.0.0.1:{self.port(name, container_port)}"
+
+    def container_path(self, name: str, path: str) -> Path:
+        """Where ``path`` inside service ``name``'s container lives here: under the named volume (or host
+        directory) mounted there, else in the container's own filesystem (lost with the container)."""
+        assert path.startswith("/"), f"service {name!r}: {path!r} is not an absolute container path"
+        for target, source in sorted(volume_mounts(self.service(name)).items(), key=lambda item: -len(item[0])):
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                rest = path[len(target):].lstrip("/")
+                if source in (self.compose.get("volumes") or {}):
+                    base = self.workdir / "volumes" / source
+                else:
+                    base = (ROOT / source).resolve()
+                return base / rest if rest else base
+        return self.workdir / "containers" / name / path.lstrip("/")
 
     def _localize(self, name: str, args: list[str]) -> list[str]:
         """Container addresses and ports -> this machine's: 0.0.0.0 -> 127.0.0.1, published ports -> free ones."""
@@ -253,6 +286,9 @@ class ComposeStack:
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
         env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
+        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
+        if artifacts:  # the container path -> the volume's directory here, never /artifacts of this machine
+            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
         env.update(self.extra_env)
         env["REGSEARCH_DATABASE_URL"] = local_database_url(url, self.database_url)
         if is_api_image(service):

@@ -27,8 +27,10 @@ from tests.scale.compose_stack import (
     image_workdir,
     interpolate,
     load_compose,
+    local_directory_setting,
     local_path,
     published_ports,
+    volume_mounts,
 )
 from tests.support import ROOT, base_env
 
@@ -189,3 +191,27 @@ def test_compose_file_passes_compose_schema_validation():
     result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_api_and_workers_keep_models_on_one_named_volume_uid_10001_can_write(tmp_path):
+    """REGSEARCH_ARTIFACT_URL: the same for every service, a path the api and worker mount from one named volume,
+    created in both images owned by the images' user (a fresh named volume takes the directory's owner)."""
+    urls = {name: RESOLVED[name]["environment"]["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_SERVICES}
+    assert len(set(urls.values())) == 1, f"the services disagree on the artifact store: {urls}"
+    path = local_directory_setting(urls["api"])
+    assert path, f"compose keeps the models on its volume, got {urls['api']!r} (docs/deployment.md names the S3 alternative)"
+    sources = {name: volume_mounts(RESOLVED[name]).get(path) for name in ("api", "worker")}
+    assert sources["api"] == sources["worker"] and sources["api"] in COMPOSE["volumes"], f"api and worker must mount one named volume at {path}: {sources}"
+    for name in ("api", "worker"):
+        dockerfile = dockerfile_of(RESOLVED[name])
+        runs = " ".join(args for instruction, args in dockerfile_instructions(dockerfile) if instruction == "RUN")
+        owner = next(args for instruction, args in dockerfile_instructions(dockerfile) if instruction == "USER").split(":")[0]
+        user = re.search(rf"useradd [^&]*--uid {owner}\b[^&]*\s(\w+)\s*(?:&&|$)", runs).group(1)  # the name useradd gives it
+        assert re.search(rf"mkdir -p [^&]*{re.escape(path)}(\s|$)", runs), f"{dockerfile.name} does not create {path}"
+        assert re.search(rf"chown (?:{user}|{owner})(?::\S+)? [^&]*{re.escape(path)}(\s|$)", runs), f"{dockerfile.name}: {path} is not owned by uid {owner}"
+    # The harness: both processes share one directory under the stack's work directory, never this machine's /artifacts.
+    stack = ComposeStack("postgresql+psycopg://postgres@127.0.0.1:5432/x", tmp_path)
+    local = {name: stack.environment(name)["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_SERVICES}
+    assert local["api"] == local["worker"] == str(tmp_path / "volumes" / sources["api"]), local
+    assert all(value.startswith(str(tmp_path)) for value in local.values()), local
+    assert local["dashboard"] != local["api"], "a service without the volume has its own (unshared) directory"
