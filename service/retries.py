@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 #: ``fail_reason`` of a trial whose worker stopped heart-beating (killed, machine lost).
 WORKER_LOST = "worker lost"
 
+def _through_outages(function, *args):
+    """``function(*args)``, retried through short database outages (a dropped connection, a restarting
+    PostgreSQL): a retry lost to one would be lost for good."""
+    retrying = backoff(first=0.2, cap=2.0, attempts=6, retry_on=(sa.exc.DBAPIError, optuna.exceptions.StorageInternalError))
+    return retrying(function, *args)
+
+
+def _study_row(factory: sessionmaker[Session], name: str):
+    with factory() as session:  # a fresh session per attempt: one that saw a dropped connection must roll back first
+        return studies.get_study(session, name)
+
 #: Optuna's table of trial user attributes (one row per trial and key, the value as JSON).
 _USER_ATTRS = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
 
@@ -61,14 +72,19 @@ class RetryFailedTrial:
             self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna's stale-trial callback: ``trial`` lost its worker."""
-        _record_fail_reason(self._factory, trial, WORKER_LOST)
-        with self._factory() as session:
-            try:
-                row = studies.get_study(session, study.study_name)
-            except studies.StudyNotFound:
-                return  # deleted: nothing to retry, no slot to give back
-        self.retry(study, trial, row.id, StudyStatus(row.status), reason=WORKER_LOST)
+        """Optuna's stale-trial callback: ``trial`` lost its worker.
+
+        Optuna has already failed the trial when it calls this, and a database error here would lose
+        its retry for good (nothing calls back twice): every step goes through :func:`_through_outages`.
+        """
+        try:
+            row = _through_outages(_study_row, self._factory, study.study_name)
+        except studies.StudyNotFound:
+            return  # deleted: nothing to retry, no slot to give back
+        try:
+            self.retry(study, trial, row.id, StudyStatus(row.status), reason=WORKER_LOST)
+        finally:
+            _through_outages(_record_fail_reason, self._factory, trial, WORKER_LOST)
 
     def retry(
         self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error"
@@ -76,13 +92,13 @@ class RetryFailedTrial:
         """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way."""
         try:
             if status is None and trial.params:  # read again: the trial may have ended (stopped, failed) its study
-                status = backoff(first=0.2, cap=1.0, attempts=4)(studies.status_of, self._factory, study_id)
+                status = _through_outages(studies.status_of, self._factory, study_id)
             if trial.params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
                 # The retry starts with a clean record (no worker, error or history of the failed run).
                 fresh = copy.deepcopy(trial)
                 fresh.user_attrs = {}
-                self._retry(study, fresh)  # before the release, so that the retry takes the slot
+                _through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
         finally:
-            studies.release_slot(self._factory, study_id)
+            _through_outages(studies.release_slot, self._factory, study_id)
