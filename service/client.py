@@ -68,7 +68,8 @@ class RegsearchClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, expect: str = "application/json", **kwargs: Any) -> httpx.Response:
+        """One request; an error answer or one of another content type than ``expect`` is a :class:`ClientError`."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
@@ -80,14 +81,15 @@ class RegsearchClient:
             if response.status_code in (401, 403):
                 message += " (set REGSEARCH_TOKEN to a token of enough scope: regsearch token create --scope write)"
             raise ClientError(message, response.status_code)
-        if response.headers.get("content-type", "").startswith("application/json"):
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith(expect) and response.status_code != 204:
+            raise ClientError(f"{self.url} does not look like a regsearch server (it answered {path} with "
+                              f"{content_type or 'no content type'}, not {expect})")
+        if expect == "application/json" and response.status_code != 204:
             try:
                 response.json()
             except ValueError:
                 raise ClientError(f"the server at {self.url} answered {path} with malformed JSON") from None
-        elif path.startswith("/v1/") and "format=python" not in str(response.request.url) or path == "/healthz":
-            raise ClientError(f"{self.url} does not look like a regsearch server (it answered {path} with "
-                              f"{response.headers.get('content-type') or 'no content type'}, not JSON)")
         return response
 
     def health(self) -> dict[str, Any]:
@@ -109,7 +111,8 @@ class RegsearchClient:
 
     def best(self, name: str, output_format: str = "json") -> Any:
         """The best config: a dict for json and keras, the snippet's text for python."""
-        response = self._request("GET", f"/v1/studies/{name}/best", params={"format": output_format})
+        expect = "text/x-python" if output_format == "python" else "application/json"
+        response = self._request("GET", f"/v1/studies/{name}/best", params={"format": output_format}, expect=expect)
         return response.text if output_format == "python" else response.json()
 
     # -- issue 11 --
@@ -127,7 +130,7 @@ class RegsearchClient:
 
     def best_model(self, name: str, path: str) -> dict[str, str]:
         """Download the best trial's ``.keras`` file to ``path``; return the response headers."""
-        response = self._request("GET", f"/v1/studies/{name}/best/model")
+        response = self._request("GET", f"/v1/studies/{name}/best/model", expect="application/octet-stream")
         with open(path, "wb") as file:
             file.write(response.content)
         return dict(response.headers)

@@ -6,14 +6,19 @@ the two never collide, and our Alembic history uses its own version table.
 
 from __future__ import annotations
 
+
 import datetime as dt
 import enum
+import re
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["ACTIVE_STATUSES", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus", "utc_now", "as_utc"]
+__all__ = ["ACTIVE_STATUSES", "SLUG_PATTERN", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus", "utc_now", "as_utc"]
+
+#: A study name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.
+SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
 
 class StudyStatus(enum.StrEnum):

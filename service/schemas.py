@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
 from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
-from service.models import StudyStatus, as_utc, iso_utc
+from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
 __all__ = [
@@ -46,7 +45,6 @@ UtcDateTime = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-25T21:58:30.123456Z"]}),
 ]
 
-SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["median", "hyperband", "none"]

@@ -33,7 +33,6 @@ from trainer import TrialMetrics
 __all__ = [
     "SEARCH_STAGES",
     "StudyAlreadyEnded",
-    "WarmStartRefused",
     "StudyConflict",
     "StudyNotFound",
     "best_record",
@@ -93,7 +92,7 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     An identical spec under an existing name returns the existing row (``created=False``); a
     different one raises :class:`StudyConflict`. Concurrent identical submissions create one row:
     the unique name decides, the losers read the winner's row. A ``warm_start_from`` that cannot
-    seed this study raises :class:`WarmStartRefused` (or ``IncompatibleStudy``) before anything is
+    seed this study raises :class:`StudyNotFound` (or ``IncompatibleStudy``) before anything is
     written.
 
     The row is inserted holding all its trial slots (``claimed = n_trials``, just claimed) while its
@@ -116,7 +115,10 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
         with session_scope(factory) as session:
             row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
             if row is None and session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == spec.name)) is not None:
-                raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
+                # A concurrent creator commits its row before it creates the Optuna study: look again.
+                row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+                if row is None:
+                    raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
             if row is None:
                 now = utc_now()
                 row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
@@ -532,17 +534,13 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 WARM_START_ATTR = "regsearch:warm_start"
 
 
-class WarmStartRefused(ValueError):
-    """``warm_start_from`` names no study (a 422, like :class:`service.features.IncompatibleStudy`)."""
-
-
 def _warm_start(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -> features.WarmStart:
-    """The source study's trials ready for ``add_trials``; ``WarmStartRefused``/``IncompatibleStudy`` (422s)."""
+    """The source study's trials ready for ``add_trials``; ``StudyNotFound`` (404) or ``IncompatibleStudy`` (422)."""
     name = spec.warm_start_from
     with factory() as session:
         source = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
     if source is None:
-        raise WarmStartRefused(f"warm_start_from: study {name!r} not found")
+        raise StudyNotFound(name)  # 404: the request is valid, the study it names does not exist
     try:
         trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
     except KeyError:

@@ -8,20 +8,20 @@ defaults and checked against the spec's own ``search_space`` (a bad one is a 422
 
 from __future__ import annotations
 
-import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, Strict, model_validator
 
 from service.features._warmstart import fill_config
+from service.models import SLUG_PATTERN
+from trainer import Number
 
 __all__ = ["StudyFeatures"]
 
-_SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")  # service.schemas.SLUG_PATTERN
 
 
 class StudyFeatures(BaseModel):
-    reference: bool = Field(
+    reference: Annotated[bool, Strict()] = Field(
         True,
         description="Measure the seed's defaults (weight_decay 1e-4, l1_ratio 0, dropout 0.3/0.5, clipped into the "
         "search bounds) as the first trial, never pruned, and report the best's margin over it.",
@@ -34,10 +34,11 @@ class StudyFeatures(BaseModel):
     )
     warm_start_from: str | None = Field(
         None,
+        json_schema_extra={"pattern": SLUG_PATTERN.pattern},
         description="Name of another study whose complete trials seed the sampler. Refused (422) unless it trained "
         "the same model under the same recipe (width, epochs, batch size, learning rate, data); the seed may differ.",
     )
-    max_gap: float | None = Field(
+    max_gap: Number | None = Field(
         None,
         gt=0.0,
         le=1.0,
@@ -50,7 +51,7 @@ class StudyFeatures(BaseModel):
         space = getattr(self, "search_space", None)
         self.enqueue = [fill_config(config, space, what=f"enqueue[{index}]") for index, config in enumerate(self.enqueue)]
         if self.warm_start_from is not None:
-            if not _SLUG.match(self.warm_start_from):
+            if not SLUG_PATTERN.match(self.warm_start_from):
                 raise ValueError("warm_start_from must be a study name (a slug)")
             if self.warm_start_from == getattr(self, "name", None):
                 raise ValueError("warm_start_from must name another study")

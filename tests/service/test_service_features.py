@@ -207,7 +207,7 @@ def test_warm_start_from_a_compatible_study_seeds_the_sampler_and_an_incompatibl
     (error,) = refused.json()["detail"]
     assert error["loc"] == ["body", "warm_start_from"] and "width 0.25 != 0.5" in error["msg"]
     missing = service.post("/v1/studies", json={"name": "feat-none", **TINY, "warm_start_from": "ghost"})
-    assert missing.status_code == 422 and "study 'ghost' not found" in missing.text
+    assert missing.status_code == 404 and "study 'ghost' not found" in missing.text
     assert service.get("/v1/studies/feat-wide").status_code == 404  # nothing was created
     from_cli = service.cli("submit", "--name", "feat-wide", "--width", "0.5", "--warm-start-from", "feat-main")
     assert from_cli.returncode == 1 and "warm_start_from: " in from_cli.stderr and "Traceback" not in from_cli.stderr

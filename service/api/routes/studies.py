@@ -50,7 +50,7 @@ def submit_study(
         row, created = studies.submit_study(factory, storage, spec)
     except studies.StudyConflict as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-    except (studies.WarmStartRefused, features.IncompatibleStudy) as error:
+    except features.IncompatibleStudy as error:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "warm_start_from"), "msg": str(error).removeprefix("warm_start_from: "),
               "input": spec.warm_start_from}]
