@@ -28,6 +28,10 @@ __all__ = ["RetryFailedTrial"]
 
 log = logging.getLogger(__name__)
 
+#: User attributes a retry keeps: what the trial *is* (its stage; for a confirmation repeat the config it
+#: repeats, the repeat and its seed), not what its failed run left (worker, error, history, metrics).
+KEPT_ATTRS = ("stage", "confirms", "repeat", "seed")
+
 
 class RetryFailedTrial:
     """Re-queue a failed trial with the same params (up to ``max_retries`` times) and give its slot back."""
@@ -57,9 +61,10 @@ class RetryFailedTrial:
             if trial.params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
-                # The retry starts with a clean record (no worker, error or history of the failed run).
+                # The retry starts with a clean record (no worker, error or history of the failed run)
+                # but keeps what the trial is (KEPT_ATTRS), so a confirmation repeat stays one.
                 fresh = copy.deepcopy(trial)
-                fresh.user_attrs = {}
+                fresh.user_attrs = {key: value for key, value in trial.user_attrs.items() if key in KEPT_ATTRS}
                 self._retry(study, fresh)  # before the release, so that the retry takes the slot
         finally:
             studies.release_slot(self._factory, study_id)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
+from service.confirmation import Confirmation, ConfirmSpec
 from service.models import StudyStatus
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
 
@@ -37,7 +38,7 @@ __all__ = [
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
 SamplerName = Literal["tpe", "random"]
-PrunerName = Literal["median", "hyperband", "none"]
+PrunerName = Literal["median", "fair", "hyperband", "none"]
 #: Optuna's trial states, as the API names them (``TrialOut.state`` and the fields of ``TrialCounts``).
 TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-type]
@@ -112,7 +113,17 @@ class StudySpec(Recipe):
     n_trials: int = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
-    pruner: PrunerName = Field("median", description="Stops weak trials early from each epoch's validation accuracy.")
+    pruner: PrunerName = Field(
+        "median",
+        description="Stops weak trials early from each epoch's validation accuracy: median (Optuna's median rule from "
+        "epoch 2), fair (the median rule only after 40% of the epochs and only for a trial that stopped improving, "
+        "see service.pruning), hyperband or none.",
+    )
+    confirm: ConfirmSpec = Field(
+        default_factory=ConfirmSpec,
+        description="After the search's n_trials: the top_k distinct configs are trained again `repeats` more times "
+        "each (new seed and validation split per repeat, paired across configs, unpruned); top_k 0 turns it off.",
+    )
 
     @field_validator("name")
     @classmethod

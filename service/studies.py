@@ -25,15 +25,21 @@ __all__ = [
     "StudyConflict",
     "StudyNotFound",
     "best_record",
+    "begin_confirmation",
     "claim_slot",
     "complete_if_done",
     "delete_study",
     "get_study",
+    "has_waiting_trials",
+    "is_search_trial",
     "list_studies",
+    "open_confirmation",
     "reclaim_leaked_slots",
     "record_best",
+    "record_leader",
     "record_failure",
     "release_slot",
+    "resume_confirmation",
     "runnable_studies",
     "status_of",
     "stop_study",
@@ -126,10 +132,11 @@ def trial_counts(session: Session, name: str) -> TrialCounts:
 
 
 def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
+    """The current best: the study's last best-config row (see :class:`BestConfigRecord`)."""
     return session.scalar(
         sa.select(BestConfigRecord)
         .where(BestConfigRecord.study_id == study_id)
-        .order_by(BestConfigRecord.value.desc(), BestConfigRecord.id)
+        .order_by(BestConfigRecord.id.desc())
         .limit(1)
     )
 
@@ -185,7 +192,8 @@ def runnable_studies(session: Session) -> list[SearchStudy]:
 
 
 def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
-    """Atomically take one of the study's ``n_trials`` slots; return its serial number, or None if full.
+    """Atomically take one of the study's ``n_trials`` slots (``n_trials + confirm_trials`` once its
+    confirmation stage is planned); return its serial number, or None if full.
 
     A single conditional ``UPDATE ... RETURNING`` (one round trip, one commit): whichever the number
     of workers and the database, no more than ``n_trials`` slots are ever held at once.
@@ -196,13 +204,14 @@ def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
             sa.update(SearchStudy)
             .where(
                 SearchStudy.id == study_id,
-                SearchStudy.claimed < SearchStudy.n_trials,
+                SearchStudy.claimed < SearchStudy.n_trials + SearchStudy.confirm_trials,
                 SearchStudy.status.in_(ACTIVE_STATUSES),
             )
             .values(
                 claimed=SearchStudy.claimed + 1,
                 claims_total=SearchStudy.claims_total + 1,
-                status=StudyStatus.RUNNING,
+                # queued -> running; a confirming study stays confirming
+                status=sa.case((SearchStudy.status == StudyStatus.QUEUED.value, StudyStatus.RUNNING.value), else_=SearchStudy.status),
                 started_at=sa.func.coalesce(SearchStudy.started_at, now),
                 last_claim_at=now,
             )
@@ -279,22 +288,29 @@ def _trials_of(name: str, *states: str) -> sa.Select:
     )
 
 
-def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int) -> bool:
-    """Mark the study completed once ``n_trials`` trials finished (complete or pruned) and none runs.
+def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
+    """Mark the study completed once it is done; return True if this call did.
 
-    One conditional UPDATE. ``claimed >= n_trials`` is implied (every finished trial holds a slot)
-    and cheap, so the trial counts are only evaluated near the end of a study.
+    Done: with ``confirm`` false (confirmation off), ``n_trials`` search trials finished (complete or
+    pruned) and none runs; with it on, the confirmation stage's plan was enqueued (``confirm_trials``
+    set, see :func:`service.stages.advance`) and no trial runs or waits (every repeat finished, or
+    failed out of retries). One conditional UPDATE. ``claimed >= n_trials`` is implied (every
+    finished trial holds a slot) and cheap, so the trial counts are only evaluated near the end.
     """
+    confirmation_done = sa.and_(
+        SearchStudy.status == StudyStatus.CONFIRMING.value,
+        SearchStudy.confirm_trials > 0,
+        _trials_of(name, "RUNNING") == 0,
+        _trials_of(name, "WAITING") == 0,
+    )
+    done = confirmation_done if confirm else sa.or_(
+        sa.and_(SearchStudy.status.in_((StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)), _search_done(name)),
+        confirmation_done,
+    )
     with session_scope(factory) as session:
         result = session.execute(
             sa.update(SearchStudy)
-            .where(
-                SearchStudy.id == study_id,
-                SearchStudy.status.in_(ACTIVE_STATUSES),
-                SearchStudy.claimed >= SearchStudy.n_trials,
-                _trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
-                _trials_of(name, "RUNNING") == 0,
-            )
+            .where(SearchStudy.id == study_id, done)
             .values(status=StudyStatus.COMPLETED, finished_at=utc_now())
             .execution_options(synchronize_session=False)
         )
@@ -348,6 +364,143 @@ def studies_with_running_trials(
         .where(OPTUNA_STUDIES.c.study_name == SearchStudy.name, sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "RUNNING")
     )
     return list(session.scalars(sa.select(SearchStudy).where(SearchStudy.status.in_(statuses), sa.exists(running))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Search trials and the confirmation stage (issue 10)
+#
+# A *search trial* counts towards ``n_trials``: its ``stage`` user attribute is absent or one of
+# SEARCH_STAGES (the reference config and user-enqueued configs are search trials); confirmation
+# repeats (stage "confirm") and imported warm-start trials (stage "warm_start") are not.
+
+#: Stages of trials that count towards ``n_trials`` (besides trials with no stage at all).
+SEARCH_STAGES = ("reference", "enqueued")
+
+OPTUNA_TRIAL_USER_ATTRS = sa.table(
+    "trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json")
+)
+
+
+def is_search_trial(trial: Any) -> bool:
+    """Whether ``trial`` (an Optuna ``FrozenTrial``) counts towards ``n_trials``: no stage, or a search stage."""
+    stage = trial.user_attrs.get("stage")
+    return stage is None or stage in SEARCH_STAGES
+
+
+def _search_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's *search* trials in ``states`` (SQL form of :func:`is_search_trial`)."""
+    import json
+
+    other_stage = sa.exists(
+        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_id).where(
+            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == "stage",
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
+        )
+    )
+    return (
+        sa.select(sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states), ~other_stage)
+        .scalar_subquery()
+    )
+
+
+def _search_done(name: str) -> sa.ColumnElement[bool]:
+    """The search's ``n_trials`` have finished (complete or pruned) and no trial runs."""
+    return sa.and_(
+        SearchStudy.claimed >= SearchStudy.n_trials,
+        _search_trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
+        _trials_of(name, "RUNNING") == 0,
+    )
+
+
+def begin_confirmation(factory: sessionmaker[Session], study_id: int, name: str) -> bool:
+    """Move a study whose search is done from running to confirming; True for the one caller that did.
+
+    ``confirm_trials`` stays 0, so no slot can be claimed until :func:`open_confirmation` (the
+    caller enqueues the plan first). ``last_claim_at`` marks the move for :func:`resume_confirmation`.
+    """
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status.in_((StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)),
+                _search_done(name),
+            )
+            .values(status=StudyStatus.CONFIRMING, confirm_trials=0, last_claim_at=utc_now())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_period_s: float) -> bool:
+    """Take over enqueueing a plan whose worker died half-way (confirming, no slot opened, quiet for the
+    grace period); True for the one caller that did (it enqueues what is missing, then opens the slots)."""
+    now = utc_now()
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status == StudyStatus.CONFIRMING.value,
+                SearchStudy.confirm_trials == 0,
+                sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < now - dt.timedelta(seconds=grace_period_s)),
+            )
+            .values(last_claim_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def open_confirmation(factory: sessionmaker[Session], study_id: int, planned: int) -> None:
+    """The plan is enqueued: open its ``planned`` slots (an empty plan completes the study)."""
+    values: dict[str, Any] = {"confirm_trials": planned} if planned else {"status": StudyStatus.COMPLETED, "finished_at": utc_now()}
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == study_id, SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def has_waiting_trials(session: Session, name: str) -> bool:
+    """Whether the study has a trial queued to run (a confirmation repeat, or a retry)."""
+    return bool(session.scalar(sa.select(_trials_of(name, "WAITING"))))
+
+
+def record_leader(
+    factory: sessionmaker[Session], study_id: int, read_trials: Any, confirm: Any
+) -> bool:
+    """Bring the best-config history up to date after a trial completed; True when the leader changed.
+
+    Under the study's row lock, ``read_trials()`` (the Optuna study's trials, read after the lock is
+    taken so that the last writer saw every finished run) is summarized by
+    :func:`service.confirmation.summarize`. A new row is appended when the leader (the config of the
+    highest mean; during the search, the highest single value, so a row when it strictly improves)
+    differs from the last row's; otherwise the last row's value (the mean) and summary are updated.
+    """
+    from service.confirmation import summarize
+
+    with session_scope(factory) as session:
+        if not _lock_study(session, study_id):
+            return False
+        trials = list(read_trials())
+        summary = summarize(trials, confirm)
+        if summary is None:
+            return False
+        best = summary.best
+        data = summary.model_dump(mode="json")
+        last = best_record(session, study_id)
+        if last is not None and last.trial_number == best.trial_number:
+            last.value, last.summary = float(best.mean), data
+            return False
+        train_size = next((trial.user_attrs.get("train_size") for trial in trials if trial.number == best.trial_number), None)
+        session.add(BestConfigRecord(study_id=study_id, trial_number=best.trial_number, value=float(best.mean),
+                                     params=dict(best.params), train_size=train_size, summary=data, created_at=utc_now()))
+        return True
 
 
 # --------------------------------------------------------------------------------------------------
