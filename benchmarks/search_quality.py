@@ -187,6 +187,10 @@ def service_confirms() -> bool:
     return "confirm" in StudySpec.model_fields
 
 
+def _no_confirm() -> dict[str, Any]:
+    return {"confirm": {"top_k": 0}} if service_confirms() else {}
+
+
 def run_search(lab: Lab, args: argparse.Namespace, data_dir: Path, pruner: str) -> dict[str, Any]:
     """The study: search, then confirmation (the service's, or this script's paired repeats). Returns the
     search and confirmation trials, the :class:`~service.confirmation.Confirmation` and the compute."""
@@ -206,13 +210,13 @@ def run_search(lab: Lab, args: argparse.Namespace, data_dir: Path, pruner: str) 
     search_spec = lab.spec(
         name=name,
         n_trials=args.trials,
-        pruner="median",
+        pruner=pruner if with_service else "median",
         sampler="tpe",
         **recipe,
         **({"confirm": confirm.model_dump()} if with_service else {}),
     )
     lab.submit(search_spec)
-    search_wall = lab.work(data_dir, pruner)
+    search_wall = lab.work(data_dir, "median" if with_service else pruner)  # the spec names the pruner
     trials = lab.trials(name)
     confirm_wall = 0.0
     if with_service:
@@ -221,6 +225,11 @@ def run_search(lab: Lab, args: argparse.Namespace, data_dir: Path, pruner: str) 
         confirmation_trials = [trial for trial in trials if is_confirmation(trial)]
         search_trials = [trial for trial in trials if not is_confirmation(trial)]
         source = "service"
+        if confirmation_trials:  # the stage starts when the search's last trial ends
+            stage_start = max(trial.datetime_complete for trial in search_trials if trial.datetime_complete)
+            stage_end = max(trial.datetime_complete for trial in confirmation_trials if trial.datetime_complete)
+            confirm_wall = max(0.0, (stage_end - stage_start).total_seconds())
+            search_wall -= confirm_wall
     else:
         search_trials = trials
         plan = confirmation_plan(search_trials, confirm, args.seed)
@@ -231,7 +240,7 @@ def run_search(lab: Lab, args: argparse.Namespace, data_dir: Path, pruner: str) 
                 continue
             repeat_name = f"{name}-confirm-{repeat}"
             lab.submit(
-                lab.spec(name=repeat_name, n_trials=len(items), pruner="none", sampler="random",
+                lab.spec(name=repeat_name, n_trials=len(items), pruner="none", sampler="random", **_no_confirm(),
                          **{**recipe, "seed": repeat_seed(args.seed, repeat)}),
                 [(item.params, item.user_attrs) for item in items],
             )
@@ -258,7 +267,7 @@ def run_search(lab: Lab, args: argparse.Namespace, data_dir: Path, pruner: str) 
             "confirmation_runs": {
                 "trials": len(confirmation_trials),
                 "epochs_run": epochs_run(confirmation_trials),
-                "wall_s": round(confirm_wall, 1) if source == "benchmark" else None,
+                "wall_s": round(confirm_wall, 1),
             },
             "best": summary.model_dump(mode="json") if summary is not None else None,
         },
@@ -391,10 +400,10 @@ def part_c(lab: Lab, search: dict[str, Any], args: argparse.Namespace, data_dir:
         return {**out, "rerun": [], "beat_best_first_value": 0, "beat_best_mean": 0}
     name = f"{search['name']}-regret"
     lab.submit(
-        lab.spec(name=name, n_trials=len(pruned), pruner="none", sampler="random", model="baseline", width=args.width,
+        lab.spec(name=name, n_trials=len(pruned), pruner="none", sampler="random", confirm={"top_k": 0}, model="baseline", width=args.width,
                  epochs=args.epochs, batch_size=args.batch_size,
                  data={"train_size": None, "val_fraction": args.val_fraction}, seed=args.seed),
-        [(dict(trial.params), {"stage": "regret", "reruns": trial.number}) for trial in pruned],
+        [(dict(trial.params), {"stage": "enqueued", "reruns": trial.number}) for trial in pruned],
     )
     wall = lab.work(data_dir)
     reruns = []
