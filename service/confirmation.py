@@ -60,6 +60,7 @@ __all__ = [
     "SEED_STRIDE",
     "STAGE_ATTR",
     "TEST_DESCRIPTION",
+    "best_fields",
     "ConfigResult",
     "ConfirmSpec",
     "Confirmation",
@@ -460,3 +461,18 @@ def summarize(
         candidates=results,
         alpha=alpha,
     )
+
+
+def best_fields(summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The uncertainty fields of the best-config JSON (:class:`trainer.BestConfig`) from a stored
+    :class:`Confirmation` (``summary`` of a best-config row); empty for rows written before it existed."""
+    if not summary:
+        return {}
+    best = summary["best"]
+    return {
+        "confirmed": summary["confirmed"],
+        **{key: best[key] for key in ("mean", "std", "n", "ci_low", "ci_high", "confidence", "first_value")},
+        "ties": list(summary.get("ties", [])),
+        "robust_ranges": dict(summary.get("robust_ranges", {})),
+        "test": summary.get("test"),
+    }

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
-from service.confirmation import Confirmation, ConfirmSpec
+from service.confirmation import ConfirmSpec
 from service.models import StudyStatus
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
 
@@ -158,18 +158,24 @@ class TrialCounts(BaseModel):
 
 
 class BestSummary(BaseModel):
-    value: float
+    value: float = Field(description="Mean over the config's runs (its single value while it has one).")
     metric: str = "val_accuracy"
     trial_number: int
     params: dict[str, float]
     best_since: dt.datetime
+    n: int | None = Field(None, description="Runs behind value (search trial plus confirmation repeats).")
+    ci_low: float | None = Field(None, description="95% confidence interval of the mean (null with one run).")
+    ci_high: float | None = None
+    confirmed: bool | None = Field(None, description="False for the current leader until confirmation has finished.")
 
 
 class StudyOut(BaseModel):
     name: str
     status: StudyStatus
     n_trials: int
-    trials_finished: int = Field(description="Complete plus pruned trials (the ones that count towards n_trials).")
+    trials_finished: int = Field(description="Complete plus pruned search trials (the ones that count towards n_trials).")
+    confirm_trials: int = Field(0, description="Confirmation trials planned when the search ended (0 before, and when off).")
+    confirm_finished: int = Field(0, description="Confirmation trials completed (status confirming while they run).")
     counts: TrialCounts
     best: BestSummary | None
     error: str | None = None

@@ -406,6 +406,25 @@ def _search_trials_of(name: str, *states: str) -> sa.Select:
     )
 
 
+def _confirm_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's confirmation repeats (stage "confirm") in ``states``."""
+    import json
+
+    confirm = sa.exists(
+        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_id).where(
+            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == "stage",
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps("confirm"),
+        )
+    )
+    return (
+        sa.select(sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states), confirm)
+        .scalar_subquery()
+    )
+
+
 def _search_done(name: str) -> sa.ColumnElement[bool]:
     """The search's ``n_trials`` have finished (complete or pruned) and no trial runs."""
     return sa.and_(
@@ -515,17 +534,26 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
         name=row.name,
         status=row.status,
         n_trials=row.n_trials,
-        trials_finished=counts.complete + counts.pruned,
+        trials_finished=session.scalar(sa.select(_search_trials_of(row.name, "COMPLETE", "PRUNED"))) or 0,
+        confirm_finished=session.scalar(sa.select(_confirm_trials_of(row.name, "COMPLETE"))) or 0,
         counts=counts,
-        best=None
-        if best is None
-        else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
+        confirm_trials=row.confirm_trials or 0,
+        best=None if best is None else _best_summary(best),
         error=row.error,
         spec=StudySpec.model_validate(row.spec),
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
         links=_links(session, row.name),
+    )
+
+
+def _best_summary(record: BestConfigRecord) -> BestSummary:
+    stats = (record.summary or {}).get("best", {})
+    return BestSummary(
+        value=record.value, trial_number=record.trial_number, params=record.params, best_since=as_utc(record.created_at),
+        n=stats.get("n"), ci_low=stats.get("ci_low"), ci_high=stats.get("ci_high"),
+        confirmed=(record.summary or {}).get("confirmed"),
     )
 
 

@@ -160,6 +160,10 @@ def _best(args) -> int:
     print(f"  params: {params}")
     print(f"  keras:  {keras_values}")
     print(f"  model {best['model']} width {best['width']}, trained on {best['train_size']} images, {best['epochs']} epochs")
+    from trainer import BestConfig
+
+    for line in BestConfig.model_validate(best).uncertainty_lines():
+        print(f"  {line}")
     return 0
 
 

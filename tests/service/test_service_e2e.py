@@ -24,7 +24,7 @@ from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spaw
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 300}}
+SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 300}, "confirm": {"top_k": 0}}
 ARTIFACTS = ROOT / "artifacts"
 
 
@@ -87,7 +87,7 @@ def service(tmp_path_factory):
 
 def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_path):
     spec_file = tmp_path / "study.yaml"
-    spec_file.write_text("name: e2e-demo\nn_trials: 3\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ndata:\n  train_size: 300\n")
+    spec_file.write_text("name: e2e-demo\nn_trials: 3\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ndata:\n  train_size: 300\nconfirm:\n  top_k: 0\n")
     submitted = service.cli("submit", str(spec_file))
     assert submitted.returncode == 0, submitted.stderr
     assert "study e2e-demo submitted" in submitted.stdout

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
 from service import studies
+from service.confirmation import best_fields
 from service.api.deps import SessionDep, SessionFactoryDep, SettingsDep, StorageDep
 from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
@@ -69,13 +70,15 @@ def list_trials(name: str, session: SessionDep, storage: StorageDep) -> TrialLis
 
 
 def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
-    """The study's recipe and its best regularization so far, or None before any trial completes."""
+    """The study's recipe and its best regularization so far (with its mean, interval, ties and robust
+    ranges; ``confirmed`` false while confirmation runs), or None before any trial completes."""
     record = studies.best_record(session, row.id)
     if record is None:
         return None
     spec = StudySpec.model_validate(row.spec)
     return BestConfigOut(
         **spec.recipe().model_dump(),
+        **best_fields(record.summary),
         params=record.params,
         study=row.name,
         trial_number=record.trial_number,
