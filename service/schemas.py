@@ -205,6 +205,9 @@ class TrialOut(TrialMetrics):
     retry_of: int | None = Field(None, description="Number of the failed trial this one re-runs with the same params.")
     fail_reason: str | None = None
     worker: str | None = None
+    stage: str | None = Field(None, description="Null for a search trial; 'confirm' for a confirmation repeat.")
+    confirms: int | None = Field(None, description="A confirmation repeat: the search trial whose config it re-trains.")
+    repeat: int | None = Field(None, description="A confirmation repeat: its number (1..repeats); its seed is the repeat's.")
 
 
 class TrialList(BaseModel):

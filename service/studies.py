@@ -598,6 +598,9 @@ def _trial_out(trial: Any) -> TrialOut:
         retry_of=retry_of(trial),
         fail_reason=attrs.get("fail_reason"),
         worker=attrs.get("worker"),
+        stage=attrs.get("stage"),
+        confirms=attrs.get("confirms"),
+        repeat=attrs.get("repeat"),
     )
 
 

@@ -132,6 +132,36 @@ def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_p
     assert "e2e-demo" in listing.stdout and "completed" in listing.stdout
 
 
+def test_study_with_confirmation_answers_with_mean_interval_ties_and_ranges(service):
+    """A real study with its confirmation stage over HTTP: the top configs re-trained (real networks, another
+    validation split per repeat), the best with its mean, interval, ties and robust ranges."""
+    spec = {"name": "e2e-confirm", "n_trials": 3, **SMALL, "pruner": "none", "confirm": {"top_k": 2, "repeats": 1}}
+    assert service.post("/v1/studies", json=spec).status_code == 201
+    study = service.wait_status("e2e-confirm", ("completed", "failed", "stopped"), timeout=300)
+    assert study["status"] == "completed", service.logs()
+    assert (study["trials_finished"], study["confirm_trials"], study["confirm_finished"]) == (3, 2, 2)
+
+    trials = service.get("/v1/studies/e2e-confirm/trials").json()["trials"]
+    search = [trial for trial in trials if trial["stage"] is None]
+    repeats = [trial for trial in trials if trial["stage"] == "confirm"]
+    assert len(search) == 3 and len(repeats) == 2 and all(trial["state"] == "complete" for trial in trials)
+    top2 = sorted(search, key=lambda trial: -trial["value"])[:2]
+    assert sorted(trial["confirms"] for trial in repeats) == sorted(trial["number"] for trial in top2)
+    assert all(trial["repeat"] == 1 and len(trial["intermediate_values"]) == 1 for trial in repeats)
+
+    best = service.get("/v1/studies/e2e-confirm/best").json()
+    runs = {t["number"]: [t["value"]] + [r["value"] for r in repeats if r["confirms"] == t["number"]] for t in top2}
+    means = {number: sum(values) / 2 for number, values in runs.items()}
+    assert means[best["trial_number"]] == pytest.approx(max(means.values()))  # the highest mean
+    assert best["confirmed"] is True and best["n"] == 2 and best["mean"] == pytest.approx(means[best["trial_number"]])
+    assert best["ci_low"] <= best["mean"] <= best["ci_high"] and best["value"] == pytest.approx(best["mean"])
+    assert best["first_value"] == pytest.approx(runs[best["trial_number"]][0])
+    assert set(best["robust_ranges"]) == set(best["params"]) and "paired t-test" in best["test"]
+    assert study["best"]["confirmed"] is True and study["best"]["n"] == 2
+    shown = service.cli("best", "e2e-confirm")
+    assert shown.returncode == 0 and f"mean {best['mean']:.4f} over 2 run(s)" in shown.stdout and "confirmed" in shown.stdout
+
+
 def test_cli_errors_are_one_line(service):
     unknown = service.cli("best", "ghost")
     assert unknown.returncode == 1
