@@ -11,11 +11,13 @@ heartbeats guard it:
    slot back; ``ask`` then hands out a re-queued trial before sampling a new point. Every epoch
    reports validation accuracy to the pruner and checks whether the study was stopped or deleted,
    so a stop takes effect within one epoch.
-3. **Settle** (:func:`service.objective.settle`): a complete trial may become the best (a
-   best-config row); a failed one is re-queued by the same callback (up to ``max_retries`` times)
-   and gives its slot back; the study is marked completed once ``n_trials`` trials finished.
-4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): fail trials of
-   dead workers, reclaim slots no trial holds, complete the study if done.
+3. **Settle** (:func:`service.objective.settle`): a complete trial updates the best-config history
+   (a row when the leader changes); a failed one is re-queued by the same callback (up to
+   ``max_retries`` times) and gives its slot back; the study moves on once ``n_trials`` search trials
+   finished (:mod:`service.stages`: the confirmation stage re-trains the top configs, then the study
+   completes).
+4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
+   if due, fail trials of dead workers, reclaim slots no trial holds.
 
 The worker keeps one Optuna ``Study`` per active study and re-seeds its sampler per trial, so
 Optuna's trial cache survives between trials: the per-trial cost stays flat as the study grows.
