@@ -2,7 +2,7 @@
 
 The invariants live here: one row per study name (identical re-submissions return it), the
 trial-slot counter that keeps every study at or under ``n_trials`` whatever the number of workers,
-the status transitions, and the best-config history (a row only when the best strictly improves).
+the status transitions, and the best-config history (a row when the leader changes: see :class:`~service.models.BestConfigRecord`).
 The routes answer with :func:`study_out` and :func:`trials_out`.
 """
 
