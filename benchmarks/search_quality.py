@@ -31,15 +31,17 @@ Parts (``--parts``, default all):
 (d) **carry-over.** The best of the study on N = ``--train-size`` images retrained on 2N and 4N images
     with and without the n_study/n_full rescale of the weight decay, ``--seeds`` seeds each, same epochs.
 
-Confirmation: when the worker has the confirmation stage (``StudySpec`` has a ``confirm`` field), the
-study runs it and :func:`service.confirmation.summarize` reads the study's trials
-(``"confirmation": "service"`` in the results). Until then this script runs the same paired repeats
-itself (``"confirmation": "benchmark"``): repeat r of the top ``--top-k`` configs is a study of its own
-whose seed is ``repeat_seed(seed, r)``, with the configs enqueued, pruning off, through the same worker.
+Confirmation: the study runs its own confirmation stage (``confirm: {top_k, repeats}`` in the spec) and
+:func:`service.confirmation.summarize` reads the study's trials (``"confirmation": "service"`` in the
+results). (On a build without the stage the script runs the same paired repeats itself, ``"benchmark"``.)
+``--pruners median fair`` runs the second search with the spec's ``pruner: "fair"``.
 
     python benchmarks/search_quality.py                       # full run (about 45 min here), writes results/search_quality.json
     python benchmarks/search_quality.py --smoke               # tiny sizes, minutes: proves the script runs
     python benchmarks/search_quality.py --parts d --output benchmarks/results/search_quality_carryover.json
+
+The recorded full run (``benchmarks/results/search_quality.json``, docs/benchmarks.md) used ``--train-size
+2000 --test-size 2000 --width 0.5 --trials 16 --epochs 10 --pruners median fair``: about 60 minutes here.
 
 Scaled down from the issue's sizes (5,000 images, width 0.5, 20 trials, 15 epochs; a study on 2,500
 retrained on 5,000 and 10,000 for (d)) to fit this shared 2-core machine in about 45 minutes: 2,500
