@@ -110,7 +110,14 @@ def _submit(args) -> int:
 def _best_text(best: dict[str, Any] | None) -> str:
     if not best:
         return "best -"
-    return f"best {best['value']:.4f} (#{best['trial_number']})"
+    text = f"best {best['value']:.4f} (#{best['trial_number']})"
+    if best.get("n") and best["n"] > 1:
+        text += f" mean of {best['n']}"
+        if best.get("ci_low") is not None:
+            text += f" [{best['ci_low']:.4f}, {best['ci_high']:.4f}]"
+    if best.get("confirmed") is False and best.get("n", 1) > 1:
+        text += " unconfirmed"
+    return text
 
 
 def _watch_study(client, name: str, interval: float) -> int:
@@ -129,7 +136,8 @@ def _watch_study(client, name: str, interval: float) -> int:
             study = _call(client.study, name)
     finally:
         bar.close()
-    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials, {_best_text(study['best'])}"
+    confirmed = f", {study.get('confirm_finished', 0)}/{study['confirm_trials']} confirmation trials" if study.get("confirm_trials") else ""
+    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials{confirmed}, {_best_text(study['best'])}"
           + (f" - {study['error']}" if study["status"] == "failed" and study.get("error") else ""))
     return 1 if study["status"] == "failed" else 0
 
