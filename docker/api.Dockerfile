@@ -25,8 +25,12 @@ RUN pip install --no-deps . \
 
 # Run as an unprivileged user: the API needs no write access to the image.
 # The uid/gid are numeric so that Kubernetes' runAsNonRoot can check them (deploy/kubernetes/ pins 10001).
+# /artifacts is where docker-compose.yml mounts the shared model store (REGSEARCH_ARTIFACT_URL): a fresh
+# named volume takes this directory's owner, so uid 10001 can write it (the same in the worker image).
 RUN groupadd --gid 10001 regsearch \
- && useradd --create-home --uid 10001 --gid 10001 regsearch
+ && useradd --create-home --uid 10001 --gid 10001 regsearch \
+ && mkdir -p /artifacts \
+ && chown regsearch:regsearch /artifacts
 USER 10001:10001
 
 EXPOSE 8000 8080

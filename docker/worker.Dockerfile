@@ -35,11 +35,12 @@ RUN python3 -m pip install --no-deps . \
  && python3 -c "import tensorflow as tf, keras; print('tensorflow', tf.__version__, 'keras', keras.__version__)"
 
 # Run as an unprivileged user (the same uid as the API image, which the Kubernetes manifests pin);
-# ~/.keras is where keras.datasets caches CIFAR-10 when REGSEARCH_DATA_DIR is unset.
+# ~/.keras is where keras.datasets caches CIFAR-10 when REGSEARCH_DATA_DIR is unset; /artifacts is the
+# shared model store's mount point (owned by the user so that a fresh named volume is writable).
 RUN groupadd --gid 10001 regsearch \
  && useradd --create-home --uid 10001 --gid 10001 regsearch \
- && mkdir -p /home/regsearch/.keras \
- && chown regsearch:regsearch /home/regsearch/.keras
+ && mkdir -p /home/regsearch/.keras /artifacts \
+ && chown regsearch:regsearch /home/regsearch/.keras /artifacts
 USER 10001:10001
 
 ENTRYPOINT ["/app/docker/entrypoint.sh"]

@@ -1,4 +1,4 @@
-"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies``)."""
+"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ClientError", "RegsearchClient", "error_message"]
+__all__ = ["ClientError", "RegsearchClient", "error_message", "find_token"]
 
 
 class ClientError(Exception):
@@ -34,14 +34,30 @@ def error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}"
 
 
+def find_token() -> str | None:
+    """The token to send: ``REGSEARCH_TOKEN``, else the token file (``REGSEARCH_TOKEN_FILE``) if readable."""
+    from service.config import get_settings
+    from service.tokens import read_token_file
+
+    settings = get_settings()
+    return settings.token or read_token_file(settings.token_file)
+
+
 class RegsearchClient:
-    def __init__(self, url: str | None = None, timeout: float = 30.0) -> None:
+    """``token``: sent as ``Authorization: Bearer``; default :func:`find_token`."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0, token: str | None = None) -> None:
         if url is None:
             from service.config import get_settings
 
             url = get_settings().url
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        token = token or find_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        except httpx.InvalidURL as error:
+            raise ClientError(f"bad server URL {url!r} ({error}); expected e.g. http://127.0.0.1:8000") from None
 
     def close(self) -> None:
         self._http.close()
@@ -57,8 +73,21 @@ class RegsearchClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
             raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
+            raise ClientError(f"bad request URL {self.url}{path} ({error})") from None
         if response.status_code >= 400:
-            raise ClientError(error_message(response), response.status_code)
+            message = error_message(response)
+            if response.status_code in (401, 403):
+                message += " (set REGSEARCH_TOKEN to a token of enough scope: regsearch token create --scope write)"
+            raise ClientError(message, response.status_code)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            try:
+                response.json()
+            except ValueError:
+                raise ClientError(f"the server at {self.url} answered {path} with malformed JSON") from None
+        elif path.startswith("/v1/") and "format=python" not in str(response.request.url) or path == "/healthz":
+            raise ClientError(f"{self.url} does not look like a regsearch server (it answered {path} with "
+                              f"{response.headers.get('content-type') or 'no content type'}, not JSON)")
         return response
 
     def health(self) -> dict[str, Any]:
@@ -82,6 +111,29 @@ class RegsearchClient:
         """The best config: a dict for json and keras, the snippet's text for python."""
         response = self._request("GET", f"/v1/studies/{name}/best", params={"format": output_format})
         return response.text if output_format == "python" else response.json()
+
+    # -- issue 11 --
+    def export_trials(self, name: str, output_format: str, out) -> None:
+        """Stream ``GET /trials?format=csv|json`` into the text file object ``out``."""
+        try:
+            with self._http.stream("GET", f"/v1/studies/{name}/trials", params={"format": output_format}) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ClientError(error_message(response), response.status_code)
+                for chunk in response.iter_text():
+                    out.write(chunk)
+        except httpx.TransportError as error:
+            raise ClientError(f"cannot reach the regsearch server at {self.url} ({error.__class__.__name__}: {error})") from None
+
+    def best_model(self, name: str, path: str) -> dict[str, str]:
+        """Download the best trial's ``.keras`` file to ``path``; return the response headers."""
+        response = self._request("GET", f"/v1/studies/{name}/best/model")
+        with open(path, "wb") as file:
+            file.write(response.content)
+        return dict(response.headers)
+
+    def importance(self, name: str, evaluator: str = "ped-anova") -> dict[str, Any]:
+        return self._request("GET", f"/v1/studies/{name}/importance", params={"evaluator": evaluator}).json()
 
     def stop(self, name: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/studies/{name}/stop").json()

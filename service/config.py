@@ -7,17 +7,25 @@ variables, so a container or a test configures the whole system by setting envir
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["Settings", "artifact_location", "default_token_file", "get_settings", "settings_table"]
+
+
+def default_token_file() -> str:
+    """``$XDG_CONFIG_HOME/regsearch/token`` (``~/.config/regsearch/token``): per user, on this machine."""
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return str(Path(config_home) / "regsearch" / "token")
 
 
 class Settings(BaseSettings):
-    """Environment-driven settings. ``REGSEARCH_DATABASE_URL`` etc.; see README.md, "Settings"."""
+    """Environment-driven settings, each declared once here; docs/settings.md shows :func:`settings_table`."""
 
-    model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="REGSEARCH_", extra="ignore", hide_input_in_errors=True)  # no secret in a log
 
     database_url: str = Field(
         "sqlite:///regsearch.db",
@@ -25,12 +33,21 @@ class Settings(BaseSettings):
         "(e.g. postgresql+psycopg://user@host:5432/regsearch).",
     )
     data_dir: str | None = Field(
-        None, description="CIFAR-10 directory in the official layout; unset: keras.datasets downloads it."
+        None, description="CIFAR-10 in the official layout (cifar-10-batches-py/ or cifar-10-python.tar.gz); unset: "
+        "keras.datasets downloads it. `make run` sets it to the shipped subset tests/data."
     )
+    artifact_url: str | None = Field(
+        None,
+        description="Where the best trials' models are kept (Optuna's artifact store): a directory, file:///dir or "
+        "s3://bucket/prefix (any S3-compatible service: boto3 reads AWS_ENDPOINT_URL and the usual credentials). Unset: "
+        "regsearch-artifacts/ next to a SQLite database file, else under the working directory. The API and every worker "
+        "must see the same store: with workers on several machines, use S3 or a shared volume.",
+    )
+
     host: str = Field("127.0.0.1", description="Address `regsearch serve` binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port `regsearch serve` listens on.")
-    max_trials: int = Field(1000, ge=1, description="Cap on a study's n_trials.")
-    url: str = Field("http://127.0.0.1:8000", description="Server URL the command-line client talks to.")
+    max_trials: int = Field(1000, ge=1, description="Cap on a study's n_trials (422 above it).")
+    url: str = Field("http://127.0.0.1:8000", description="Server URL the command-line client talks to (--url overrides it).")
 
     # Workers and fault tolerance.
     poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker waits before looking for work again.")
@@ -48,10 +65,85 @@ class Settings(BaseSettings):
     db_retry_max_s: float = Field(
         30.0, gt=0, description="Longest back-off between a worker's attempts while the database is unreachable."
     )
-    sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers.")
+    sqlite_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite busy timeout for concurrent writers (SQLite runs in WAL mode).")
+    db_pool_size: int = Field(
+        40, ge=1, description="Connections each engine keeps open; the API serves up to 40 requests at once "
+        "(its thread pool), so this matches it and no request waits for a connection."
+    )
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections an engine may open beyond db_pool_size.")
+
+    # Trust (docs/security.md).
+    auth: bool = Field(
+        True, description="Require a bearer token on the API and the dashboard (read scope to read, write to change); "
+        "false only for a trusted loopback setup."
+    )
+    token: str | None = Field(None, description="The token the command-line client and load_best send (REGSEARCH_TOKEN).")
+    token_file: str = Field(
+        default_factory=default_token_file,
+        description="Where the first start writes its admin token (mode 0600), and where the client looks for one.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="An admin token to install when the database has no token yet (e.g. from the Kubernetes "
+        "Secret regsearch-admin-token): `regsearch migrate` and the API store only its hash, log nothing of it, and "
+        "write no token file. At least 24 characters; ignored once any token exists.",
+    )
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a token. Only where the API's port is reachable by the scraper "
+        "alone (docs/kubernetes.md, \"Metrics\"); otherwise a scrape needs a read token like every read.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond it).")
+    auth_cache_s: float = Field(
+        2.0, ge=0, description="Seconds the API trusts a token it has checked (a revoked token stops working within twice this)."
+    )
+    read_cache_s: float = Field(
+        1.0, ge=0, description="Seconds GET /v1/studies/NAME and .../best answers are served from memory "
+        "(writes through the same process clear them at once; 0: off)."
+    )
+    migrate_on_start: bool = Field(
+        True, description="`regsearch serve`, `worker` and `dashboard` apply the migrations when they start (one machine). "
+        "False where a migration job runs first and the processes log in as roles without DDL (deploy/kubernetes, "
+        "docker-compose.yml).",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        token = value.get_secret_value()
+        if len(token) < 24 or len(token) > 256 or not token.isascii() or any(char.isspace() for char in token):
+            raise ValueError("must be 24 to 256 ASCII characters without spaces (e.g. `openssl rand -base64 32`)")
+        return value
 
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings (cached; tests that change the environment call ``get_settings.cache_clear()``)."""
     return Settings()
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting, derived from :class:`Settings` (docs/settings.md embeds it)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is default_token_file:
+            default = "`~/.config/regsearch/token` (under `$XDG_CONFIG_HOME` when set)"
+        else:
+            default = "unset" if field.default is None else f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
+        rows.append(f"| `REGSEARCH_{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def artifact_location(settings: Settings) -> str:
+    """``settings.artifact_url``, or its default: ``regsearch-artifacts/`` beside a SQLite database file, else in
+    the working directory (the API and the workers must share it: set ``REGSEARCH_ARTIFACT_URL`` when they run apart)."""
+    if settings.artifact_url:
+        return settings.artifact_url
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        return str(Path(url.database).resolve().parent / "regsearch-artifacts")
+    return str(Path.cwd() / "regsearch-artifacts")

@@ -51,7 +51,6 @@ from scipy import stats
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
-    "CANDIDATE_STAGES",
     "CONFIRM_STAGE",
     "CONFIRMS_ATTR",
     "REPEAT_ATTR",
@@ -147,25 +146,21 @@ def is_confirmation(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get(STAGE_ATTR) == CONFIRM_STAGE
 
 
-#: Stages whose complete trials may be picked (the study's reference config and user-enqueued configs are
-#: search trials; imported warm-start trials and confirmation runs are not).
-CANDIDATE_STAGES = (None, SEARCH_STAGE, "reference", "enqueued")
 REFERENCE_STAGE = "reference"
 
 
-def _feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    """Optuna's constraint values (``constraints`` system attribute), all <= 0; no constraints: feasible."""
-    constraints = trial.system_attrs.get("constraints")
-    return constraints is None or all(float(value) <= 0 for value in constraints)
-
-
 def _candidate(trial: optuna.trial.FrozenTrial) -> bool:
+    """A complete, finite, feasible *search* trial (the one counting rule,
+    :func:`service.studies.is_search_trial`: imported warm-start trials and confirmation runs are not)."""
+    from service.features import is_feasible  # Optuna's constraints (max_gap): the one feasibility rule
+    from service.studies import is_search_trial  # (service.studies imports this module)
+
     return (
         trial.state == _FINISHED_OK
-        and trial.user_attrs.get(STAGE_ATTR) in CANDIDATE_STAGES
+        and is_search_trial(trial)
         and trial.value is not None
         and math.isfinite(trial.value)
-        and _feasible(trial)
+        and is_feasible(trial)
     )
 
 

@@ -32,7 +32,10 @@ __all__ = [
     "session_scope",
     "trial_state_counts",
     "OPTUNA_STUDIES",
+    "OPTUNA_STUDY_SYSTEM_ATTRS",
     "OPTUNA_TRIALS",
+    "OPTUNA_TRIAL_USER_ATTRS",
+    "OPTUNA_TRIAL_VALUES",
     "VERSION_TABLE",
 ]
 
@@ -50,6 +53,11 @@ OPTUNA_TRIALS = sa.table(
     "trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"),
     sa.column("datetime_complete", sa.DateTime),  # Optuna writes naive local time
 )
+OPTUNA_TRIAL_USER_ATTRS = sa.table(
+    "trial_user_attributes", sa.column("trial_user_attribute_id"), sa.column("trial_id"), sa.column("key"), sa.column("value_json")
+)
+OPTUNA_TRIAL_VALUES = sa.table("trial_values", sa.column("trial_id"), sa.column("objective"), sa.column("value", sa.Float))
+OPTUNA_STUDY_SYSTEM_ATTRS = sa.table("study_system_attributes", sa.column("study_id"), sa.column("key"), sa.column("value_json"))
 
 
 def is_sqlite(url: str) -> bool:
@@ -59,6 +67,7 @@ def is_sqlite(url: str) -> bool:
 def engine_kwargs(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for every engine on ``settings.database_url`` (ours and Optuna's)."""
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)  # sized to the API's threads
     if is_sqlite(settings.database_url):
         kwargs["connect_args"] = {"timeout": settings.sqlite_busy_timeout_s}
     return kwargs
@@ -194,6 +203,11 @@ def _upgrade(engine: sa.Engine, settings: Settings) -> str:
             command.upgrade(_alembic_config(connection), "head")
             connection.commit()
             optuna_storage(settings, create_tables=True).engine.dispose()
+            if postgres:  # the roles' grants cover Optuna's tables too, created just now on a fresh database
+                from service.migrations.roles import apply_grants
+
+                apply_grants(connection)
+                connection.commit()
             revision = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
         finally:
             if postgres:

@@ -38,10 +38,19 @@ def utc_now() -> dt.datetime:
 
 
 def as_utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; everything the service writes is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.timezone.utc)
+    """In UTC: naive datetimes (SQLite hands them back) are UTC, as everything the service writes;
+    aware ones (PostgreSQL's, in the session's time zone) are converted."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def iso_utc(value: dt.datetime) -> str:
+    """The one format of every timestamp regsearch shows: ISO 8601 in UTC, microseconds, ``Z``
+    (``2026-11-25T21:58:30.123456Z``)."""
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # type: ignore[union-attr]
 
 
 class Base(DeclarativeBase):

@@ -18,7 +18,7 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import stages, studies
+from service import features, stages, studies
 from service._optuna import METRIC, distributions
 from service.confirmation import CONFIRM_STAGE, SEED_ATTR, STAGE_ATTR
 from service.models import ACTIVE_STATUSES, SearchStudy, StudyStatus
@@ -32,18 +32,11 @@ __all__ = ["NothingToConfirm", "Objective", "StudyStopped", "TrainFunction", "Wo
 log = logging.getLogger(__name__)
 
 #: ``train(spec, config, on_epoch_end) -> metrics``: :class:`TrialMetrics` (or a mapping of its
-#: fields) with at least ``val_accuracy``. A confirmation repeat calls ``train(spec, config,
-#: on_epoch_end, seed=s)``: same training pool (``spec.seed``), validation split, data order and
+#: fields) with at least ``val_accuracy``, or a :class:`trainer.TrainResult` (its ``metrics()``;
+#: its ``model`` is stored when the trial becomes the best). A confirmation repeat calls ``train(spec,
+#: config, on_epoch_end, seed=s)``: same training pool (``spec.seed``), validation split, data order and
 #: initialisation seeded by ``s``.
 TrainFunction = Callable[..., TrialMetrics | Mapping[str, Any]]
-
-#: Stages whose trials are never pruned (they run to the full epoch budget).
-UNPRUNED_STAGES = ("reference", CONFIRM_STAGE)
-
-
-def _prunable(trial: optuna.Trial) -> bool:
-    """Whether the pruner may stop ``trial``: not the reference config, not a confirmation repeat."""
-    return trial.user_attrs.get(STAGE_ATTR) not in UNPRUNED_STAGES
 
 
 class NothingToConfirm(Exception):
@@ -68,10 +61,11 @@ class Objective:
 
     def __init__(
         self, train: TrainFunction, factory: sessionmaker[Session], row: SearchStudy, spec: StudySpec,
-        worker: str, shutdown: threading.Event,
+        worker: str, shutdown: threading.Event, *, artifact_store: Any = None,
     ) -> None:
         self.train, self.factory, self.row, self.spec = train, factory, row, spec
         self.worker, self.shutdown = worker, shutdown
+        self.artifact_store = artifact_store
         self.trial_id: int | None = None
         self.finished_here = False
 
@@ -103,18 +97,46 @@ class Objective:
             trial.set_user_attr("fail_reason", "error")
             trial.set_user_attr("error", f"{error.__class__.__name__}: {error}"[:2000])
             raise
-        metrics = TrialMetrics.model_validate(result)
+        metrics = result.metrics() if callable(getattr(result, "metrics", None)) else TrialMetrics.model_validate(result)
         for name in TrialMetrics.model_fields:
             value = getattr(metrics, name)
             if value is not None and math.isfinite(value):
                 trial.set_user_attr(name, value)
         if metrics.val_accuracy is None:
             raise ValueError("the training reported no val_accuracy")
+        self._record_features(trial, metrics, result)
         self.finished_here = math.isfinite(metrics.val_accuracy)  # a NaN value makes Optuna fail the trial
         return metrics.val_accuracy
 
+    # -- issue 11: the gap constraint and the best trial's model --
+    def _record_features(self, trial: optuna.Trial, metrics: TrialMetrics, result: Any) -> None:
+        """Record the ``max_gap`` constraint; store the model if this feasible trial is the study's best so far.
+
+        Both happen here, before the objective returns: Optuna takes constraints and artifacts
+        from running trials only.
+        """
+        constraint = features.record_gap_constraint(trial, metrics.gap, self.spec.max_gap)
+        if constraint is not None and constraint > 0:
+            return  # infeasible: never the best, so its model is never kept
+        if (
+            self.artifact_store is None
+            or isinstance(result, (Mapping, TrialMetrics))  # a training that kept no model
+            or not studies.is_search_trial(trial)
+            or not math.isfinite(metrics.val_accuracy)
+        ):
+            return
+        try:  # the model is materialized and uploaded only when the value beats the stored one
+            record = features.store_best_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store)
+        except Exception as error:  # noqa: BLE001 - a store hiccup must not cost the trial its result
+            log.warning("study %s: trial %d's model not stored (%s: %s)", self.row.name, trial.number,
+                        error.__class__.__name__, error)
+            return
+        if record is not None:
+            log.info("study %s: stored the model of trial %d (%d bytes)", self.row.name, trial.number, record.size_bytes)
+
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, Mapping[str, float]], None]:
         history: list[dict[str, float]] = []
+        prunable = _prunable(trial)
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
             history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})
@@ -124,10 +146,19 @@ class Objective:
                 raise StudyStopped(f"study {self.row.name!r} was stopped")
             if self.shutdown.is_set():
                 raise WorkerShutdown(f"worker {self.worker} is shutting down")
-            if _prunable(trial) and trial.should_prune():
+            if prunable and trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {METRIC} {metrics[METRIC]:.4f}")
 
         return on_epoch_end
+
+
+#: Stages whose trials run to the end: the reference (the yardstick) and confirmation repeats (issue 10).
+UNPRUNED_STAGES = frozenset({features.REFERENCE_STAGE, CONFIRM_STAGE})
+
+
+def _prunable(trial: optuna.Trial) -> bool:
+    """Whether the pruner may stop this trial (not the reference, not a confirmation repeat)."""
+    return trial.user_attrs.get(features.STAGE_KEY) not in UNPRUNED_STAGES
 
 
 def settle(
@@ -138,6 +169,8 @@ def settle(
     trial = storage.get_trial(objective.trial_id)
     state = trial.state
     if state == optuna.trial.TrialState.COMPLETE:
+        # The leader by mean over the feasible search trials and their confirmation repeats (a search
+        # trial's single value during the search): service.confirmation.summarize.
         if studies.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), objective.spec.confirm):
             log.info("study %s: trial %d's config leads (%.4f)", row.name, trial.number, trial.value)
     elif state == optuna.trial.TrialState.FAIL:

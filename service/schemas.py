@@ -8,14 +8,16 @@ declaration adds it to the API, its validation and its OpenAPI schema.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
 from service.confirmation import ConfirmSpec
-from service.models import StudyStatus
-from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME, BestConfig, Recipe, TrialMetrics, validate_bounds
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
+from service.models import StudyStatus, as_utc, iso_utc
+from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
 __all__ = [
     "Bounds",
@@ -32,7 +34,17 @@ __all__ = [
     "TrialList",
     "TrialOut",
     "TRIAL_STATES",
+    "UtcDateTime",
     "SLUG_PATTERN",
+]
+
+#: Every timestamp the API returns: in UTC, one format (:func:`service.models.iso_utc`, e.g.
+#: ``2026-11-25T21:58:30.123456Z``), whatever the database handed back.
+UtcDateTime = Annotated[
+    dt.datetime,
+    AfterValidator(as_utc),
+    PlainSerializer(iso_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-25T21:58:30.123456Z"]}),
 ]
 
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -47,39 +59,46 @@ TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-typ
 class Bounds(BaseModel):
     """A search range; a missing end takes the trainer's default for that parameter."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    low: float
-    high: float
+    low: Number
+    high: Number
 
 
-def _fill_default_bounds(value: Any, info: ValidationInfo) -> Any:
-    if isinstance(value, dict):
-        spec = SEARCH_SPACE_BY_NAME[info.field_name]
-        return {"low": spec.low, "high": spec.high, **value}
-    return value
+def _bounds_model(spec: ParamSpec) -> type[Bounds]:
+    """``Bounds`` of one parameter, its ends limited to the values the parameter may take (so the
+    OpenAPI schema states the bounds the server enforces); ``low <= high`` is checked after."""
+    limits: dict[str, float] = {("ge" if spec.minimum_inclusive else "gt"): spec.minimum}
+    if math.isfinite(spec.maximum):
+        limits["le" if spec.maximum_inclusive else "lt"] = spec.maximum
+    title = "".join(part.title() for part in spec.name.split("_")) + "Bounds"
+    return create_model(
+        title,
+        __base__=Bounds,
+        __doc__=f"The range searched for {spec.name}: {spec.range_text()}, low <= high.",
+        low=(Number, Field(spec.low, **limits)),
+        high=(Number, Field(spec.high, **limits)),
+    )
 
 
 def _check_bounds(value: Bounds, info: ValidationInfo) -> Bounds:
-    low, high = validate_bounds(info.field_name, value.low, value.high)  # ValueError names the field
-    return Bounds(low=low, high=high)
+    validate_bounds(info.field_name, value.low, value.high)  # ValueError names the field (low > high)
+    return value
 
 
 _NAMES = [spec.name for spec in SEARCH_SPACE]
+_BOUNDS = {spec.name: _bounds_model(spec) for spec in SEARCH_SPACE}
 
 SearchSpace = create_model(
     "SearchSpace",
     __config__=ConfigDict(extra="forbid"),
     __doc__="Per searched parameter, the range to search (defaults: the trainer's declaration).",
-    __validators__={
-        "fill_defaults": field_validator(*_NAMES, mode="before")(_fill_default_bounds),
-        "check_bounds": field_validator(*_NAMES, mode="after")(_check_bounds),
-    },
+    __validators__={"check_bounds": field_validator(*_NAMES, mode="after")(_check_bounds)},
     **{
         spec.name: (
-            Bounds,
+            _BOUNDS[spec.name],
             Field(
-                default_factory=lambda spec=spec: Bounds(low=spec.low, high=spec.high),
+                default_factory=_BOUNDS[spec.name],
                 description=f"{spec.description} Allowed {spec.range_text()}; "
                 f"default [{spec.low:g}, {spec.high:g}]{', log scale' if spec.log else ''}.",
             ),
@@ -89,9 +108,11 @@ SearchSpace = create_model(
 )
 
 
-class StudySpec(Recipe):
+class StudySpec(Recipe, StudyFeatures):
     """What to search: the training :class:`trainer.Recipe` (model, width, epochs, batch_size,
-    learning_rate, data, seed) plus the study's own fields. Every field but ``name`` has a default."""
+    learning_rate, data, seed), the study features of :class:`service.features.StudyFeatures`
+    (reference, enqueue, warm_start_from, max_gap) and the study's own fields. Every field but
+    ``name`` has a default."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -109,8 +130,11 @@ class StudySpec(Recipe):
         },
     )
 
-    name: str = Field(description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).")
-    n_trials: int = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
+    name: str = Field(
+        description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).",
+        json_schema_extra={"pattern": SLUG_PATTERN.pattern},  # checked by _slug, with a readable message
+    )
+    n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
     pruner: PrunerName = Field(
@@ -154,7 +178,9 @@ class TrialCounts(BaseModel):
     pruned: int = 0
     failed: int = 0
     running: int = 0
-    waiting: int = Field(0, description="Trials queued for a retry (same params) after a failure.")
+    waiting: int = Field(
+        0, description="Trials queued with fixed params: the reference, enqueued configs, retries of failed trials."
+    )
 
 
 class BestSummary(BaseModel):
@@ -162,7 +188,7 @@ class BestSummary(BaseModel):
     metric: str = "val_accuracy"
     trial_number: int
     params: dict[str, float]
-    best_since: dt.datetime
+    best_since: UtcDateTime
     n: int | None = Field(None, description="Runs behind value (search trial plus confirmation repeats).")
     ci_low: float | None = Field(None, description="95% confidence interval of the mean (null with one run).")
     ci_high: float | None = None
@@ -176,13 +202,27 @@ class StudyOut(BaseModel):
     trials_finished: int = Field(description="Complete plus pruned search trials (the ones that count towards n_trials).")
     confirm_trials: int = Field(0, description="Confirmation trials planned when the search ended (0 before, and when off).")
     confirm_finished: int = Field(0, description="Confirmation trials completed (status confirming while they run).")
-    counts: TrialCounts
+    counts: TrialCounts = Field(
+        description="The study's search trials by state (warm-start trials and confirmation repeats are not counted here)."
+    )
     best: BestSummary | None
+    # -- issue 11 (study features) --
+    reference: ReferenceOut | None = Field(
+        None, description="The reference config this study measures (null with reference: false); note says if it was clipped."
+    )
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (null until both ran).")
+    warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
+    model: ModelInfoOut | None = Field(
+        None,
+        description="The best trial's stored model (GET .../best/model); the artifact store keeps only this file "
+        "per study, so size_bytes is the disk the study's artifacts use.",
+    )
+    # -- end issue 11 --
     error: str | None = None
     spec: StudySpec
-    created_at: dt.datetime
-    started_at: dt.datetime | None
-    finished_at: dt.datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
     links: Links
 
 
@@ -195,17 +235,21 @@ class TrialOut(TrialMetrics):
 
     number: int
     state: TrialStateName
+    stage: str = Field(
+        "search",
+        description="Why it ran: search (the sampler's), reference, enqueued, warm_start (copied from another study), "
+        "confirm (a confirmation repeat).",
+    )
     params: dict[str, float]
     value: float | None = Field(description="Final validation accuracy (complete trials).")
     intermediate_values: dict[int, float] = Field(description="Validation accuracy reported after each epoch.")
     history: list[dict[str, float]] = Field(description="Per-epoch metrics: loss, accuracy, val_loss, val_accuracy, gap.")
     duration_s: float | None = None
-    datetime_start: dt.datetime | None
-    datetime_complete: dt.datetime | None
+    datetime_start: UtcDateTime | None
+    datetime_complete: UtcDateTime | None
     retry_of: int | None = Field(None, description="Number of the failed trial this one re-runs with the same params.")
     fail_reason: str | None = None
     worker: str | None = None
-    stage: str | None = Field(None, description="Null for a search trial; 'confirm' for a confirmation repeat.")
     confirms: int | None = Field(None, description="A confirmation repeat: the search trial whose config it re-trains.")
     repeat: int | None = Field(None, description="A confirmation repeat: its number (1..repeats); its seed is the repeat's.")
 
@@ -222,5 +266,6 @@ class BestConfigOut(BestConfig):
     study: str
     value: float
     trial_number: int
-    best_since: dt.datetime
+    best_since: UtcDateTime
     direction: Literal["maximize"] = "maximize"
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")

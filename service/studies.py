@@ -9,19 +9,32 @@ The routes answer with :func:`study_out` and :func:`trials_out`.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import OPTUNA_STUDIES, OPTUNA_TRIALS, session_scope, trial_state_counts
+from service import features
+from service.confirmation import CONFIRM_STAGE
+from service.db import (
+    OPTUNA_STUDIES,
+    OPTUNA_STUDY_SYSTEM_ATTRS,
+    OPTUNA_TRIAL_USER_ATTRS,
+    OPTUNA_TRIAL_VALUES,
+    OPTUNA_TRIALS,
+    session_scope,
+)
+from service.features import MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
 from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, as_utc, utc_now
 from service.schemas import TRIAL_STATES, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from trainer import TrialMetrics
 
 __all__ = [
+    "SEARCH_STAGES",
     "StudyAlreadyEnded",
+    "WarmStartRefused",
     "StudyConflict",
     "StudyNotFound",
     "best_record",
@@ -32,6 +45,11 @@ __all__ = [
     "get_study",
     "has_waiting_trials",
     "is_search_trial",
+    "margin_out",
+    "record_margin",
+    "best_model_file",
+    "export_lines",
+    "importance_out",
     "list_studies",
     "open_confirmation",
     "reclaim_leaked_slots",
@@ -64,9 +82,10 @@ class StudyAlreadyEnded(ValueError):
 
 
 class StudyConflict(ValueError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reason: str = "") -> None:
         super().__init__(
             f"a study named {name!r} already exists with a different spec; choose another name or DELETE it first"
+            if not reason else f"a study named {name!r} already exists ({reason}); choose another name"
         )
         self.name = name
 
@@ -80,21 +99,36 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
 
     An identical spec under an existing name returns the existing row (``created=False``); a
     different one raises :class:`StudyConflict`. Concurrent identical submissions create one row:
-    the unique name decides, the losers read the winner's row.
+    the unique name decides, the losers read the winner's row. A ``warm_start_from`` that cannot
+    seed this study raises :class:`WarmStartRefused` (or ``IncompatibleStudy``) before anything is
+    written.
+
+    The row is inserted holding all its trial slots (``claimed = n_trials``, just claimed) while its
+    Optuna study is set up (:func:`_set_up_optuna_study`: the reference and the enqueued configs
+    queued, the warm-start trials added), then the slots are released: no worker samples a point
+    before those trials are queued. A creator that dies in between leaves the slots to the
+    leaked-slot sweep (after the grace period); one whose set-up raises deletes the study again.
     """
-    import optuna
-
-    from service._optuna import METRIC, open_study
-
     wanted = _spec_dict(spec)
+    with factory() as session:
+        existing = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+    if existing is not None:
+        if existing.spec != wanted:
+            raise StudyConflict(spec.name)
+        return existing, False
+    warm_start = _warm_start(factory, storage, spec) if spec.warm_start_from else None
     row: SearchStudy | None = None
     created = False
     try:
         with session_scope(factory) as session:
             row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+            if row is None and session.scalar(sa.select(OPTUNA_STUDIES.c.study_id).where(OPTUNA_STUDIES.c.study_name == spec.name)) is not None:
+                raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
             if row is None:
+                now = utc_now()
                 row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
-                                  claimed=0, claims_total=0, failed_trials=0, created_at=utc_now())
+                                  claimed=spec.n_trials, claims_total=0, failed_trials=0, created_at=now,
+                                  last_claim_at=now)  # slots held until the Optuna study is set up
                 session.add(row)
                 session.flush()
                 created = True
@@ -104,15 +138,42 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
         created = False
     if row is None:  # deleted between the insert race and the read: let the client retry
         raise StudyConflict(spec.name)
-    if not created and row.spec != wanted:
-        raise StudyConflict(spec.name)
+    if not created:
+        if row.spec != wanted:
+            raise StudyConflict(spec.name)
+        return row, False
+    try:
+        _set_up_optuna_study(storage, spec, warm_start)
+    except BaseException:
+        delete_study(factory, storage, spec.name)
+        raise
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy).where(SearchStudy.id == row.id, SearchStudy.claims_total == 0)
+            .values(claimed=0, last_claim_at=None).execution_options(synchronize_session=False)
+        )
+    row.claimed, row.last_claim_at = 0, None
+    return row, True
+
+
+def _set_up_optuna_study(storage: Any, spec: StudySpec, warm_start: features.WarmStart | None) -> None:
+    """Create the Optuna study; queue the reference, then the enqueued configs; add the warm-start trials."""
+    import optuna
+
+    from service._optuna import METRIC, open_study
+
     study = open_study(storage, spec)
-    if created:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([METRIC])  # the dashboard's axis label
-        study.set_user_attr("regsearch_spec", wanted)
-    return row, created
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])  # the dashboard's axis label
+    study.set_user_attr("regsearch_spec", _spec_dict(spec))
+    # -- issue 11: the reference first, then the user's configs, then another study's trials --
+    if spec.reference:
+        features.enqueue_reference(study, spec.search_space)
+    features.enqueue_configs(study, spec.enqueue, spec.search_space)
+    if warm_start is not None:
+        study.add_trials(warm_start.trials)
+        storage.set_study_system_attr(study._study_id, WARM_START_ATTR, warm_start.to_dict())
 
 
 def get_study(session: Session, name: str) -> SearchStudy:
@@ -127,7 +188,15 @@ def list_studies(session: Session) -> list[SearchStudy]:
 
 
 def trial_counts(session: Session, name: str) -> TrialCounts:
-    by_state = trial_state_counts(session, name)
+    """The study's search trials (:func:`is_search_trial`) per state."""
+    state = sa.cast(OPTUNA_TRIALS.c.state, sa.String)
+    rows = session.execute(
+        sa.select(state, sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, _search_trial(OPTUNA_TRIALS.c.trial_id))
+        .group_by(state)
+    ).all()
+    by_state = {str(name).rsplit(".", 1)[-1]: int(count) for name, count in rows}
     return TrialCounts(**{field: by_state.get(state, 0) for state, field in TRIAL_STATES.items()})
 
 
@@ -159,15 +228,19 @@ def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
     return row
 
 
-def delete_study(factory: sessionmaker[Session], storage: Any, name: str) -> None:
-    """Delete the study, its best-config history and its Optuna study (trials included)."""
+def delete_study(factory: sessionmaker[Session], storage: Any, name: str, artifact_store: Any = None) -> None:
+    """Delete the study, its best-config history, its Optuna study (trials included) and its artifacts."""
     import optuna
 
     with session_scope(factory) as session:
-        row = get_study(session, name)
-        session.execute(sa.delete(BestConfigRecord).where(BestConfigRecord.study_id == row.id))
-        session.delete(row)
+        # Write first, read nothing: of concurrent deletes exactly one deletes the row (the others 404).
+        session.execute(sa.delete(BestConfigRecord).where(
+            BestConfigRecord.study_id.in_(sa.select(SearchStudy.id).where(SearchStudy.name == name))))
+        if session.execute(sa.delete(SearchStudy).where(SearchStudy.name == name)).rowcount != 1:
+            raise StudyNotFound(name)
     try:
+        if artifact_store is not None:
+            features.remove_study_artifacts(optuna.load_study(study_name=name, storage=storage), artifact_store)
         optuna.delete_study(study_name=name, storage=storage)
     except KeyError:
         pass
@@ -278,14 +351,67 @@ def record_best(
         return True
 
 
-def _trials_of(name: str, *states: str) -> sa.Select:
-    """``SELECT COUNT(*)`` of the Optuna study's trials in ``states``, as a scalar subquery."""
-    return (
+# -- which trials count towards n_trials (one rule, shared by the slot accounting and the API) --
+
+#: Stages of the trials that count towards ``n_trials`` (the search): besides trials without a
+#: ``stage`` user attribute (the sampler's, or ``"search"`` explicitly), the reference and the enqueued configs. Warm-start
+#: trials (copied from another study) and confirmation repeats (issue 10) are counted apart.
+SEARCH_STAGES: tuple[str, ...] = (features.SEARCH_STAGE, features.REFERENCE_STAGE, features.ENQUEUED_STAGE)
+
+
+def is_search_trial(trial: Any) -> bool:
+    """Whether a trial counts towards ``n_trials``: its ``stage`` is absent or one of :data:`SEARCH_STAGES`."""
+    stage = trial.user_attrs.get(features.STAGE_KEY)
+    return stage is None or stage in SEARCH_STAGES
+
+
+def _search_trial(trial_id: Any) -> sa.ColumnElement[bool]:
+    """SQL twin of :func:`is_search_trial` for the trial whose id is ``trial_id`` (a column)."""
+    other_stage = sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+        OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
+        OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+        OPTUNA_TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
+    )
+    return ~sa.exists(other_stage)
+
+
+def _has_stage(trial_id: Any, *stages: str) -> sa.ColumnElement[bool]:
+    """The trial whose id is ``trial_id`` (a column) has a ``stage`` user attribute among ``stages``."""
+    return sa.exists(
+        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json.in_([json.dumps(stage) for stage in stages]),
+        )
+    )
+
+
+def _holds_slot(trial_id: Any) -> sa.ColumnElement[bool]:
+    """A search trial or a confirmation repeat (both run in the study's slots; warm-start copies do not)."""
+    return sa.or_(_search_trial(trial_id), _has_stage(trial_id, CONFIRM_STAGE))
+
+
+def _trials_of(name: str, *states: str, which: Any = None) -> sa.Select:
+    """``SELECT COUNT(*)`` of the Optuna study's trials in ``states`` (only those ``which(trial_id)``
+    selects, if given), as a scalar subquery."""
+    query = (
         sa.select(sa.func.count())
         .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
         .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states))
-        .scalar_subquery()
     )
+    if which is not None:
+        query = query.where(which(OPTUNA_TRIALS.c.trial_id))
+    return query.scalar_subquery()
+
+
+def _search_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's search trials (:func:`is_search_trial`) in ``states``."""
+    return _trials_of(name, *states, which=_search_trial)
+
+
+def _confirm_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's confirmation repeats (stage "confirm") in ``states``."""
+    return _trials_of(name, *states, which=lambda trial_id: _has_stage(trial_id, CONFIRM_STAGE))
 
 
 def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
@@ -331,7 +457,7 @@ def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: st
     write: on SQLite a read transaction that turns into a write can fail outright under WAL.)
     """
     cutoff = dt.timedelta(seconds=grace_period_s)
-    in_use = _trials_of(name, "COMPLETE", "PRUNED", "RUNNING")
+    in_use = _trials_of(name, "COMPLETE", "PRUNED", "RUNNING", which=_holds_slot)
     finished_recently = sa.exists(
         sa.select(OPTUNA_TRIALS.c.trial_id)
         .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
@@ -367,62 +493,8 @@ def studies_with_running_trials(
 
 
 # --------------------------------------------------------------------------------------------------
-# Search trials and the confirmation stage (issue 10)
-#
-# A *search trial* counts towards ``n_trials``: its ``stage`` user attribute is absent or one of
-# SEARCH_STAGES (the reference config and user-enqueued configs are search trials); confirmation
-# repeats (stage "confirm") and imported warm-start trials (stage "warm_start") are not.
-
-#: Stages of trials that count towards ``n_trials`` (besides trials with no stage at all).
-SEARCH_STAGES = ("reference", "enqueued")
-
-OPTUNA_TRIAL_USER_ATTRS = sa.table(
-    "trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json")
-)
-
-
-def is_search_trial(trial: Any) -> bool:
-    """Whether ``trial`` (an Optuna ``FrozenTrial``) counts towards ``n_trials``: no stage, or a search stage."""
-    stage = trial.user_attrs.get("stage")
-    return stage is None or stage in SEARCH_STAGES
-
-
-def _search_trials_of(name: str, *states: str) -> sa.Select:
-    """``SELECT COUNT(*)`` of the study's *search* trials in ``states`` (SQL form of :func:`is_search_trial`)."""
-    import json
-
-    other_stage = sa.exists(
-        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_id).where(
-            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id,
-            OPTUNA_TRIAL_USER_ATTRS.c.key == "stage",
-            OPTUNA_TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
-        )
-    )
-    return (
-        sa.select(sa.func.count())
-        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states), ~other_stage)
-        .scalar_subquery()
-    )
-
-
-def _confirm_trials_of(name: str, *states: str) -> sa.Select:
-    """``SELECT COUNT(*)`` of the study's confirmation repeats (stage "confirm") in ``states``."""
-    import json
-
-    confirm = sa.exists(
-        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_id).where(
-            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id,
-            OPTUNA_TRIAL_USER_ATTRS.c.key == "stage",
-            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps("confirm"),
-        )
-    )
-    return (
-        sa.select(sa.func.count())
-        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states), confirm)
-        .scalar_subquery()
-    )
+# The confirmation stage (issue 10): search trials are counted by :func:`is_search_trial` (one rule);
+# confirmation repeats (stage "confirm") hold slots of their own (``confirm_trials``).
 
 
 def _search_done(name: str) -> sa.ColumnElement[bool]:
@@ -530,6 +602,7 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
     """The study as the API shows it: status, trial counts, best so far, spec and links."""
     counts = trial_counts(session, row.name)
     best = best_record(session, row.id)
+    spec = StudySpec.model_validate(row.spec)
     return StudyOut(
         name=row.name,
         status=row.status,
@@ -539,8 +612,9 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
         counts=counts,
         confirm_trials=row.confirm_trials or 0,
         best=None if best is None else _best_summary(best),
+        **_features_out(session, row.name, best, spec),
         error=row.error,
-        spec=StudySpec.model_validate(row.spec),
+        spec=spec,
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
@@ -588,7 +662,8 @@ def _trial_out(trial: Any) -> TrialOut:
         **TrialMetrics.model_validate(attrs).model_dump(),
         number=trial.number,
         state=TRIAL_STATES.get(trial.state.name, trial.state.name.lower()),
-        params=trial.params,
+        stage=attrs.get(features.STAGE_KEY) or features.SEARCH_STAGE,
+        params=trial.params or trial.system_attrs.get("fixed_params", {}),  # a queued trial: the params it will run
         value=trial.value if trial.state.name == "COMPLETE" else None,
         intermediate_values=dict(trial.intermediate_values),
         history=attrs.get("history", []),
@@ -598,7 +673,6 @@ def _trial_out(trial: Any) -> TrialOut:
         retry_of=retry_of(trial),
         fail_reason=attrs.get("fail_reason"),
         worker=attrs.get("worker"),
-        stage=attrs.get("stage"),
         confirms=attrs.get("confirms"),
         repeat=attrs.get("repeat"),
     )
@@ -607,3 +681,146 @@ def _trial_out(trial: Any) -> TrialOut:
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     """Optuna stores naive local times; the API answers in UTC like everything else."""
     return None if value is None else value.astimezone(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 11: what the study features add to the API's answers (plain SQL on Optuna's tables)
+
+#: The study system attribute recording what ``warm_start_from`` added (:class:`service.features.WarmStart`).
+WARM_START_ATTR = "regsearch:warm_start"
+
+
+class WarmStartRefused(ValueError):
+    """``warm_start_from`` names no study (a 422, like :class:`service.features.IncompatibleStudy`)."""
+
+
+def _warm_start(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -> features.WarmStart:
+    """The source study's trials ready for ``add_trials``; ``WarmStartRefused``/``IncompatibleStudy`` (422s)."""
+    name = spec.warm_start_from
+    with factory() as session:
+        source = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
+    if source is None:
+        raise WarmStartRefused(f"warm_start_from: study {name!r} not found")
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    except KeyError:
+        trials = []
+    return features.warm_start_trials(
+        trials, StudySpec.model_validate(source.spec), spec, source_name=name, max_gap=spec.max_gap
+    )
+
+
+def _study_system_attrs(session: Session, name: str, *keys: str) -> dict[str, Any]:
+    rows = session.execute(
+        sa.select(OPTUNA_STUDY_SYSTEM_ATTRS.c.key, OPTUNA_STUDY_SYSTEM_ATTRS.c.value_json)
+        .select_from(OPTUNA_STUDY_SYSTEM_ATTRS.join(OPTUNA_STUDIES, OPTUNA_STUDY_SYSTEM_ATTRS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, OPTUNA_STUDY_SYSTEM_ATTRS.c.key.in_(keys))
+    ).all()
+    return {key: json.loads(value) for key, value in rows}
+
+
+def _reference_trials(session: Session, name: str) -> list[tuple[int, float]]:
+    """``(number, value)`` of the study's COMPLETE reference trial(s) (stage "reference")."""
+    query = (
+        sa.select(OPTUNA_TRIALS.c.number, OPTUNA_TRIAL_VALUES.c.value)
+        .select_from(
+            OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id)
+            .join(OPTUNA_TRIAL_VALUES, OPTUNA_TRIAL_VALUES.c.trial_id == OPTUNA_TRIALS.c.trial_id)
+            .join(OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id)
+        )
+        .where(
+            OPTUNA_STUDIES.c.study_name == name,
+            sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "COMPLETE",
+            OPTUNA_TRIAL_VALUES.c.objective == 0,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps(features.REFERENCE_STAGE),
+        )
+        .order_by(OPTUNA_TRIALS.c.number)
+    )
+    return [(int(number), float(value)) for number, value in session.execute(query)]
+
+
+def reference_values(session: Session, name: str) -> list[float]:
+    """The values of the study's COMPLETE reference trial(s) (their single search runs)."""
+    return [value for _, value in _reference_trials(session, name)]
+
+
+def margin_out(session: Session, name: str, best: float | list[float] | None, reference: list[float] | None = None) -> MarginOut | None:
+    """The best's margin over the reference: ``best`` is the best's value (or its repeats' values);
+    ``reference`` the reference's values (default: its single search runs)."""
+    if best is None:
+        return None
+    margin = features.margin(best, reference_values(session, name) if reference is None else reference)
+    return None if margin is None else MarginOut(**margin.to_dict())
+
+
+def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> MarginOut | None:
+    """The recorded best's margin over the reference. With the confirmation stage (issue 10) the reference
+    is confirmed like a top config: the best's runs against the reference's runs (an interval once both
+    have two); otherwise the single values."""
+    if record is None:
+        return None
+    summary = record.summary or {}
+    runs = (summary.get("best") or {}).get("values")
+    if not runs:
+        return margin_out(session, name, record.value)
+    references = {number for number, _ in _reference_trials(session, name)}
+    reference_runs = [
+        float(value)
+        for candidate in summary.get("candidates", [])
+        if candidate.get("trial_number") in references
+        for value in candidate.get("values", {}).values()
+    ]
+    return margin_out(session, name, [float(value) for value in runs.values()], reference_runs or None)
+
+
+def _features_out(session: Session, name: str, best: BestConfigRecord | None, spec: StudySpec) -> dict[str, Any]:
+    """StudyOut's issue-11 fields: ``reference``, ``margin``, ``warm_start``, ``model``."""
+    attrs = _study_system_attrs(session, name, WARM_START_ATTR, features.BEST_MODEL_ATTR)
+    warm_start, model = attrs.get(WARM_START_ATTR), attrs.get(features.BEST_MODEL_ATTR)
+    reference = features.reference_config(spec.search_space) if spec.reference else None
+    return {
+        "reference": ReferenceOut(**reference.to_dict()) if reference else None,
+        "margin": record_margin(session, name, best),
+        "warm_start": WarmStartOut(**warm_start) if warm_start else None,
+        "model": ModelInfoOut(**model) if model else None,
+    }
+
+
+def export_lines(session: Session, storage: Any, name: str, output_format: str) -> Any:
+    """The study's trials as text chunks: CSV lines or a JSON array (columns :data:`service.features.COLUMNS`).
+
+    The trials are read now (an unknown study raises :class:`StudyNotFound` before streaming);
+    rows are encoded one at a time as the response is sent.
+    """
+    get_study(session, name)
+    try:
+        trials = storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
+    except KeyError:
+        trials = []
+    rows = features.trial_rows(trials)
+    return features.csv_lines(rows) if output_format == "csv" else features.json_chunks(rows)
+
+
+def importance_out(factory: sessionmaker[Session], storage: Any, cache: features.ImportanceCache, name: str,
+                   evaluator: str) -> features.ImportanceOut:
+    """Each parameter's importance (blocking: call off the event loop); ``TooFewTrials`` below the minimum."""
+    import optuna
+
+    with factory() as session:
+        get_study(session, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    return features.ImportanceOut(**cache.get(study, evaluator).to_dict())
+
+
+def best_model_file(session: Session, storage: Any, store: Any, name: str, directory: str) -> tuple[Any, features.BestModel, dict[str, int]]:
+    """Download the study's best model into ``directory``: ``(path, record, disk usage)``; ``NoBestModel`` if none."""
+    import os
+
+    import optuna
+
+    get_study(session, name)
+    study = optuna.load_study(study_name=name, storage=storage)
+    path = os.path.join(directory, features.MODEL_FILENAME)
+    record = features.download_best_model(study, store, path)
+    return path, record, features.disk_usage(study, store)

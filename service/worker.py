@@ -40,8 +40,9 @@ import optuna
 from service import stages, studies, sweeps
 from service._optuna import make_sampler, open_study
 from service.backoff import backoff
-from service.config import Settings
+from service.config import Settings, artifact_location
 from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.features import make_artifact_store
 from service.models import SearchStudy, StudyStatus
 from service.objective import Objective, TrainFunction, settle
 from service.retries import RetryFailedTrial
@@ -98,8 +99,9 @@ class KerasTraining:
         settings = trainer.TrainSettings.from_recipe(spec)
         if seed is not None:
             settings = settings.model_copy(update={"seed": seed})
-        # trainer.train reuses this process's compiled model across trials of the same shape.
-        return trainer.train(config, data, settings, on_epoch_end=on_epoch_end).metrics()
+        # trainer.train reuses this process's compiled model across trials of the same shape. The
+        # TrainResult itself is returned: the objective stores its model when the trial is the best.
+        return trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
 
 
 class Worker:
@@ -125,6 +127,7 @@ class Worker:
         self._factory = None
         self._storage = None
         self._retry: RetryFailedTrial | None = None
+        self._artifact_store: Any = None
         #: One Optuna Study per active study, keyed by (row id, created_at) so a deleted and
         #: re-created study never reuses a stale object. Keeping it keeps Optuna's trial cache:
         #: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
@@ -142,11 +145,13 @@ class Worker:
     def _connect(self) -> None:
         if self._storage is not None:
             return
-        migrate(self.settings)  # idempotent and safe to race; lets a worker start on a fresh database
+        if self.settings.migrate_on_start:  # off where a migration job runs first (a worker role has no DDL)
+            migrate(self.settings)  # idempotent and safe to race; lets a worker start on a fresh database
         self._engine = create_engine(self.settings)
         self._factory = session_factory(self._engine)
         self._retry = RetryFailedTrial(self._factory, self.settings.max_retries)
         self._storage = optuna_storage(self.settings, heartbeat=True, on_stale_trial=self._retry)
+        self._artifact_store = make_artifact_store(artifact_location(self.settings))
 
     def run(self) -> int:
         """The worker loop; returns the process exit code."""
@@ -216,7 +221,8 @@ class Worker:
         if serial is None:
             return False
         spec = StudySpec.model_validate(row.spec)
-        objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown)
+        objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown,
+                              artifact_store=self._artifact_store)
         try:
             study = self._study(row, spec, serial)
             study.optimize(objective, n_trials=1, catch=(Exception,))

@@ -16,6 +16,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 POSTGRES_ADMIN_URL = os.environ.get("REGSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _artifacts_in_a_temporary_directory(tmp_path_factory) -> Iterator[None]:
+    """Every process the tests start keeps its stored models under a temporary directory, never the checkout."""
+    previous = os.environ.get("REGSEARCH_ARTIFACT_URL")
+    os.environ["REGSEARCH_ARTIFACT_URL"] = str(tmp_path_factory.mktemp("artifacts"))
+    yield
+    if previous is None:
+        os.environ.pop("REGSEARCH_ARTIFACT_URL", None)
+    else:
+        os.environ["REGSEARCH_ARTIFACT_URL"] = previous
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> str:
     """The shipped CIFAR-10 subset (official layout under ``cifar-10-batches-py/``)."""

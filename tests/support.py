@@ -43,13 +43,19 @@ def wait_until(predicate: Callable[[], T], timeout: float = 60.0, interval: floa
 
 
 def base_env(**overrides: str) -> dict[str, str]:
-    """The environment for a child process: quiet TensorFlow, the tests' CIFAR-10 subset, no GPU."""
+    """The environment for a child process: quiet TensorFlow, the tests' CIFAR-10 subset, no GPU.
+
+    Auth is off (tests that are not about auth talk to the API without tokens); the tests of auth
+    turn it on with ``REGSEARCH_AUTH="true"`` and their own ``REGSEARCH_TOKEN_FILE``.
+    """
     env = dict(os.environ)
+    env.pop("REGSEARCH_TOKEN", None)
     env.update(
         {
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONUNBUFFERED": "1",
             "REGSEARCH_DATA_DIR": str(CIFAR_DIR),
+            "REGSEARCH_AUTH": "false",
         }
     )
     env.update(overrides)

@@ -14,7 +14,7 @@ from typing import Any
 
 from trainer._architecture import ARCHITECTURES, MODELS
 from trainer._best import BestConfig
-from trainer._recipe import DataRecipe, Recipe, TrialMetrics
+from trainer._recipe import DataRecipe, Integer, Number, Recipe, TrialMetrics
 from trainer._settings import TrainSettings
 from trainer._space import (
     SEARCH_SPACE,
@@ -33,9 +33,15 @@ _LAZY: dict[str, str] = {
     "CifarData": "trainer._data",
     "DataError": "trainer._data",
     "load_cifar10": "trainer._data",
+    "count_training_images": "trainer._data",
     # training
     "TrainResult": "trainer._train",
     "train": "trainer._train",
+    # the generalization gap and the trained model as a file
+    "GapMeasurement": "trainer._gap",
+    "measure_gap": "trainer._gap",
+    "regularization_of": "trainer._keras_file",
+    "save_keras_model": "trainer._keras_file",
     # production hand-off
     "load_best": "trainer._export",
     "apply_regularization": "trainer._export",
@@ -49,6 +55,8 @@ __all__ = [
     "ARCHITECTURES",
     "MODELS",
     "DataRecipe",
+    "Integer",
+    "Number",
     "Recipe",
     "TrainSettings",
     "TrialMetrics",

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "MODELS", "scaled"]
+__all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "MIN_WIDTH", "MODELS", "scaled"]
 
 LayerKind = Literal["conv", "relu", "batchnorm", "pool", "dropout", "flatten", "dense"]
 
@@ -112,6 +112,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 MODELS: tuple[str, ...] = tuple(ARCHITECTURES)
 
 DROPOUT_CONV_WHERE = "after each MaxPooling2D block"
+
+#: Widths must be above this for every layer of every network to keep at least one unit of its own:
+#: ``round(units * width) >= 1`` for the narrowest layer (``round(0.5)`` is 0, so the bound is exclusive).
+MIN_WIDTH: float = 0.5 / min(layer.units for architecture in ARCHITECTURES.values() for layer in architecture.layers if layer.units)
 
 
 def _check(architecture: Architecture) -> None:

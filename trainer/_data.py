@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CifarData", "DataError", "load_cifar10", "make_dataset"]
+__all__ = ["CifarData", "DataError", "count_training_images", "load_cifar10", "make_dataset"]
 
 BATCH_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -137,6 +137,37 @@ def _read_directory(directory: Path, include_test: bool) -> tuple[np.ndarray, np
         _CACHE.clear()  # keep one data set in memory
         _CACHE[key] = result
     return result
+
+
+#: The official files' sizes in bytes (10,000 images a batch; the archive holds 50,000 training images).
+_OFFICIAL_BATCH_BYTES = 31_035_704
+_OFFICIAL_ARCHIVE_BYTES = 170_498_071
+
+
+def count_training_images(data_dir: str | os.PathLike) -> int:
+    """How many training images ``data_dir`` holds, without decoding them (TensorFlow-free).
+
+    The official files count by their known sizes; other batch files (a subset such as tests/data)
+    by their labels. Raises :class:`DataError` like :func:`load_cifar10` when the data is missing.
+    """
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"CIFAR-10 directory {directory} does not exist (expected {_EXPECTED} inside it)")
+    batch_dir = directory if (directory / TRAIN_FILES[0]).exists() or directory.name == BATCH_DIR else directory / BATCH_DIR
+    archive = directory / ARCHIVE
+    if not batch_dir.is_dir() and archive.is_file() and archive.stat().st_size == _OFFICIAL_ARCHIVE_BYTES:
+        return 50_000
+    sizes = {name: (batch_dir / name).stat().st_size for name in TRAIN_FILES if (batch_dir / name).is_file()}
+    if len(sizes) == len(TRAIN_FILES) and all(size == _OFFICIAL_BATCH_BYTES for size in sizes.values()):
+        return 10_000 * len(TRAIN_FILES)
+    raw = _read_files(directory, TRAIN_FILES)
+    count = 0
+    for name, data in raw.items():
+        try:
+            count += len(pickle.loads(data, encoding="bytes")[b"labels"])
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means a corrupt file
+            raise DataError(f"{directory / name}: not a CIFAR-10 batch ({type(error).__name__}: {error})") from None
+    return count
 
 
 def _download() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -262,12 +262,33 @@ def _service_url(source: str, study: str | None) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, path, "", "")), study
 
 
+def _service_token() -> str | None:
+    """The regsearch service's token: ``REGSEARCH_TOKEN``, else its token file on this machine.
+
+    The same places the service's CLI looks (service/config.py: ``token``, ``token_file``); spelled
+    out here because the trainer never imports the service.
+    """
+    import os
+
+    token = os.environ.get("REGSEARCH_TOKEN")
+    if token:
+        return token.strip()
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    path = os.environ.get("REGSEARCH_TOKEN_FILE") or str(Path(config_home) / "regsearch" / "token")
+    try:
+        return Path(path).expanduser().read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _fetch(source: str, study: str | None, timeout: float) -> tuple[Any, str]:
     import httpx  # the API's client dependency; imported here so that file loading never needs it
 
     url, study = _service_url(source, study)
     try:
-        response = httpx.get(url, params={"format": "json"}, timeout=timeout, follow_redirects=True)
+        token = _service_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(url, params={"format": "json"}, headers=headers, timeout=timeout, follow_redirects=True)
     except httpx.HTTPError as error:
         reason = str(error) or type(error).__name__
         raise BestConfigUnavailable(f"cannot reach the regsearch service at {url}: {reason}") from None
@@ -282,7 +303,8 @@ def _fetch(source: str, study: str | None, timeout: float) -> tuple[Any, str]:
         detail = detail or response.text.strip()[:200] or response.reason_phrase
         if response.status_code == 404:
             raise BestConfigUnavailable(f"no best config for study {study!r} at {url}: {detail}")
-        raise BestConfigUnavailable(f"{url} answered HTTP {response.status_code}: {detail}")
+        hint = " (set REGSEARCH_TOKEN to a regsearch token with read scope)" if response.status_code in (401, 403) else ""
+        raise BestConfigUnavailable(f"{url} answered HTTP {response.status_code}: {detail}{hint}")
     try:
         return response.json(), url
     except ValueError:

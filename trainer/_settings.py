@@ -28,6 +28,9 @@ class TrainSettings(Recipe):
     precise_bn_images: int = Field(
         512, ge=0, description="Training images used to recompute BatchNorm statistics before each validation (0: off)."
     )
+    gap_sample_images: int = Field(
+        2000, ge=1, description="Training images (a fixed sample) the generalization gap is measured on, in inference mode."
+    )
     reuse_compiled: bool = Field(True, description="Reuse this process's compiled model for this graph (see trainer._train).")
 
     @classmethod

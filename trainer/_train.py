@@ -24,7 +24,8 @@ Three choices shape this module:
   book's BN layers and momentum.
 
 * **Metrics that explain regularization.** Each epoch records train/val loss and accuracy, the
-  generalization gap (train minus val accuracy), the L1 and L2 norms of the penalized kernels and
+  generalization gap (``train_accuracy - val_accuracy``, both in inference mode, the training side on
+  a fixed sample: :mod:`trainer._gap`; ``accuracy`` stays Keras' running training-mode mean), the L1 and L2 norms of the penalized kernels and
   their sparsity (share of |w| < 1e-3, which L1 raises), the epoch's wall time and images/s.
   Losses include the regularization penalty (Keras adds it to both).
 """
@@ -45,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from trainer._data import CifarData, make_dataset
+from trainer._gap import measure_gap
 from trainer._models import Knobs, build_model, build_search_model
 from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
@@ -362,7 +364,12 @@ def _epoch_reporter(
                 "val_loss": float(evaluation["loss"]),
                 "val_accuracy": float(evaluation["accuracy"]),
             }
-            metrics["gap"] = metrics["accuracy"] - metrics["val_accuracy"]
+            # The gap measured alike for every trial: inference mode on a fixed training sample (see trainer._gap),
+            # not Keras' running training-mode "accuracy" (dropout on, weights moving).
+            fair = measure_gap(searchable.model, data, sample_size=settings.gap_sample_images, seed=settings.seed,
+                               batch_size=settings.batch_size, val_accuracy=metrics["val_accuracy"])
+            metrics["train_accuracy"] = fair.train_accuracy
+            metrics["gap"] = fair.gap
             metrics.update(
                 {
                     "weight_l1": l1_norm,
@@ -475,7 +482,7 @@ def train(
         history=history,
         val_accuracy=last["val_accuracy"],
         val_loss=last["val_loss"],
-        train_accuracy=last["accuracy"],
+        train_accuracy=last["train_accuracy"],
         train_loss=last["loss"],
         gap=last["gap"],
         weight_norms={"l1": last["weight_l1"], "l2": last["weight_l2"]},

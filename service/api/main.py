@@ -1,30 +1,71 @@
 """The FastAPI application: the service's routes first, the Optuna dashboard mounted at ``/`` after them.
 
 optuna-dashboard's WSGI app serves absolute paths (``/dashboard``, ``/api``, ``/static``), so it
-cannot live under a prefix; mounted last, it only sees the requests none of our routes matched.
+cannot live under a prefix; mounted last, it only sees the requests none of our routes matched,
+read-only and behind a read token (service/api/dashboard.py). Every ``/v1`` route needs a token:
+read scope for GET, write scope for POST and DELETE (docs/security.md); ``/healthz`` stays open.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service import metrics, studies
+from service.api.deps import require_scope_by_method
+from service.api.read_cache import ReadCache, TokenCache
+from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
+from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
-from service.config import Settings, get_settings
+from service.config import Settings, artifact_location, get_settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.features import ImportanceCache, make_artifact_store
 
 __all__ = ["create_app"]
 
+log = logging.getLogger("regsearch")
+
+
+def announce_auth(settings: Settings, factory) -> None:
+    """Secure by default: create the first admin token if there is none, and say how to use it."""
+    from service.tokens import ensure_admin_token
+
+    if not settings.auth:
+        log.warning("AUTH IS OFF (REGSEARCH_AUTH=false / --no-auth): anyone who reaches this port can read, "
+                    "submit, stop and delete studies; use it only on a trusted loopback setup")
+        return
+    if settings.admin_token is not None:
+        from service.tokens import install_admin_token
+
+        if install_admin_token(factory, settings.admin_token.get_secret_value()):
+            log.warning("installed the admin token of REGSEARCH_ADMIN_TOKEN (only its hash is stored)")
+        log.info("auth on: requests need a token (regsearch token list | create)")
+        return
+    path = ensure_admin_token(factory, settings.token_file)
+    if path is not None:
+        log.warning(
+            "created the first admin token and wrote it to %s (readable by you only). Use it with:\n"
+            "    export REGSEARCH_TOKEN=$(cat %s)      # the regsearch CLI also reads that file by itself\n"
+            "    curl -H \"Authorization: Bearer $(cat %s)\" http://%s:%d/v1/studies\n"
+            "    dashboard: user name anything, password the token\n"
+            "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, path, path,
+            settings.host, settings.port,
+        )
+    else:
+        log.info("auth on: requests need a token (regsearch token list | create; token file %s)", settings.token_file)
+
 
 def create_app(settings: Settings | None = None, *, dashboard: bool = True, apply_migrations: bool = True) -> FastAPI:
-    """Build the app on ``settings.database_url``, applying migrations first (idempotent)."""
+    """Build the app on ``settings.database_url``, applying migrations first (idempotent) unless
+    ``settings.migrate_on_start`` is off (a migration job ran them, and this process may lack DDL rights)."""
     settings = settings or get_settings()
-    if apply_migrations:
+    if apply_migrations and settings.migrate_on_start:
         migrate(settings)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -40,21 +81,30 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     )
     engine = create_engine(settings)
     app.state.settings = settings
+    app.state.artifact_store = make_artifact_store(artifact_location(settings))  # the best trials' models
+    app.state.importance_cache = ImportanceCache()
     app.state.engine = engine
     app.state.session_factory = session_factory(engine)
     app.state.optuna_storage = optuna_storage(settings)
+    announce_auth(settings, app.state.session_factory)
 
     @app.exception_handler(studies.StudyNotFound)
     def _not_found(_request: Request, error: studies.StudyNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=status.HTTP_404_NOT_FOUND)
 
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.state.token_cache = TokenCache(settings.auth_cache_s)
+    app.add_middleware(ReadCache, ttl=settings.read_cache_s, tokens=app.state.token_cache, auth=settings.auth)
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # outermost: before anything reads
+
     app.include_router(health.router)
-    app.include_router(studies_routes.router)
+    app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
+    publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
 
     if dashboard:
-        import optuna_dashboard
-        from a2wsgi import WSGIMiddleware
+        from service.api.dashboard import dashboard_app
 
-        app.mount("/", WSGIMiddleware(optuna_dashboard.wsgi(app.state.optuna_storage)), name="dashboard")
+        app.mount("/", dashboard_app(settings, app.state.optuna_storage, session_factory=app.state.session_factory,
+                                     api_routes=app.router.routes), name="dashboard")
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
@@ -24,9 +25,12 @@ COMMANDS: dict[str, str] = {
     "dashboard": "service.cli.server",
     "migrate": "service.cli.server",
     "submit": "service.cli.client",
+    "trials": "service.cli.client",
+    "importance": "service.cli.client",
     "watch": "service.cli.client",
     "best": "service.cli.client",
     "studies": "service.cli.client",
+    "token": "service.cli.tokens",
 }
 
 
@@ -52,13 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    from service.client import ClientError
+
     try:
         return int(args.func(args) or 0)
-    except CommandError as error:
+    except (CommandError, ClientError) as error:
         print(f"regsearch {args.command}: {error}", file=sys.stderr)
-        return error.code
+        return getattr(error, "code", 1)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`regsearch studies --json | head -1`): stop quietly, as Python's docs advise
+        # (point stdout at devnull so the interpreter's final flush cannot raise again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

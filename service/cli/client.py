@@ -1,4 +1,4 @@
-"""``regsearch submit | watch | best | studies``: the command-line client of the HTTP API."""
+"""``regsearch submit | watch | best | studies | trials | importance``: the command-line client of the HTTP API."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from service.cli.options import add_model_options, values_from_args
 from service.models import ACTIVE_STATUSES, StudyStatus
 from service.schemas import StudySpec
 
-_NOT_FLAGS = ("search_space",)  # StudySpec fields given in the spec file only
+_NOT_FLAGS = ("search_space", "enqueue")  # StudySpec fields given in the spec file only
 
 FINAL_STATUSES = tuple(status for status in StudyStatus if status not in ACTIVE_STATUSES)
 
@@ -44,6 +44,7 @@ def register(subparsers) -> None:
     best.add_argument("--json", action="store_true", help="print the best-config JSON")
     best.add_argument("-o", "--output", help="write the config to this file (json unless --format says otherwise)")
     best.add_argument("--format", choices=("json", "keras", "python"), default=None)
+    best.add_argument("--model", metavar="OUT.keras", help="also download the best trial's trained model (a .keras file)")
     _add_url(best)
     best.set_defaults(func=_best)
 
@@ -51,6 +52,23 @@ def register(subparsers) -> None:
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_url(listing)
     listing.set_defaults(func=_studies)
+
+    # -- issue 11 --
+    trials = subparsers.add_parser("trials", help="a study's trials, one row each (the API's export columns)")
+    trials.add_argument("name")
+    shape = trials.add_mutually_exclusive_group()
+    shape.add_argument("--csv", action="store_true", help="CSV, as GET /v1/studies/NAME/trials?format=csv")
+    shape.add_argument("--json", action="store_true", help="a JSON array of rows, as ?format=json")
+    trials.add_argument("-o", "--output", help="write to this file instead of standard output")
+    _add_url(trials)
+    trials.set_defaults(func=_trials)
+
+    importance = subparsers.add_parser("importance", help="each searched parameter's importance in a study")
+    importance.add_argument("name")
+    importance.add_argument("--evaluator", choices=("ped-anova", "fanova"), default="ped-anova")
+    importance.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_url(importance)
+    importance.set_defaults(func=_importance)
 
 
 def _client(args):
@@ -107,7 +125,7 @@ def _submit(args) -> int:
     return 0
 
 
-def _best_text(best: dict[str, Any] | None) -> str:
+def _best_text(best: dict[str, Any] | None, margin: dict[str, Any] | None = None) -> str:
     if not best:
         return "best -"
     text = f"best {best['value']:.4f} (#{best['trial_number']})"
@@ -117,7 +135,15 @@ def _best_text(best: dict[str, Any] | None) -> str:
             text += f" [{best['ci_low']:.4f}, {best['ci_high']:.4f}]"
     if best.get("confirmed") is False and best.get("n", 1) > 1:
         text += " unconfirmed"
-    return text
+    return text + _margin_text(margin)
+
+
+def _margin_text(margin: dict[str, Any] | None) -> str:
+    """``, +0.0123 over the reference`` (with its interval when there are repeats), or nothing yet."""
+    if not margin:
+        return ""
+    interval = f" [{margin['low']:+.4f}, {margin['high']:+.4f}]" if margin.get("low") is not None else ""
+    return f", {margin['value']:+.4f}{interval} over the reference"
 
 
 def _watch_study(client, name: str, interval: float) -> int:
@@ -129,7 +155,8 @@ def _watch_study(client, name: str, interval: float) -> int:
         while True:
             bar.update(study["trials_finished"] - bar.n)
             counts = study["counts"]
-            bar.set_postfix_str(f"{_best_text(study['best'])}, {counts['running']} running, {counts['pruned']} pruned, {study['status']}")
+            bar.set_postfix_str(f"{_best_text(study['best'], study.get('margin'))}, {counts['running']} running, "
+                                f"{counts['pruned']} pruned, {study['status']}")
             if study["status"] in FINAL_STATUSES:
                 break
             time.sleep(interval)
@@ -137,7 +164,8 @@ def _watch_study(client, name: str, interval: float) -> int:
     finally:
         bar.close()
     confirmed = f", {study.get('confirm_finished', 0)}/{study['confirm_trials']} confirmation trials" if study.get("confirm_trials") else ""
-    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials{confirmed}, {_best_text(study['best'])}"
+    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials{confirmed}, "
+          f"{_best_text(study['best'], study.get('margin'))}"
           + (f" - {study['error']}" if study["status"] == "failed" and study.get("error") else ""))
     return 1 if study["status"] == "failed" else 0
 
@@ -151,6 +179,12 @@ def _best(args) -> int:
     output_format = args.format or "json"
     with _client(args) as client:
         best = _call(client.best, args.name, output_format)
+        if args.model:
+            if not args.model.endswith(".keras"):
+                raise CommandError(f"--model must name a .keras file, got {args.model!r}")
+            headers = _call(client.best_model, args.name, args.model)
+            print(f"wrote {args.model} (trial {headers.get('x-regsearch-trial')}; the study's stored models take "
+                  f"{int(headers.get('x-regsearch-disk-bytes', 0)) / 1e6:.1f} MB)", file=sys.stderr)
     if output_format == "python":
         text = best
     else:
@@ -172,6 +206,8 @@ def _best(args) -> int:
 
     for line in BestConfig.model_validate(best).uncertainty_lines():
         print(f"  {line}")
+    if best.get("margin"):
+        print(f"  margin over the reference (defaults): {_margin_text(best['margin']).removeprefix(', ')}")
     return 0
 
 
@@ -189,4 +225,62 @@ def _studies(args) -> int:
     for row in rows:
         best = f"{row['best']['value']:.4f}" if row["best"] else "-"
         print(f"{row['name']:<{width}}  {row['status']:<9}  {row['trials_finished']:>4}/{row['n_trials']:<4}  {row['counts']['running']:>7}  {best}")
+    return 0
+
+
+# -- issue 11 --
+def _trials(args) -> int:
+    output_format = "csv" if args.csv else "json" if args.json else None
+    with _client(args) as client:
+        if output_format is None:
+            return _trials_table(client, args)
+        if args.output:
+            with open(args.output, "w", newline="") as out:
+                _call(client.export_trials, args.name, output_format, out)
+            print(f"wrote {args.output}", file=sys.stderr)
+        else:
+            _call(client.export_trials, args.name, output_format, sys.stdout)
+    return 0
+
+
+def _trials_table(client, args) -> int:
+    """A readable table of the export's main columns (--csv/--json give them all)."""
+    import csv
+    import io
+
+    from service.features import PARAM_COLUMNS
+
+    buffer = io.StringIO()
+    _call(client.export_trials, args.name, "csv", buffer)
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    columns = ["number", "state", "stage", *PARAM_COLUMNS, "value", "gap", "feasible", "epochs_run"]
+    lines = ["  ".join(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            try:
+                value = f"{float(value):.4g}" if column not in ("number", "epochs_run") and value not in ("", "True", "False") else value
+            except ValueError:
+                pass
+            cells.append(value or "-")
+        lines.append("  ".join(cells))
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _importance(args) -> int:
+    with _client(args) as client:
+        result = _call(client.importance, args.name, args.evaluator)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"study {result['study']}: parameter importance ({result['evaluator']}, {result['n_trials']} complete trials)")
+    for name, value in result["importances"].items():
+        print(f"  {name:<14} {value:6.3f}")
     return 0

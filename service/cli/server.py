@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     serve.add_argument("--port", type=int, default=None, help="port (default REGSEARCH_PORT or 8000)")
     serve.add_argument("--workers", type=int, default=1, help="local worker processes to start (0: API only; default 1)")
     serve.add_argument("--no-dashboard", action="store_true", help="do not mount the Optuna dashboard")
+    serve.add_argument("--no-auth", action="store_true", help="no tokens needed (trusted loopback only; same as REGSEARCH_AUTH=false)")
     serve.set_defaults(func=_serve)
 
     worker = subparsers.add_parser(
@@ -119,9 +120,10 @@ def _serve(args) -> int:
     # exception so that the workers are stopped in the `finally` below instead of being orphaned.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _logging()
-    settings = _settings()
+    settings = _settings().model_copy(update={"auth": False}) if args.no_auth else _settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    settings = settings.model_copy(update={"host": host, "port": port})  # the first start's hint names them
     if args.workers < 0:
         raise CommandError("--workers must be >= 0")
     try:
@@ -140,9 +142,12 @@ def _serve(args) -> int:
 
 def _worker(args) -> int:
     from service.worker import Worker
+    from service.worker_logs import install_quiet_graceful_stops, start_tensorflow
 
     _logging()
     settings = _settings()
+    start_tensorflow()  # one line naming the devices instead of TensorFlow's CUDA noise
+    install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
     worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
 
     def _on_signal(signum, _frame) -> None:
@@ -162,21 +167,22 @@ def _worker(args) -> int:
 
 
 def _dashboard(args) -> int:
-    import optuna_dashboard
     import sqlalchemy as sa
     import uvicorn
-    from a2wsgi import WSGIMiddleware
 
     from service.db import migrate, optuna_storage
 
     _logging()
     settings = _settings()
     try:
-        migrate(settings)
+        if settings.migrate_on_start:
+            migrate(settings)
         storage = optuna_storage(settings)
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
-    uvicorn.run(WSGIMiddleware(optuna_dashboard.wsgi(storage)), host=args.host or settings.host, port=args.port, log_level="info")
+    from service.api.dashboard import standalone_dashboard  # read-only, behind a read token
+
+    uvicorn.run(standalone_dashboard(settings, storage), host=args.host or settings.host, port=args.port, log_level="info")
     return 0
 
 
@@ -191,4 +197,14 @@ def _migrate(_args) -> int:
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
     print(f"database at revision {revision}")
+    if settings.admin_token is not None:  # an operator's first token (a Kubernetes Secret): its hash only
+        from service.db import create_engine, session_factory
+        from service.tokens import install_admin_token
+
+        engine = create_engine(settings)
+        try:
+            if install_admin_token(session_factory(engine), settings.admin_token.get_secret_value()):
+                print("installed the admin token of REGSEARCH_ADMIN_TOKEN (only its hash is stored)")
+        finally:
+            engine.dispose()
     return 0

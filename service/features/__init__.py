@@ -20,6 +20,7 @@ from service.features._artifacts import (
     disk_usage,
     download_best_model,
     make_artifact_store,
+    remove_study_artifacts,
     store_best_model,
 )
 from service.features._bounds import search_bounds
@@ -32,7 +33,7 @@ from service.features._constraints import (
     is_feasible,
     record_gap_constraint,
 )
-from service.features._export import COLUMNS, csv_lines, json_chunks, trial_row, trial_rows
+from service.features._export import COLUMNS, PARAM_COLUMNS, SEARCH_STAGE, csv_lines, json_chunks, trial_row, trial_rows
 from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
 from service.features._reference import (
     REFERENCE_STAGE,
@@ -45,7 +46,15 @@ from service.features._reference import (
     margin_from_trials,
     reference_config,
 )
-from service.features._schemas import ImportanceOut, MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
+from service.features._schemas import (
+    EXPORT_COLUMNS_TEXT,
+    ImportanceOut,
+    MarginOut,
+    ModelInfoOut,
+    ReferenceOut,
+    TrialRow,
+    WarmStartOut,
+)
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     ENQUEUED_STAGE,
@@ -64,12 +73,15 @@ __all__ = [
     "COLUMNS",
     "CONSTRAINT_ATTR",
     "ENQUEUED_STAGE",
+    "EXPORT_COLUMNS_TEXT",
     "EVALUATORS",
     "GAP_CONSTRAINT",
     "MIN_TRIALS",
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
+    "PARAM_COLUMNS",
     "REFERENCE_STAGE",
+    "SEARCH_STAGE",
     "STAGE_KEY",
     "WARM_START_STAGE",
     "BestModel",
@@ -104,8 +116,10 @@ __all__ = [
     "ModelInfoOut",
     "ReferenceOut",
     "StudyFeatures",
+    "TrialRow",
     "WarmStartOut",
     "record_gap_constraint",
+    "remove_study_artifacts",
     "reference_config",
     "search_bounds",
     "store_best_model",

@@ -40,6 +40,7 @@ __all__ = [
     "disk_usage",
     "download_best_model",
     "make_artifact_store",
+    "remove_study_artifacts",
     "store_best_model",
 ]
 
@@ -195,3 +196,17 @@ def disk_usage(study: optuna.Study, store: Any) -> dict[str, int]:
         return {"artifacts": len(sizes), "bytes": int(sum(sizes))}
     record = best_model(study)
     return {"artifacts": int(record is not None), "bytes": record.size_bytes if record else 0}
+
+
+def remove_study_artifacts(study: optuna.Study, store: Any) -> int:
+    """Remove every artifact file uploaded to the study or its trials (before deleting the study); return how many."""
+    ids = set()
+    attrs = [study._storage.get_study_system_attrs(study._study_id)]
+    attrs += [trial.system_attrs for trial in study.get_trials(deepcopy=False)]
+    for system_attrs in attrs:
+        for key, value in system_attrs.items():
+            if key.startswith(_ARTIFACT_PREFIX):
+                ids.add(json.loads(value)["artifact_id"])
+    for artifact_id in ids:
+        _remove(store, artifact_id)
+    return len(ids)

@@ -75,6 +75,7 @@ def _time(value: dt.datetime | None) -> str | None:
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as ``{column: value}`` in :data:`COLUMNS` order (JSON-ready: str, int, float, bool or None)."""
     attrs = trial.user_attrs
+    params = trial.params or trial.system_attrs.get("fixed_params", {})  # a queued trial: the params it will run
     metrics = TrialMetrics.model_validate(attrs).model_dump()
     if metrics.get("epochs_run") is None and trial.intermediate_values:
         metrics["epochs_run"] = len(trial.intermediate_values)  # a pruned trial: the epochs it reported
@@ -83,7 +84,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "number": trial.number,
         "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),
         "stage": attrs.get(STAGE_KEY) or SEARCH_STAGE,
-        **{name: _number(trial.params.get(name)) for name in PARAM_COLUMNS},
+        **{name: _number(params.get(name)) for name in PARAM_COLUMNS},
         "value": _number(trial.value),
         **{name: _number(metrics.get(name)) for name in METRIC_COLUMNS},
         "feasible": is_feasible(trial) if trial.state == TrialState.COMPLETE else None,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
 
-from service.features._export import COLUMNS
+from pydantic import BaseModel, Field, create_model
 
-__all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "WarmStartOut"]
+from service.features._export import COLUMNS, METRIC_COLUMNS, PARAM_COLUMNS
+from trainer._recipe import TrialMetrics
+
+__all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "TrialRow", "WarmStartOut"]
 
 
 class MarginOut(BaseModel):
@@ -51,3 +54,27 @@ class WarmStartOut(BaseModel):
 
 #: For the trials route's OpenAPI description of ``format=csv|json``.
 EXPORT_COLUMNS_TEXT = ", ".join(COLUMNS)
+
+
+_ROW_TYPES: dict[str, Any] = {
+    "number": int,
+    "state": str,
+    "stage": str,
+    **{name: float | None for name in PARAM_COLUMNS},
+    "value": float | None,
+    **{name: TrialMetrics.model_fields[name].annotation for name in METRIC_COLUMNS},
+    "feasible": bool | None,
+    "duration_s": float | None,
+    "datetime_start": str | None,
+    "datetime_complete": str | None,
+    "retry_of": int | None,
+    "fail_reason": str | None,
+    "worker": str | None,
+}
+
+#: One exported trial (``?format=json`` rows; the CSV's columns), in :data:`COLUMNS` order.
+TrialRow = create_model(
+    "TrialRow",
+    __doc__="One trial as a flat row: the columns of GET /v1/studies/{name}/trials?format=csv|json.",
+    **{name: (_ROW_TYPES[name], ...) for name in COLUMNS},
+)

@@ -8,6 +8,7 @@ from alembic import context
 
 from service.db import VERSION_TABLE
 from service.models import Base
+import service.tokens  # noqa: E402,F401 - registers regsearch_tokens on Base.metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic -c ...` from the command line: build an engine from the settings

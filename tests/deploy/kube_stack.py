@@ -9,8 +9,12 @@
   environment resolved from the rendered ConfigMaps and Secrets) as a local process on the test's
   PostgreSQL, the way tests/scale/compose_stack.py runs docker-compose.yml: the in-image entrypoint is
   mapped to the checkout through the Dockerfile that builds the image (found through the compose
-  service that names the same image), the in-cluster ``postgres`` URL is swapped for the test's, and
-  every ``containerPort`` becomes a free local one. Containers of the API image run without TensorFlow.
+  service that names the same image), the in-cluster ``postgres`` URL is swapped for the test's
+  (keeping a least-privilege role's login), the PostgreSQL pod's init scripts (its ConfigMap at
+  ``/docker-entrypoint-initdb.d``) run once against it, and every ``containerPort`` becomes a free local one. Containers of the API image run without TensorFlow.
+  A directory setting (``REGSEARCH_ARTIFACT_URL``) naming a container path is mapped through the pod's
+  volumes: a PersistentVolumeClaim becomes one directory under the work directory, shared by every pod
+  that mounts it; other volumes and unmounted paths, directories private to that workload.
 """
 
 from __future__ import annotations
@@ -29,7 +33,18 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.scale.compose_stack import _BLOCKER, DATABASE_SERVICE, interpolate, is_api_image, load_compose, local_path
+from tests.scale.compose_stack import (
+    _BLOCKER,
+    DATABASE_SERVICE,
+    INITDB_DIR,
+    interpolate,
+    is_api_image,
+    load_compose,
+    local_database_url,
+    local_directory_setting,
+    local_path,
+    run_initdb_scripts,
+)
 from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
@@ -142,6 +157,21 @@ class KubeStack:
             out.append(arg)
         return out
 
+    def container_path(self, name: str, path: str) -> Path:
+        """Where ``path`` inside workload ``name``'s container lives here: a claim's directory (shared by the
+        pods that mount it), else one private to the workload (an emptyDir, the container's filesystem)."""
+        assert path.startswith("/"), f"{name}: {path!r} is not an absolute container path"
+        volumes = {volume["name"]: volume for volume in pod_spec(self.workload(name)).get("volumes", [])}
+        mounts = sorted(self.container(name).get("volumeMounts", []), key=lambda mount: -len(mount["mountPath"]))
+        for mount in mounts:
+            target = mount["mountPath"].rstrip("/") or "/"
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                rest = path[len(target):].lstrip("/")
+                claim = volumes[mount["name"]].get("persistentVolumeClaim")
+                base = self.workdir / "claims" / claim["claimName"] if claim else self.workdir / "pods" / name / mount["name"]
+                return base / rest if rest else base
+        return self.workdir / "containers" / name / path.lstrip("/")
+
     def declared_environment(self, name: str) -> dict[str, str]:
         """The container's environment as the kubelet would build it (envFrom, then env)."""
         container = self.container(name)
@@ -175,9 +205,13 @@ class KubeStack:
         assert host == DATABASE_SERVICE, f"{name}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} Service"
         env = {key: value for key, value in base_env().items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
+        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
+        if artifacts:  # the container path -> the claim's directory here, never /artifacts of this machine
+            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
         env.update(self.extra_env)
-        env["REGSEARCH_DATABASE_URL"] = self.database_url
+        env["REGSEARCH_DATABASE_URL"] = local_database_url(declared["REGSEARCH_DATABASE_URL"], self.database_url)
         if is_api_image(compose_service_for_image(self.container(name)["image"])):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir()), env.get("PYTHONPATH")]))
         return env
@@ -188,6 +222,19 @@ class KubeStack:
 
     def logs(self, tail: int = 4000) -> str:
         return "\n".join(f"--- {path.name} ---\n{path.read_text(errors='replace')[-tail:]}" for path in sorted(self.workdir.glob("*.log")))
+
+    def init_database(self) -> None:
+        """What the PostgreSQL pod runs on an empty volume: the scripts of the ConfigMap at /docker-entrypoint-initdb.d."""
+        postgres = self.workload("database")
+        (container,) = pod_spec(postgres)["containers"]
+        (mount,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == INITDB_DIR]
+        (volume,) = [volume for volume in pod_spec(postgres)["volumes"] if volume["name"] == mount["name"]]
+        data = by_kind(self.resources, "ConfigMap")[volume["configMap"]["name"]]["data"]
+        directory = self.workdir / "initdb"
+        directory.mkdir(parents=True, exist_ok=True)
+        for file_name, text in data.items():
+            (directory / file_name).write_text(text)
+        run_initdb_scripts(sorted(directory.iterdir()), self.database_url, self.declared_environment("database"))
 
     def run_job(self, name: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A Job's pod to completion."""

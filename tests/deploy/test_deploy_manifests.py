@@ -7,9 +7,13 @@ schemas. Each failure names what drifted.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from service.cli import COMMANDS, build_parser
+from sqlalchemy.engine import make_url
+
 from service.config import Settings
 from tests.deploy.kube_stack import (
     BASE,
@@ -25,7 +29,19 @@ from tests.deploy.kube_stack import (
     validate,
     workloads,
 )
-from tests.scale.compose_stack import DATABASE_SERVICE, as_list, interpolate, load_compose
+from service.migrations.roles import ROLES
+from tests.support import ROOT
+from tests.scale.compose_stack import (
+    DATABASE_SERVICE,
+    INITDB_DIR,
+    ROLE_PASSWORDS,
+    SERVICE_ROLES,
+    as_list,
+    interpolate,
+    load_compose,
+    local_directory_setting,
+    volume_mounts,
+)
 
 KUSTOMIZATIONS = [BASE, *OVERLAYS]
 RENDERED = {path.relative_to(BASE.parent).as_posix(): render(path) for path in KUSTOMIZATIONS}
@@ -139,11 +155,18 @@ def test_pods_run_non_root_read_only_without_capabilities_and_with_limits(overla
             assert container.get("image") and (":" in container["image"]), f"{label}: images are tagged"
 
 
-def test_api_probes_healthz_and_carries_scrape_annotations():
+@pytest.mark.parametrize("name", ["api", "dashboard"])
+def test_probes_use_the_open_healthz_as_compose_does(name):
+    """The kubelet sends no token: its probes must hit /healthz, the one path open with auth on."""
+    container = STACK.container(name)
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == "/healthz", f"{name} {probe}"
+    assert "/healthz" in " ".join(as_list(SERVICES[name]["healthcheck"]["test"]))
+
+
+def test_api_carries_scrape_annotations():
     api = STACK.workload("api")
     container = STACK.container("api")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["path"] == "/healthz", probe
     annotations = api["spec"]["template"]["metadata"]["annotations"]
     port = int(annotations["prometheus.io/port"])
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
@@ -199,3 +222,72 @@ def test_upgrade_step_one_applies_the_migration_job_with_what_it_needs_and_no_se
     needed |= {("Secret", variable["valueFrom"]["secretKeyRef"]["name"]) for variable in container["env"] if "valueFrom" in variable}
     assert needed <= kinds, f"step one misses {needed - kinds}"
     assert not {kind for kind, _ in kinds} & {"Deployment"}, kinds
+
+
+@pytest.mark.parametrize("overlay", sorted(RENDERED))
+def test_each_container_logs_in_as_its_role_and_only_migrate_and_api_get_the_admin_token(overlay):
+    """Per-role database URLs (service/migrations/roles.py): the Secret's passwords agree with its URLs."""
+    resources = RENDERED[overlay]
+    stack = KubeStack(resources, "postgresql+psycopg://postgres@127.0.0.1:5432/unused", BASE.parent / "never-created")
+    secret_keys = {}
+    for name, role in SERVICE_ROLES.items():
+        env = stack.declared_environment(name)
+        url = make_url(env["REGSEARCH_DATABASE_URL"])
+        assert (url.username in ROLES) == (role is not None) and (role is None or url.username == role), f"{overlay}: {name} logs in as {url.username}"
+        assert env["REGSEARCH_MIGRATE_ON_START"] == "false", f"{overlay}: {name} must not migrate (the Job does)"
+        assert ("REGSEARCH_ADMIN_TOKEN" in env) == (name in ("migrate", "api")), f"{overlay}: {name} and the admin token"
+        Settings(admin_token=env.get("REGSEARCH_ADMIN_TOKEN"))  # long enough to be accepted
+        (variable,) = [item for item in stack.container(name)["env"] if item["name"] == "REGSEARCH_DATABASE_URL"]
+        secret_keys[name] = variable["valueFrom"]["secretKeyRef"]["key"]
+        if role is not None:
+            secret = next(value for key, value in by_kind(resources, "Secret").items() if key.startswith("regsearch-database"))
+            data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+            if ROLE_PASSWORDS[role] in data:  # the in-cluster database's init script sets this password
+                assert url.password == data[ROLE_PASSWORDS[role]], f"{overlay}: {name}'s URL and {ROLE_PASSWORDS[role]} differ"
+    assert secret_keys["migrate"] != secret_keys["api"] != secret_keys["worker"] != secret_keys["migrate"]
+
+
+def test_postgres_runs_the_role_init_script_with_the_role_passwords():
+    postgres = STACK.workload("database")
+    (container,) = pod_spec(postgres)["containers"]
+    (mount,) = [mount for mount in container["volumeMounts"] if mount["mountPath"] == INITDB_DIR]
+    (volume,) = [volume for volume in pod_spec(postgres)["volumes"] if volume["name"] == mount["name"]]
+    script = "\n".join(by_kind(BASE_RESOURCES, "ConfigMap")[volume["configMap"]["name"]]["data"].values())
+    env = STACK.declared_environment("database")
+    for role, variable in ROLE_PASSWORDS.items():
+        assert f"ALTER ROLE {role} LOGIN PASSWORD" in script and variable in env, role
+    # The same file compose mounts (docker-compose.yml's postgres volumes).
+    (compose_mount,) = [entry for entry in SERVICES[DATABASE_SERVICE]["volumes"] if entry.split(":")[1] == INITDB_DIR]
+    compose_dir = ROOT / compose_mount.split(":")[0]
+    assert script == "\n".join(path.read_text() for path in sorted(compose_dir.glob("*.sh")))
+
+
+@pytest.mark.parametrize("overlay", sorted(RENDERED))
+def test_api_and_workers_share_one_artifact_store(overlay):
+    """REGSEARCH_ARTIFACT_URL (the settings ConfigMap, as compose's) is the same in every container. A path: the API
+    and worker pods mount one ReadWriteMany claim there, where compose mounts its artifacts volume. An s3:// URL
+    (overlays/s3-artifacts): both get the same credentials Secret and the claim is gone."""
+    resources = RENDERED[overlay]
+    stack = KubeStack(resources, "postgresql+psycopg://postgres@127.0.0.1:5432/unused", BASE.parent / "never-created")
+    urls = {name: stack.declared_environment(name)["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_COMPONENTS}
+    assert len(set(urls.values())) == 1, f"{overlay}: the containers disagree on the artifact store: {urls}"
+    path = local_directory_setting(urls["api"])
+    if path is None:
+        assert urls["api"].startswith("s3://") and not by_kind(resources, "PersistentVolumeClaim"), (overlay, urls["api"])
+        secrets = {name: {source["secretRef"]["name"] for source in stack.container(name)["envFrom"] if "secretRef" in source} for name in ("api", "worker")}
+        assert secrets["api"] == secrets["worker"] and len(secrets["api"]) == 1, f"{overlay}: api and worker need the same S3 credentials: {secrets}"
+        for name in ("api", "worker"):
+            assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(stack.declared_environment(name)), f"{overlay}: {name} has no S3 credentials"
+        return
+    claims = {}
+    for name in ("api", "worker"):
+        volumes = {volume["name"]: volume for volume in pod_spec(stack.workload(name))["volumes"]}
+        mounts = [mount for mount in stack.container(name)["volumeMounts"] if mount["mountPath"] == path]
+        assert len(mounts) == 1 and not mounts[0].get("readOnly"), f"{overlay}: {name} must mount {path} writable once"
+        claims[name] = volumes[mounts[0]["name"]].get("persistentVolumeClaim", {}).get("claimName")
+    assert claims["api"] == claims["worker"] is not None, f"{overlay}: api and worker must share one claim at {path}: {claims}"
+    claim = by_kind(resources, "PersistentVolumeClaim")[claims["api"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"], f"{overlay}: API and worker pods on several nodes need RWX"
+    assert stack.container_path("api", path) == stack.container_path("worker", path) == stack.workdir / "claims" / claims["api"]
+    for name in ("api", "worker"):
+        assert path in volume_mounts(SERVICES[name]), f"compose's {name} mounts its artifacts volume elsewhere than {path}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 
 import httpx
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import sessionmaker
 
 from service.metrics import DOMAIN_METRICS, SearchCollector
+from service.tokens import token_hash
 from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "regsearch-dashboard.json"
@@ -75,3 +77,50 @@ def test_a_scrape_reports_an_unreadable_database_instead_of_failing(tmp_path):
     text = generate_latest(registry).decode()
     assert "regsearch_database_up 0.0" in text
     engine.dispose()
+
+
+def test_metrics_need_a_read_token_unless_metrics_public_and_the_admin_token_is_installed_hashed(tmp_path):
+    """Auth on, the first admin token from REGSEARCH_ADMIN_TOKEN (a Secret): /metrics answers 401 without
+    a token and 200 with a read one; REGSEARCH_METRICS_PUBLIC=true opens /metrics (and only /metrics)."""
+    admin_token = "k8s-secret-" + "a1b2c3d4" * 4
+    database = f"sqlite:///{tmp_path / 'auth.db'}"
+    env = base_env(REGSEARCH_DATABASE_URL=database, REGSEARCH_AUTH="true", REGSEARCH_ADMIN_TOKEN=admin_token,
+                   REGSEARCH_TOKEN_FILE=str(tmp_path / "token-file"))
+    migrated = subprocess.run([REGSEARCH, "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0 and "installed the admin token" in migrated.stdout, migrated.stderr
+    created = subprocess.run([REGSEARCH, "token", "create", "--scope", "read"], env=env, capture_output=True, text=True, timeout=120)
+    assert created.returncode == 0, created.stderr
+    read_token = created.stdout.strip()
+
+    def serve(log_name: str, **extra: str):
+        port = free_port()
+        process = spawn([REGSEARCH, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "0", "--no-dashboard"],
+                        {**env, **extra}, log_path=tmp_path / log_name)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, timeout=90)
+        return process, url
+
+    server, url = serve("closed.log")
+    try:
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer rgs_unknown"}, timeout=30).status_code == 401
+        response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {read_token}"}, timeout=30)
+        assert response.status_code == 200 and "regsearch_database_up 1.0" in response.text
+        spec = {"name": "secret-admin", "width": 0.25, "n_trials": 1, "epochs": 1}
+        assert httpx.post(f"{url}/v1/studies", json=spec, headers={"Authorization": f"Bearer {admin_token}"}, timeout=30).status_code == 201
+    finally:
+        kill_group(server, signal.SIGTERM)
+    server, url = serve("public.log", REGSEARCH_METRICS_PUBLIC="true")
+    try:
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 200
+        assert httpx.get(f"{url}/v1/studies", timeout=30).status_code == 401, "only /metrics is opened"
+    finally:
+        kill_group(server, signal.SIGTERM)
+    logs = migrated.stdout + migrated.stderr + (tmp_path / "closed.log").read_text() + (tmp_path / "public.log").read_text()
+    assert admin_token not in logs, "the admin token is never logged"
+    assert not (tmp_path / "token-file").exists(), "with REGSEARCH_ADMIN_TOKEN no token file is written"
+    engine = sa.create_engine(database)
+    with engine.connect() as connection:
+        hashes = set(connection.execute(sa.text("SELECT token_hash FROM regsearch_tokens")).scalars())
+    engine.dispose()
+    assert token_hash(admin_token) in hashes and admin_token not in hashes

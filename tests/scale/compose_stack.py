@@ -8,7 +8,12 @@ what ``docker compose up`` would, one process per container:
 * the in-image paths of the entrypoints are mapped to the checkout through the Dockerfile's
   ``WORKDIR`` (the images ``COPY`` the repository's files to the same relative paths);
 * ``REGSEARCH_DATABASE_URL`` must point at the compose file's ``postgres`` service and is swapped
-  for the test's database; ``--host 0.0.0.0`` becomes 127.0.0.1 and each published port a free one;
+  for the test's database, keeping the login of a least-privilege role (service/migrations/roles.py);
+  the ``postgres`` service's init scripts (``/docker-entrypoint-initdb.d``) run once against it,
+  as the image would on an empty volume; ``--host 0.0.0.0`` becomes 127.0.0.1 and each published port a free one;
+* a directory setting (``REGSEARCH_ARTIFACT_URL``) that names a container path is mapped through the
+  service's ``volumes``: a named volume becomes one directory under the stack's work directory, shared
+  by every service that mounts it; an unmounted path, one private to that container (lost with it);
 * ``depends_on`` is honoured: ``service_completed_successfully`` runs the dependency to the end,
   ``service_healthy`` polls the dependency's own healthcheck command;
 * services built from the API image run with TensorFlow and Keras made
@@ -83,6 +88,37 @@ def interpolate(value: Any, variables: Mapping[str, str]) -> Any:
     return _VARIABLE.sub(substitute, value)
 
 
+INITDB_DIR = "/docker-entrypoint-initdb.d"
+#: The PostgreSQL role each regsearch service logs in as (service/migrations/roles.py); None: the owner (DDL).
+SERVICE_ROLES = {"migrate": None, "api": "regsearch_api", "dashboard": "regsearch_api", "worker": "regsearch_worker"}
+#: The database's variable holding each role's password, for its init script.
+ROLE_PASSWORDS = {"regsearch_api": "API_DB_PASSWORD", "regsearch_worker": "WORKER_DB_PASSWORD"}
+
+
+def local_database_url(declared: str, test_url: str) -> str:
+    """The test's database in place of the stack's: a role's login is kept, the owner's becomes the test's."""
+    from sqlalchemy.engine import make_url
+
+    from service.migrations.roles import ROLES
+
+    wanted, test = make_url(declared), make_url(test_url)
+    if wanted.username in ROLES:
+        test = test.set(username=wanted.username, password=wanted.password)
+    return test.render_as_string(hide_password=False)
+
+
+def run_initdb_scripts(scripts: list[Path], test_url: str, declared_env: Mapping[str, str]) -> None:
+    """Run the postgres image's init scripts as its entrypoint would, against the test's database."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(test_url)
+    env = {**base_env(), **declared_env, "POSTGRES_USER": url.username or "postgres", "POSTGRES_DB": url.database or "",
+           "PGHOST": url.host or "127.0.0.1", "PGPORT": str(url.port or 5432)}
+    for script in sorted(scripts):
+        result = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"init script {script.name} failed:\n{result.stdout}{result.stderr}"
+
+
 def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     with open(path) as handle:
         return yaml.safe_load(handle)
@@ -134,6 +170,22 @@ def published_ports(service: Mapping[str, Any]) -> list[int]:
     return ports
 
 
+def volume_mounts(service: Mapping[str, Any]) -> dict[str, str]:
+    """A service's mounts: container path -> source (a named volume or a host path), short or long syntax."""
+    mounts = {}
+    for entry in service.get("volumes", []):
+        source, target = (entry.get("source", ""), entry["target"]) if isinstance(entry, dict) else str(entry).split(":")[:2]
+        mounts[target.rstrip("/") or "/"] = source
+    return mounts
+
+
+def local_directory_setting(url: str) -> str | None:
+    """The container path a directory setting names (a path or file:///path); None for s3:// and the like."""
+    if url.startswith("file://"):
+        return urlsplit(url).path
+    return None if "://" in url else url
+
+
 def is_api_image(service: Mapping[str, Any]) -> bool:
     return dockerfile_of(service).name == "api.Dockerfile"
 
@@ -177,6 +229,20 @@ class ComposeStack:
     def url(self, name: str, container_port: int) -> str:
         return f"http://127.0.0.1:{self.port(name, container_port)}"
 
+    def container_path(self, name: str, path: str) -> Path:
+        """Where ``path`` inside service ``name``'s container lives here: under the named volume (or host
+        directory) mounted there, else in the container's own filesystem (lost with the container)."""
+        assert path.startswith("/"), f"service {name!r}: {path!r} is not an absolute container path"
+        for target, source in sorted(volume_mounts(self.service(name)).items(), key=lambda item: -len(item[0])):
+            if path == target or path.startswith(target.rstrip("/") + "/"):
+                rest = path[len(target):].lstrip("/")
+                if source in (self.compose.get("volumes") or {}):
+                    base = self.workdir / "volumes" / source
+                else:
+                    base = (ROOT / source).resolve()
+                return base / rest if rest else base
+        return self.workdir / "containers" / name / path.lstrip("/")
+
     def _localize(self, name: str, args: list[str]) -> list[str]:
         """Container addresses and ports -> this machine's: 0.0.0.0 -> 127.0.0.1, published ports -> free ones."""
         service = self.service(name)
@@ -218,9 +284,13 @@ class ComposeStack:
         # Nothing of this machine's REGSEARCH_* setup leaks in: only what the compose file declares.
         env = {key: value for key, value in env.items() if not key.startswith("REGSEARCH_")}
         env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
         env.update(declared)
+        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
+        if artifacts:  # the container path -> the volume's directory here, never /artifacts of this machine
+            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
         env.update(self.extra_env)
-        env["REGSEARCH_DATABASE_URL"] = self.database_url
+        env["REGSEARCH_DATABASE_URL"] = local_database_url(url, self.database_url)
         if is_api_image(service):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir), env.get("PYTHONPATH")]))
         return env
@@ -268,6 +338,20 @@ class ComposeStack:
 
         wait_until(check, timeout=timeout, interval=0.5, what=f"service {name!r} to pass its healthcheck")
 
+    def init_database(self) -> None:
+        """What the ``postgres`` service's image runs on an empty volume: its mounted init scripts."""
+        if DATABASE_SERVICE in self.completed:
+            return
+        service = self.service(DATABASE_SERVICE)
+        scripts = []
+        for volume in service.get("volumes", []):
+            source, _, target = str(volume).partition(":")
+            if target.split(":")[0] == INITDB_DIR:
+                scripts += [path for path in (ROOT / source).iterdir() if path.suffix == ".sh"]
+        declared = {key: str(value) for key, value in (service.get("environment") or {}).items()}
+        run_initdb_scripts(scripts, self.database_url, declared)
+        self.completed.append(DATABASE_SERVICE)
+
     def up(self, name: str, scale: int = 1, _seen: set[str] | None = None) -> list[subprocess.Popen]:
         """Start ``name`` after its dependencies, as compose does; the database is the test's."""
         seen = _seen if _seen is not None else set()
@@ -275,6 +359,7 @@ class ComposeStack:
         for dependency, condition in _depends_on(service).items():
             if dependency == DATABASE_SERVICE:
                 assert condition == "service_healthy", f"{name!r} must wait for a healthy database"
+                self.init_database()
                 continue
             if dependency in seen or dependency in self.completed or self.processes.get(dependency):
                 continue

@@ -14,8 +14,12 @@ import pytest
 
 from service.cli import COMMANDS, build_parser
 from service.config import Settings
+from service.migrations.roles import ROLES
 from tests.scale.compose_stack import (
     DATABASE_SERVICE,
+    INITDB_DIR,
+    ROLE_PASSWORDS,
+    SERVICE_ROLES,
     ComposeStack,
     as_list,
     dockerfile_instructions,
@@ -23,8 +27,10 @@ from tests.scale.compose_stack import (
     image_workdir,
     interpolate,
     load_compose,
+    local_directory_setting,
     local_path,
     published_ports,
+    volume_mounts,
 )
 from tests.support import ROOT, base_env
 
@@ -65,11 +71,25 @@ def test_each_environment_names_only_real_settings(name):
     assert not unknown, f"{name}: no setting reads {unknown} (service/config.py has {sorted(known)})"
     Settings(**{key[len("REGSEARCH_"):].lower(): value for key, value in environment.items() if key in known})
     postgres = RESOLVED["postgres"]["environment"]
-    expected = (
-        f"postgresql+psycopg://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}"
-        f"@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
-    )
-    assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database"
+    role = SERVICE_ROLES[name]
+    user, password = (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]) if role is None else (role, postgres[ROLE_PASSWORDS[role]])
+    expected = f"postgresql+psycopg://{user}:{password}@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
+    assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database as {user}"
+    assert environment["REGSEARCH_MIGRATE_ON_START"] == "false", f"{name}: the migrate service migrates, nothing else"
+    assert ("REGSEARCH_ADMIN_TOKEN" in environment) == (name in ("migrate", "api")), f"{name}: the admin token goes to migrate and api only"
+
+
+def test_postgres_init_script_creates_each_role_with_the_password_of_its_url():
+    """The script the postgres service mounts at /docker-entrypoint-initdb.d (Kubernetes mounts the same file)."""
+    postgres = RESOLVED["postgres"]
+    (mount,) = [volume for volume in postgres["volumes"] if volume.split(":")[1] == INITDB_DIR]
+    scripts = sorted((ROOT / mount.split(":")[0]).glob("*.sh"))
+    assert scripts and all(script.stat().st_mode & 0o111 for script in scripts)
+    text = "\n".join(script.read_text() for script in scripts)
+    for role, variable in ROLE_PASSWORDS.items():
+        assert f"ALTER ROLE {role} LOGIN PASSWORD" in text and f'"${variable}"' in text, role
+        assert variable in postgres["environment"], variable
+    assert set(SERVICE_ROLES.values()) - {None} == set(ROLES)
 
 
 @pytest.mark.parametrize("name", REGSEARCH_SERVICES)
@@ -171,3 +191,27 @@ def test_compose_file_passes_compose_schema_validation():
     result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_api_and_workers_keep_models_on_one_named_volume_uid_10001_can_write(tmp_path):
+    """REGSEARCH_ARTIFACT_URL: the same for every service, a path the api and worker mount from one named volume,
+    created in both images owned by the images' user (a fresh named volume takes the directory's owner)."""
+    urls = {name: RESOLVED[name]["environment"]["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_SERVICES}
+    assert len(set(urls.values())) == 1, f"the services disagree on the artifact store: {urls}"
+    path = local_directory_setting(urls["api"])
+    assert path, f"compose keeps the models on its volume, got {urls['api']!r} (docs/deployment.md names the S3 alternative)"
+    sources = {name: volume_mounts(RESOLVED[name]).get(path) for name in ("api", "worker")}
+    assert sources["api"] == sources["worker"] and sources["api"] in COMPOSE["volumes"], f"api and worker must mount one named volume at {path}: {sources}"
+    for name in ("api", "worker"):
+        dockerfile = dockerfile_of(RESOLVED[name])
+        runs = " ".join(args for instruction, args in dockerfile_instructions(dockerfile) if instruction == "RUN")
+        owner = next(args for instruction, args in dockerfile_instructions(dockerfile) if instruction == "USER").split(":")[0]
+        user = re.search(rf"useradd [^&]*--uid {owner}\b[^&]*\s(\w+)\s*(?:&&|$)", runs).group(1)  # the name useradd gives it
+        assert re.search(rf"mkdir -p [^&]*{re.escape(path)}(\s|$)", runs), f"{dockerfile.name} does not create {path}"
+        assert re.search(rf"chown (?:{user}|{owner})(?::\S+)? [^&]*{re.escape(path)}(\s|$)", runs), f"{dockerfile.name}: {path} is not owned by uid {owner}"
+    # The harness: both processes share one directory under the stack's work directory, never this machine's /artifacts.
+    stack = ComposeStack("postgresql+psycopg://postgres@127.0.0.1:5432/x", tmp_path)
+    local = {name: stack.environment(name)["REGSEARCH_ARTIFACT_URL"] for name in REGSEARCH_SERVICES}
+    assert local["api"] == local["worker"] == str(tmp_path / "volumes" / sources["api"]), local
+    assert all(value.startswith(str(tmp_path)) for value in local.values()), local
+    assert local["dashboard"] != local["api"], "a service without the volume has its own (unshared) directory"

@@ -43,7 +43,7 @@ def finished_trials(client: httpx.Client, name: str) -> dict[int, dict]:
 
 
 def test_compose_stack_end_to_end(postgres_url, tmp_path):
-    stack = ComposeStack(postgres_url, tmp_path / "stack", extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR)})
+    stack = ComposeStack(postgres_url, tmp_path / "stack", extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR), "REGSEARCH_AUTH": "false"})
     try:
         # `docker compose up api dashboard` then `--scale worker=2`: migrate runs first, once.
         (api,) = stack.up("api")

@@ -79,7 +79,7 @@ def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_pa
         postgres_url,
         tmp_path / "stack",
         variables={"REGSEARCH_HEARTBEAT_INTERVAL": "1", "REGSEARCH_GRACE_PERIOD": "4", "REGSEARCH_MAX_RETRIES": "2"},
-        extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR)},
+        extra_env={"REGSEARCH_DATA_DIR": str(CIFAR_DIR), "REGSEARCH_AUTH": "false"},
     )
     monitor = SlotMonitor(postgres_url, "crash")
     try:
@@ -179,7 +179,7 @@ def test_trial_orphaned_by_a_dropped_connection_does_not_block_its_study(postgre
     settings = Settings(database_url=postgres_url)
     engine = create_engine(settings)
     storage = optuna_storage(settings)
-    spec = StudySpec.model_validate(tiny_study("orphan", n_trials=1))
+    spec = StudySpec.model_validate({**tiny_study("orphan", n_trials=1), "reference": False})  # no queued reference trial
     submit_study(session_factory(engine), storage, spec)
     study = optuna.load_study(study_name="orphan", storage=storage)
     assert claim_slot(session_factory(engine), 1) == 1  # the one slot, used by a finished trial

@@ -1,4 +1,4 @@
-"""Fixtures of the service tests: a headless Chromium for the dashboard check."""
+"""Fixtures of the service tests: auth off unless a test turns it on, a headless Chromium for the dashboard check."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def chromium() -> str:
                 pytest.fail(reason)
             pytest.skip(reason)
     return CHROMIUM
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _auth_off_by_default(tmp_path_factory):
+    """In-process apps built from ``Settings(...)`` run without tokens and never touch ~/.config
+    (the tests of auth pass ``auth=True`` or ``REGSEARCH_AUTH=true`` explicitly). Session-scoped, so
+    that module-scoped apps see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REGSEARCH_AUTH", "false")
+        patch.setenv("REGSEARCH_TOKEN_FILE", str(tmp_path_factory.mktemp("auth") / "token"))
+        patch.delenv("REGSEARCH_TOKEN", raising=False)
+        yield

@@ -43,7 +43,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     body = created.json()
     assert body["status"] == "queued"
     assert body["n_trials"] == 3 and body["trials_finished"] == 0
-    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 0}
+    # The reference config is queued as the first trial (issue 11).
+    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 1}
     assert body["best"] is None
     # Defaults come from the trainer's declaration of the search space.
     assert body["spec"]["search_space"]["dropout_conv"] == {"low": 0.3, "high": 0.5}
@@ -61,7 +62,16 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     listing = client.get("/v1/studies").json()["studies"]
     assert [study["name"] for study in listing] == ["api-demo"]
     assert client.get("/v1/studies/api-demo").json()["spec"]["width"] == 0.25
-    assert client.get("/v1/studies/api-demo/trials").json() == {"study": "api-demo", "trials": []}
+    (queued,) = client.get("/v1/studies/api-demo/trials").json()["trials"]  # the reference, waiting for a worker
+    assert (queued["number"], queued["state"], queued["stage"], queued["value"]) == (0, "waiting", "reference", None)
+    # A reference clipped into narrowed bounds says so.
+    narrowed = client.post("/v1/studies", json={**SPEC, "name": "api-narrow", "search_space": {"dropout_dense": {"high": 0.4}}})
+    assert narrowed.status_code == 201, narrowed.text
+    reference = narrowed.json()["reference"]
+    assert reference["params"]["dropout_dense"] == 0.4 and reference["clipped"] == {"dropout_dense": [0.5, 0.4]}
+    assert "dropout_dense 0.5 -> 0.4" in reference["note"]
+    assert client.get("/v1/studies/api-narrow/trials").json()["trials"][0]["params"]["dropout_dense"] == 0.4
+    assert client.delete("/v1/studies/api-narrow").status_code == 204
 
     best = client.get("/v1/studies/api-demo/best")
     assert best.status_code == 404
@@ -84,8 +94,8 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     [
         ({"search_space": {"l1_ratio": {"low": 0.8, "high": 0.2}}}, "search_space.l1_ratio", "must not exceed high"),
         ({"search_space": {"weight_decay": {"low": 1e-2, "high": 1e-5}}}, "search_space.weight_decay", "must not exceed high"),
-        ({"search_space": {"dropout_conv": {"low": 0.3, "high": 1.0}}}, "search_space.dropout_conv", "must be in [0, 1)"),
-        ({"search_space": {"dropout_dense": {"low": -0.1, "high": 0.5}}}, "search_space.dropout_dense", "must be in [0, 1)"),
+        ({"search_space": {"dropout_conv": {"low": 0.3, "high": 1.0}}}, "search_space.dropout_conv.high", "less than 1"),
+        ({"search_space": {"dropout_dense": {"low": -0.1, "high": 0.5}}}, "search_space.dropout_dense.low", "greater than or equal to 0"),
         ({"search_space": {"momentum": {"low": 0.1, "high": 0.5}}}, "search_space.momentum", "Extra inputs are not permitted"),
         ({"n_trials": 0}, "n_trials", "greater than or equal to 1"),
         ({"n_trials": -3}, "n_trials", "greater than or equal to 1"),
@@ -95,8 +105,20 @@ def test_submit_read_repeat_conflict_stop_delete(client):
         ({"sampler": "cmaes"}, "sampler", "'tpe' or 'random'"),
         ({"name": "Not A Slug!"}, "name", "must be a slug"),
         ({"name": "-leading-dash"}, "name", "must be a slug"),
-        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 1"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "less than 0.75"),
+        # Specs that could not run: each refused at POST, naming the field.
+        ({"data": {"val_fraction": 0.75}}, "data.val_fraction", "less than 0.75"),  # a class of 2 keeps no training image
+        ({"data": {"train_size": 19}}, "data.train_size", "greater than or equal to 20"),
+        ({"width": 0.015625}, "width", "greater than 0.015625"),  # the 32-filter layers would round to 0 units
+        ({"seed": 2**32}, "seed", "less than or equal to 4294967295"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+        ({"search_space": {"weight_decay": {"low": 1e-3, "high": 1e299}}}, "search_space.weight_decay.high", "less than or equal to 1"),
+        ({"search_space": {"weight_decay": {"low": 0, "high": 1e-3}}}, "search_space.weight_decay.low", "greater than 0"),
+        ({"learning_rate": True}, "learning_rate", "valid number"),
+        ({"n_trials": True}, "n_trials", "not a boolean"),
         ({"epochs": "many"}, "epochs", "valid integer"),
+        ({"max_gap": 0}, "max_gap", "greater than 0"),
+        ({"reference": "maybe"}, "reference", "valid boolean"),
     ],
 )
 def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, reason):
@@ -106,6 +128,21 @@ def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, 
     locations = {".".join(str(part) for part in error["loc"][1:]): error["msg"] for error in errors}
     assert field in locations, errors
     assert reason in locations[field]
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"enqueue": [{"weight_decay": 1.0}]}, "enqueue[0].weight_decay must be within the study's search bounds [1e-06, 0.01]"),
+        ({"enqueue": [{}, {"momentum": 0.1}]}, "enqueue[1] has unknown parameter(s) momentum"),
+        ({"enqueue": [{"dropout_conv": 0.45}], "search_space": {"dropout_conv": {"high": 0.4}}}, "enqueue[0].dropout_conv"),
+        ({"warm_start_from": "api-demo"}, "warm_start_from must name another study"),
+    ],
+)
+def test_bad_study_features_are_422_naming_the_field(sqlite_client, change, reason):
+    response = sqlite_client.post("/v1/studies", json={**SPEC, **change})
+    assert response.status_code == 422, response.text
+    assert reason in response.json()["detail"][0]["msg"]
 
 
 def test_missing_name_malformed_json_and_unknown_study(sqlite_client):
@@ -169,3 +206,21 @@ def test_api_process_never_imports_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_train_size_beyond_the_servers_data_is_422_and_the_schema_says_so(tmp_path):
+    from tests.support import CIFAR_DIR
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'db'}", data_dir=str(CIFAR_DIR)), dashboard=False)
+    with TestClient(app) as client:
+        too_many = client.post("/v1/studies", json={**SPEC, "data": {"train_size": 601}})  # tests/data holds 600
+        assert too_many.status_code == 422
+        [error] = too_many.json()["detail"]
+        assert error["loc"] == ["body", "data", "train_size"] and "at most 600" in error["msg"]
+        assert client.post("/v1/studies", json={**SPEC, "data": {"train_size": 600}}).status_code == 201
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        train_size = next(option for option in schema["DataRecipe"]["properties"]["train_size"]["anyOf"] if option.get("type") == "integer")
+        assert (train_size["minimum"], train_size["maximum"]) == (20, 600)
+        assert schema["WeightDecayBounds"]["properties"]["high"]["maximum"] == 1.0
+        assert schema["WeightDecayBounds"]["properties"]["low"]["exclusiveMinimum"] == 0.0
+    app.state.engine.dispose()

@@ -107,7 +107,7 @@ def best_json(settings, name, output_format="json"):
 
 def test_top_configs_are_repeated_with_paired_seeds_and_the_best_is_the_highest_mean(database):
     settings, factory, storage = database
-    spec = StudySpec(name="confirm", n_trials=6, epochs=2, pruner="none", seed=7, confirm={"top_k": 3, "repeats": 2})
+    spec = StudySpec(name="confirm", n_trials=6, epochs=2, pruner="none", seed=7, confirm={"top_k": 3, "repeats": 2}, reference=False)
     studies.submit_study(factory, storage, spec)
     training = KnownScores(spec.seed)
     run_workers(settings, training)
@@ -178,7 +178,7 @@ def test_top_configs_are_repeated_with_paired_seeds_and_the_best_is_the_highest_
 
 def test_leader_is_marked_unconfirmed_until_the_stage_ends_and_history_follows_it(database):
     settings, factory, storage = database
-    spec = StudySpec(name="leader", n_trials=4, epochs=1, pruner="none", confirm={"top_k": 2, "repeats": 1})
+    spec = StudySpec(name="leader", n_trials=4, epochs=1, pruner="none", confirm={"top_k": 2, "repeats": 1}, reference=False)
     studies.submit_study(factory, storage, spec)
     seen: list[tuple[str, bool | None, int | None]] = []
     training = KnownScores(spec.seed)
@@ -203,9 +203,35 @@ def test_leader_is_marked_unconfirmed_until_the_stage_ends_and_history_follows_i
     assert all(confirmed is False for _, _, confirmed in history[:-1])
 
 
+def test_the_reference_is_confirmed_like_a_top_config_so_the_margin_has_an_interval(database):
+    """Issue 11 with issue 10: the reference config (queued first, a search trial) is repeated with the top
+    configs, and the best's margin over it compares the best's runs with the reference's runs."""
+    settings, factory, storage = database
+    spec = StudySpec(name="yardstick", n_trials=4, epochs=1, pruner="none", seed=7, confirm={"top_k": 1, "repeats": 2})
+    studies.submit_study(factory, storage, spec)
+    run_workers(settings, KnownScores(spec.seed), count=1)
+
+    trials = [trial for trial in trials_of(storage, "yardstick") if trial.state.name == "COMPLETE"]
+    search = [trial for trial in trials if studies.is_search_trial(trial)]
+    (reference,) = [trial for trial in search if trial.user_attrs.get("stage") == "reference"]
+    top = max(search, key=lambda trial: (trial.value, -trial.number))
+    repeats = [trial for trial in trials if trial.user_attrs.get("stage") == "confirm"]
+    assert len(search) == 4 and reference.number == 0  # the reference counts towards n_trials and runs first
+    assert sorted((t.user_attrs["confirms"], t.user_attrs["repeat"]) for t in repeats) == sorted(
+        (number, repeat) for number in {top.number, reference.number} for repeat in (1, 2))
+    runs = {number: [t.value for t in trials if t.number == number or t.user_attrs.get("confirms") == number]
+            for number in (top.number, reference.number)}
+    best, study = best_json(settings, "yardstick")
+    assert study["status"] == "completed" and best["confirmed"] is True and best["n"] == 3
+    margin = best["margin"]
+    assert margin == study["margin"] and (margin["n_best"], margin["n_reference"]) == (3, 3)
+    assert margin["value"] == pytest.approx(np.mean(runs[best["trial_number"]]) - np.mean(runs[reference.number]))
+    assert margin["low"] is not None and margin["low"] <= margin["value"] <= margin["high"]
+
+
 def test_top_k_zero_skips_confirmation(database):
     settings, factory, storage = database
-    studies.submit_study(factory, storage, StudySpec(name="plain", n_trials=3, epochs=1, pruner="none", confirm={"top_k": 0}))
+    studies.submit_study(factory, storage, StudySpec(name="plain", n_trials=3, epochs=1, pruner="none", confirm={"top_k": 0}, reference=False))
     training = KnownScores(0)
     run_workers(settings, training, count=1)
     trials = [trial for trial in trials_of(storage, "plain") if trial.state.name == "COMPLETE"]
@@ -222,7 +248,7 @@ class Killed(BaseException):
 
 def test_a_worker_killed_during_confirmation_loses_nothing(database):
     settings, factory, storage = database
-    spec = StudySpec(name="killed", n_trials=4, epochs=2, pruner="none", confirm={"top_k": 2, "repeats": 1})
+    spec = StudySpec(name="killed", n_trials=4, epochs=2, pruner="none", confirm={"top_k": 2, "repeats": 1}, reference=False)
     row, _ = studies.submit_study(factory, storage, spec)
     training = KnownScores(spec.seed)
     died = threading.Event()
@@ -272,7 +298,7 @@ def test_a_worker_killed_during_confirmation_loses_nothing(database):
 
 def test_a_stop_during_confirmation_stops_it(database):
     settings, factory, storage = database
-    spec = StudySpec(name="halted", n_trials=3, epochs=5, pruner="none", confirm={"top_k": 2, "repeats": 2})
+    spec = StudySpec(name="halted", n_trials=3, epochs=5, pruner="none", confirm={"top_k": 2, "repeats": 2}, reference=False)
     studies.submit_study(factory, storage, spec)
     training = KnownScores(spec.seed)
     epochs: list[int] = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -139,20 +140,26 @@ def test_study_with_confirmation_answers_with_mean_interval_ties_and_ranges(serv
     assert service.post("/v1/studies", json=spec).status_code == 201
     study = service.wait_status("e2e-confirm", ("completed", "failed", "stopped"), timeout=300)
     assert study["status"] == "completed", service.logs()
-    assert (study["trials_finished"], study["confirm_trials"], study["confirm_finished"]) == (3, 2, 2)
-
     trials = service.get("/v1/studies/e2e-confirm/trials").json()["trials"]
-    search = [trial for trial in trials if trial["stage"] is None]
+    search = [trial for trial in trials if trial["stage"] in ("search", "reference")]  # the reference is one
     repeats = [trial for trial in trials if trial["stage"] == "confirm"]
-    assert len(search) == 3 and len(repeats) == 2 and all(trial["state"] == "complete" for trial in trials)
-    top2 = sorted(search, key=lambda trial: -trial["value"])[:2]
-    assert sorted(trial["confirms"] for trial in repeats) == sorted(trial["number"] for trial in top2)
+    (reference,) = [trial for trial in search if trial["stage"] == "reference"]
+    top2 = sorted(search, key=lambda trial: (-trial["value"], trial["number"]))[:2]
+    confirmed = {trial["number"]: trial for trial in [*top2, reference]}  # the reference is confirmed too
+    assert (study["trials_finished"], study["confirm_trials"], study["confirm_finished"]) == (3, len(confirmed), len(confirmed))
+    assert len(search) == 3 and len(repeats) == len(confirmed) and all(trial["state"] == "complete" for trial in trials)
+    assert sorted(trial["confirms"] for trial in repeats) == sorted(confirmed)
     assert all(trial["repeat"] == 1 and len(trial["intermediate_values"]) == 1 for trial in repeats)
 
     best = service.get("/v1/studies/e2e-confirm/best").json()
-    runs = {t["number"]: [t["value"]] + [r["value"] for r in repeats if r["confirms"] == t["number"]] for t in top2}
+    runs = {n: [t["value"]] + [r["value"] for r in repeats if r["confirms"] == n] for n, t in confirmed.items()}
     means = {number: sum(values) / 2 for number, values in runs.items()}
     assert means[best["trial_number"]] == pytest.approx(max(means.values()))  # the highest mean
+    # The margin over the reference: the best's two runs against the reference's two runs (an interval).
+    margin = best["margin"]
+    assert (margin["n_best"], margin["n_reference"]) == (2, 2)
+    assert margin["value"] == pytest.approx(means[best["trial_number"]] - means[reference["number"]])
+    assert margin["low"] is not None and margin["low"] <= margin["value"] <= margin["high"]
     assert best["confirmed"] is True and best["n"] == 2 and best["mean"] == pytest.approx(means[best["trial_number"]])
     assert best["ci_low"] <= best["mean"] <= best["ci_high"] and best["value"] == pytest.approx(best["mean"])
     assert best["first_value"] == pytest.approx(runs[best["trial_number"]][0])
@@ -212,6 +219,8 @@ def test_stop_ends_running_trials_within_an_epoch_and_starts_no_more(service):
     time.sleep(2)  # four poll intervals: nothing new starts
     assert len(service.get("/v1/studies/e2e-stop/trials").json()["trials"]) == len(trials)
     assert service.get("/v1/studies/e2e-stop").json()["status"] == "stopped"
+    worker_logs = "".join(log.read_text() for log in service.root.glob("worker*.log"))
+    assert "Traceback" not in worker_logs and "StudyStopped" in worker_logs  # one line per stopped trial
 
 
 def _chromium(chromium: str, *args: str) -> subprocess.CompletedProcess:
@@ -235,3 +244,54 @@ def test_dashboard_shows_the_study(service, chromium):
     assert "e2e-demo" in rendered.stdout, rendered.stdout[-2000:]  # the rendered DOM, not the HTML shell
     assert "e2e-demo" not in service.get("/dashboard").text
     assert screenshot.stat().st_size > 10_000, rendered.stderr[-2000:]
+
+
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+def _timestamps(value, key=""):
+    """Every (key, value) of a JSON document whose key names a time."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _timestamps(item, name)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _timestamps(item, key)
+    elif value is not None and (key.endswith("_at") or key.startswith("datetime_") or key == "best_since"):
+        yield key, value
+
+
+def test_every_timestamp_the_api_returns_has_one_format(service):
+    if not any(study["best"] for study in service.get("/v1/studies").json()["studies"]):  # run alone
+        assert service.post("/v1/studies", json={"name": "e2e-times", "n_trials": 1, **SMALL}).status_code == 201
+        service.wait_status("e2e-times", ("completed",))
+    listing = service.get("/v1/studies").json()
+    named = [study for study in listing["studies"] if study["best"]]
+    documents = [listing, service.get(f"/v1/studies/{named[0]['name']}/trials").json(),
+                 service.get(f"/v1/studies/{named[0]['name']}/best").json()]
+    found = [pair for document in documents for pair in _timestamps(document)]
+    assert {key for key, _ in found} >= {"created_at", "started_at", "best_since", "datetime_start", "datetime_complete"}
+    assert [pair for pair in found if not TIMESTAMP.match(pair[1])] == []
+
+
+def test_worker_logs_read_well_and_a_graceful_stop_re_queues_without_a_traceback(service):
+    """Last in the module: it stops the workers. SIGTERM mid-trial re-queues the trial in one line."""
+    spec = {"name": "e2e-sigterm", "n_trials": 2, **SMALL, "epochs": 30, "pruner": "none"}
+    assert service.post("/v1/studies", json=spec).status_code == 201
+    wait_until(lambda: any(trial["intermediate_values"] for trial in service.get("/v1/studies/e2e-sigterm/trials").json()["trials"]),
+               timeout=180, interval=0.5, what="a trial's first epoch")
+    for worker in service.workers:
+        kill_group(worker, signal.SIGTERM, timeout=60)
+    assert [worker.returncode for worker in service.workers] == [0, 0]
+
+    trials = service.get("/v1/studies/e2e-sigterm/trials").json()["trials"]
+    handed_back = [trial for trial in trials if trial["fail_reason"] == "worker-shutdown"]
+    assert handed_back and all(trial["state"] == "failed" for trial in handed_back)
+    assert any(trial["state"] == "waiting" for trial in trials)  # re-queued with the same params
+    for index in range(len(service.workers)):
+        log = (service.root / f"worker{index}.log").read_text()
+        assert "Traceback" not in log, log[-3000:]
+        assert "cuInit" not in log and "Could not find cuda drivers" not in log, log[:3000]
+        assert re.search(r"TensorFlow \S+: (CPU only|\d+ GPU)", log), log[:3000]
+    logs = "".join((service.root / f"worker{index}.log").read_text() for index in range(len(service.workers)))
+    assert logs.count("re-queued with the same params") >= len(handed_back)

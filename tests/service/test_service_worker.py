@@ -71,7 +71,7 @@ def run_workers(settings, train, count):
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
     settings, factory, _storage = database
-    assert migrate(settings) == migrate(settings) == "0003"
+    assert migrate(settings) == migrate(settings) == "0005"
     tables = set(sa.inspect(create_engine(settings)).get_table_names())
     assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
@@ -143,6 +143,8 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]
     rerun = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [orphan.number])
     assert rerun.params == orphan.params and rerun.state == optuna.trial.TrialState.COMPLETE
+    lost = next(trial for trial in trials if trial.number == orphan.number)
+    assert lost.user_attrs["fail_reason"] == "worker lost" and "fail_reason" not in rerun.user_attrs
     with factory() as session:
         assert session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == row.id)) == "completed"
 
@@ -328,3 +330,38 @@ def test_trials_route_names_the_trial_each_retry_re_runs(database):
     assert first["params"] == retry["params"] == second_retry["params"]
     assert retry["fail_reason"] == "error" and second_retry["fail_reason"] is None
     assert second_retry["train_size"] == 270 and second_retry["val_accuracy"] == second_retry["value"]
+
+
+def test_the_reference_is_never_pruned(database):
+    """The same weak config is pruned as an enqueued trial and runs to the end as the reference (issue 11)."""
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(name="unpruned", n_trials=5, epochs=3, pruner="median", reference=False, confirm={"top_k": 0}))
+    study = optuna.load_study(study_name="unpruned", storage=storage)
+    good = {"weight_decay": 1e-5, "l1_ratio": 0.0, "dropout_conv": 0.5, "dropout_dense": 0.5}
+    weak = {**good, "weight_decay": 1e-2, "dropout_conv": 0.3}  # quick_training: 0.52 against 0.70
+    for params, stage in [(good, "enqueued"), (good, "enqueued"), (good, "enqueued"), (weak, "enqueued"), (weak, "reference")]:
+        study.enqueue_trial(params, user_attrs={"stage": stage})
+    run_workers(settings, quick_training(), count=1)
+
+    trials = optuna.load_study(study_name="unpruned", storage=storage).trials
+    assert [(trial.user_attrs["stage"], trial.state.name) for trial in trials] == [
+        ("enqueued", "COMPLETE"), ("enqueued", "COMPLETE"), ("enqueued", "COMPLETE"), ("enqueued", "PRUNED"), ("reference", "COMPLETE")
+    ]
+    assert len(trials[4].intermediate_values) == 3 and len(trials[3].intermediate_values) < 3
+    with factory() as session:
+        assert studies.get_study(session, "unpruned").status == "completed"
+
+
+@pytest.mark.parametrize(("max_gap", "has_best"), [(0.01, False), (0.1, True)])
+def test_trials_above_max_gap_are_infeasible_and_never_the_best(database, max_gap, has_best):
+    """quick_training reports a gap of 0.05: above max_gap 0.01 every trial is infeasible, below 0.1 none is."""
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(name="gap", n_trials=2, epochs=1, pruner="none", max_gap=max_gap, confirm={"top_k": 0}))
+    run_workers(settings, quick_training(), count=1)
+
+    trials = optuna.load_study(study_name="gap", storage=storage).trials
+    assert [trial.constraints for trial in trials] == [{"gap": pytest.approx(0.05 - max_gap)}] * 2  # Optuna's constraint
+    with factory() as session:
+        row = studies.get_study(session, "gap")
+        assert row.status == "completed"
+        assert (studies.best_record(session, row.id) is not None) == has_best

@@ -58,9 +58,9 @@ def test_short_trial_validation_accuracy_follows_training_accuracy(data):
     result = train(config, data, settings)
     assert result.train_accuracy > 0.18, result.history  # it learned something in 30 steps
     assert result.val_accuracy > 0.2, result.history  # chance is 0.1 on these 120 validation images
-    assert abs(result.val_accuracy - result.train_accuracy) < 0.12, result.history
+    assert abs(result.val_accuracy - result.history[-1]["accuracy"]) < 0.12, result.history  # Keras' running accuracy
     moving_averages = train(config, data, settings.model_copy(update=dict(precise_bn_images=0)))
-    assert moving_averages.train_accuracy == pytest.approx(result.train_accuracy, abs=1e-6)  # the same training
+    assert moving_averages.history[-1]["accuracy"] == pytest.approx(result.history[-1]["accuracy"], abs=1e-6)  # the same training
     assert moving_averages.val_accuracy < result.val_accuracy - 0.05, (moving_averages.history, result.history)
 
 
@@ -75,7 +75,8 @@ def test_metrics_reach_on_epoch_end_and_keras_callbacks(data):
     assert [epoch for epoch, _ in seen] == [0, 1]
     for _, metrics in seen:
         assert {"loss", "accuracy", "val_loss", "val_accuracy", "gap"} <= set(metrics)
-        assert metrics["gap"] == pytest.approx(metrics["accuracy"] - metrics["val_accuracy"])
+        # The gap is measured in inference mode on a fixed training sample, not from Keras' running "accuracy".
+        assert metrics["gap"] == pytest.approx(metrics["train_accuracy"] - metrics["val_accuracy"])
     assert [logs["val_accuracy"] for logs in logged] == [metrics["val_accuracy"] for _, metrics in seen]
     summary = result.to_dict()
     assert summary["epochs_run"] == 2 and len(summary["history"]) == 2

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 
-from service import studies
+from service import features, studies
+from service.api.limits import check_server_limits
+from service.api.deps import (
+    ArtifactStoreDep,
+    ImportanceCacheDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StorageDep,
+)
 from service.confirmation import best_fields
-from service.api.deps import SessionDep, SessionFactoryDep, SettingsDep, StorageDep
+from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
@@ -33,21 +46,16 @@ def submit_study(
     spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep
 ) -> StudyOut:
     """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
-    if spec.n_trials > settings.max_trials:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "less_than_equal",
-                    "loc": ("body", "n_trials"),
-                    "msg": f"n_trials must be at most {settings.max_trials} (the server's REGSEARCH_MAX_TRIALS)",
-                    "input": spec.n_trials,
-                }
-            ]
-        )
+    check_server_limits(spec, settings)  # n_trials and train_size within this server's limits (422)
     try:
         row, created = studies.submit_study(factory, storage, spec)
     except studies.StudyConflict as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    except (studies.WarmStartRefused, features.IncompatibleStudy) as error:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "warm_start_from"), "msg": str(error).removeprefix("warm_start_from: "),
+              "input": spec.warm_start_from}]
+        ) from None
     if not created:
         response.status_code = status.HTTP_200_OK
     with factory() as session:
@@ -64,9 +72,81 @@ def get_study(name: str, session: SessionDep) -> StudyOut:
     return studies.study_out(session, studies.get_study(session, name))
 
 
-@router.get("/{name}/trials", response_model=TrialList, summary="Every trial: params, per-epoch values, state, gap, durations")
-def list_trials(name: str, session: SessionDep, storage: StorageDep) -> TrialList:
-    return studies.trials_out(session, storage, name)
+@router.get(
+    "/{name}/trials",
+    response_model=TrialList | list[TrialRow],
+    summary="Every trial: params, per-epoch values, state, gap, durations",
+    responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                     "description": "Without format: the TrialList. With format=csv|json: one flat row per trial, streamed."}},
+)
+def list_trials(
+    name: str,
+    session: SessionDep,
+    storage: StorageDep,
+    output_format: Annotated[
+        Literal["csv", "json"] | None,
+        Query(alias="format", description=f"Flat rows, streamed, with the columns {EXPORT_COLUMNS_TEXT}: csv, or "
+              "json (an array of row objects). Without it: the nested TrialList."),
+    ] = None,
+) -> Any:
+    if output_format is None:
+        return studies.trials_out(session, storage, name)
+    chunks = studies.export_lines(session, storage, name, output_format)
+    if output_format == "csv":
+        return StreamingResponse(chunks, media_type="text/csv",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}-trials.csv"'})
+    return StreamingResponse(chunks, media_type="application/json")
+
+
+# -- issue 11: importance and the best trial's model --
+@router.get(
+    "/{name}/importance",
+    response_model=ImportanceOut,
+    summary="Each parameter's importance (PED-ANOVA, or fANOVA), cached per trial count",
+    responses={409: {"description": f"Fewer than {features.MIN_TRIALS} complete trials to rest on."}},
+)
+async def get_importance(
+    name: str,
+    factory: SessionFactoryDep,
+    storage: StorageDep,
+    cache: ImportanceCacheDep,
+    evaluator: Annotated[
+        Literal[features.EVALUATORS],  # type: ignore[valid-type]
+        Query(description="ped-anova (Optuna's default evaluator) or fanova."),
+    ] = "ped-anova",
+) -> ImportanceOut:
+    try:
+        return await run_in_threadpool(studies.importance_out, factory, storage, cache, name, evaluator)
+    except features.TooFewTrials as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+
+
+@router.get(
+    "/{name}/best/model",
+    response_class=FileResponse,
+    summary="The best trial's trained model as a loadable .keras file",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The .keras file; X-Regsearch-Disk-Bytes: the study's artifacts."},
+        404: {"description": "Unknown study, or no model stored yet."},
+    },
+)
+def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: ArtifactStoreDep) -> FileResponse:
+    directory = tempfile.mkdtemp(prefix="regsearch-download-")
+    try:
+        path, record, usage = studies.best_model_file(session, storage, store, name, directory)
+    except features.NoBestModel as error:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{error}; a model is stored when a feasible trial becomes the best") from None
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{name}-trial{record.trial_number}.keras",
+        headers={"X-Regsearch-Trial": str(record.trial_number), "X-Regsearch-Disk-Bytes": str(usage["bytes"])},
+        background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
+    )
 
 
 def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
@@ -86,6 +166,7 @@ def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
         metric="val_accuracy",
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
+        margin=studies.record_margin(session, row.name, record),
     )
 
 
@@ -142,7 +223,9 @@ def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
         return studies.study_out(session, row)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials and its Optuna study")
-def delete_study(name: str, factory: SessionFactoryDep, storage: StorageDep) -> Response:
-    studies.delete_study(factory, storage, name)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials, its Optuna study and its stored models")
+def delete_study(name: str, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
+                 cache: ImportanceCacheDep) -> Response:
+    studies.delete_study(factory, storage, name, store)
+    cache.forget(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -5,16 +5,16 @@ before, and with confirmation off): they take slots of their own on top of ``n_t
 slot check becomes ``claimed <= n_trials + confirm_trials``. ``summary`` holds the best's mean,
 interval, ties and robust ranges (:class:`service.confirmation.Confirmation`) on best-config rows.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-25
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 

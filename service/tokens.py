@@ -1,0 +1,204 @@
+"""API tokens: random secrets stored only as SHA-256 hashes, with scopes ``read < write < admin``.
+
+A token is ``rgs_`` + 32 random bytes (``secrets.token_urlsafe``). The database keeps its hash and a
+short non-secret prefix for listing; the token itself is shown once, when it is created. A lookup
+hashes the presented token, finds the row by hash and compares the hashes in constant time.
+
+Secure by default: :func:`ensure_admin_token` (called when the API starts with auth on) creates an
+admin token when the table is empty and writes it to ``settings.token_file`` (mode 0600, parent
+0700), so that the first ``regsearch serve`` is never open to whoever reaches its port. Where the operator
+holds the first token (a Kubernetes Secret: ``REGSEARCH_ADMIN_TOKEN``), :func:`install_admin_token`
+stores its hash instead and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from service.db import session_scope
+from service.models import Base, as_utc, utc_now
+
+__all__ = [
+    "SCOPES",
+    "ApiToken",
+    "Scope",
+    "TokenNotFound",
+    "authenticate",
+    "create_token",
+    "ensure_admin_token",
+    "has_scope",
+    "install_admin_token",
+    "list_tokens",
+    "read_token_file",
+    "revoke_token",
+    "token_hash",
+]
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["read", "write", "admin"]
+#: ordered: each scope allows everything the ones before it allow.
+SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
+TOKEN_PREFIX = "rgs_"
+PREFIX_LENGTH = 10  # "rgs_" + 6 characters: enough to tell tokens apart in a listing, useless to an attacker
+BOOTSTRAP_NAME = "admin"
+#: last_used_at is refreshed at most this often (a write per request would serialize SQLite readers).
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
+
+
+class ApiToken(Base):
+    """One API token (``regsearch token create``); ``revoked_at`` set once it is revoked."""
+
+    __tablename__ = "regsearch_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    scope: Mapped[str] = mapped_column(sa.String(8))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class TokenNotFound(LookupError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no token with id or name {key!r}")
+
+
+def has_scope(granted: str, needed: str) -> bool:
+    """``read < write < admin``: does a token of scope ``granted`` allow ``needed``?"""
+    return SCOPES.index(granted) >= SCOPES.index(needed)  # type: ignore[arg-type]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_token(factory: sessionmaker[Session], scope: str, name: str | None = None) -> tuple[ApiToken, str]:
+    """Create a token; return its row and the token (the only time the token itself is known)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    token = _new_token()
+    with session_scope(factory) as session:
+        row = ApiToken(name=name or f"{scope}-{token[len(TOKEN_PREFIX):][:6]}", scope=scope, token_hash=token_hash(token),
+                       prefix=token[:PREFIX_LENGTH], created_at=utc_now())
+        session.add(row)
+        session.flush()
+    return row, token
+
+
+def list_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(sa.select(ApiToken).order_by(ApiToken.id)))
+
+
+def revoke_token(factory: sessionmaker[Session], key: str) -> ApiToken:
+    """Revoke the token whose id or name is ``key`` (idempotent); raise :class:`TokenNotFound`."""
+    condition = ApiToken.name == key
+    if key.isdigit():
+        condition = sa.or_(condition, ApiToken.id == int(key))
+    with session_scope(factory) as session:
+        row = session.scalar(sa.select(ApiToken).where(condition).order_by(ApiToken.id).limit(1))
+        if row is None:
+            raise TokenNotFound(key)
+        if row.revoked_at is None:
+            row.revoked_at = utc_now()
+        session.flush()
+        return row
+
+
+def authenticate(factory: sessionmaker[Session], token: str | None) -> ApiToken | None:
+    """The live (not revoked) token row matching ``token``, or None."""
+    if not token or not token.isascii() or len(token) > 256:
+        return None
+    wanted = token_hash(token)
+    with factory() as session:
+        row = session.scalar(sa.select(ApiToken).where(ApiToken.token_hash == wanted))
+        if row is None or not hmac.compare_digest(row.token_hash, wanted) or row.revoked_at is not None:
+            return None
+        now = utc_now()
+        last_used = as_utc(row.last_used_at)
+        if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+            try:
+                session.execute(sa.update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+                session.commit()
+            except sa.exc.OperationalError:  # a busy database must not refuse a valid token
+                session.rollback()
+        return row
+
+
+def read_token_file(path: str | os.PathLike[str]) -> str | None:
+    try:
+        text = Path(path).expanduser().read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def _write_private(path: Path, token: str) -> None:
+    """Write ``token`` to ``path`` atomically, readable by its owner only (parent directory 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".token-")  # created 0600
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(token + "\n")
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def install_admin_token(factory: sessionmaker[Session], token: str) -> bool:
+    """On an empty tokens table, store ``token`` (its hash) as the admin token; True when this call did.
+
+    For ``REGSEARCH_ADMIN_TOKEN``: the operator keeps the token (a Secret), the database only its hash.
+    Once any token exists this does nothing, so rotating means ``regsearch token create`` + ``revoke``.
+    """
+    with factory() as session:
+        if session.scalar(sa.select(sa.func.count()).select_from(ApiToken)):
+            return False
+    try:
+        with session_scope(factory) as session:
+            session.add(ApiToken(name=BOOTSTRAP_NAME, scope="admin", token_hash=token_hash(token),
+                                 prefix=token[:PREFIX_LENGTH], created_at=utc_now()))
+    except sa.exc.IntegrityError:
+        return False  # another process installed it at the same moment
+    return True
+
+
+def ensure_admin_token(factory: sessionmaker[Session], token_file: str) -> Path | None:
+    """On an empty tokens table, create the admin token and write it to ``token_file``.
+
+    Return the file's path when this call created the token, else None. Several processes starting
+    at once on one database are fine: the token's unique name decides which one creates it. A token
+    file that holds a token still valid on this database is never overwritten.
+    """
+    with factory() as session:
+        if session.scalar(sa.select(sa.func.count()).select_from(ApiToken)):
+            return None
+    path = Path(token_file).expanduser()
+    try:
+        _row, token = create_token(factory, "admin", BOOTSTRAP_NAME)
+    except sa.exc.IntegrityError:
+        return None  # another process created it at the same moment (and writes the file)
+    existing = read_token_file(path)
+    if existing and authenticate(factory, existing) is not None:
+        return None
+    _write_private(path, token)
+    return path

@@ -1,0 +1,44 @@
+"""Schemathesis hooks for the schema test (``SCHEMATHESIS_HOOKS=tests.service.schemathesis_hooks``).
+
+One rule of a spec cannot be written in JSON Schema: a search range's ``low`` must not exceed its
+``high``, a missing end taking the parameter's default (the server answers 422 naming the field,
+tested by hand). Generated ranges are put in order, so ``positive_data_acceptance`` judges
+everything else the schema states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import schemathesis
+
+from trainer import SEARCH_SPACE_BY_NAME
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _in_order(body: Any) -> Any:
+    space = body.get("search_space") if isinstance(body, dict) else None
+    if not isinstance(space, dict):
+        return body
+    for name, bounds in space.items():
+        spec = SEARCH_SPACE_BY_NAME.get(name)
+        if spec is None or not isinstance(bounds, dict):
+            continue
+        low, high = bounds.get("low", spec.low), bounds.get("high", spec.high)
+        if _number(low) and _number(high) and low > high:
+            bounds["low"], bounds["high"] = high, low
+    return body
+
+
+@schemathesis.hook
+def map_body(context: Any, body: Any) -> Any:  # the fuzzing and stateful phases
+    return _in_order(body)
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:  # the coverage phase builds cases without map_body
+    case.body = _in_order(case.body)
+    return case
