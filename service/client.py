@@ -68,7 +68,7 @@ class RegsearchClient:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _request(self, method: str, path: str, *, json_expected: bool = True, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
@@ -85,7 +85,7 @@ class RegsearchClient:
                 response.json()
             except ValueError:
                 raise ClientError(f"the server at {self.url} answered {path} with malformed JSON") from None
-        elif path.startswith("/v1/") and "format=python" not in str(response.request.url) or path == "/healthz":
+        elif json_expected and (path.startswith("/v1/") and "format=python" not in str(response.request.url) or path == "/healthz"):
             raise ClientError(f"{self.url} does not look like a regsearch server (it answered {path} with "
                               f"{response.headers.get('content-type') or 'no content type'}, not JSON)")
         return response
@@ -127,7 +127,7 @@ class RegsearchClient:
 
     def best_model(self, name: str, path: str) -> dict[str, str]:
         """Download the best trial's ``.keras`` file to ``path``; return the response headers."""
-        response = self._request("GET", f"/v1/studies/{name}/best/model")
+        response = self._request("GET", f"/v1/studies/{name}/best/model", json_expected=False)  # a .keras file
         with open(path, "wb") as file:
             file.write(response.content)
         return dict(response.headers)

@@ -48,6 +48,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from trainer import Integer  # an int that refuses booleans, as every integer of the spec
+
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
@@ -112,8 +114,8 @@ class ConfirmSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(3, ge=0, le=20, description="Distinct top configs re-trained after the search; 0 turns confirmation off.")
-    repeats: int = Field(
+    top_k: Integer = Field(3, ge=0, le=20, description="Distinct top configs re-trained after the search; 0 turns confirmation off.")
+    repeats: Integer = Field(
         2, ge=1, le=10, description="Extra runs of each, each with its own seed for the validation split, data order and initialisation."
     )
 
