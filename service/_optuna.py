@@ -43,6 +43,10 @@ def make_sampler(spec: StudySpec, claim_serial: int = 0) -> optuna.samplers.Base
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
+    if spec.pruner == "fair":
+        from service.pruning import make_fair_pruner
+
+        return make_fair_pruner(spec.n_trials, max(spec.epochs, 1))
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(spec.epochs, 1))
     return optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, spec.n_trials // 4)), n_warmup_steps=1)

@@ -48,6 +48,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from trainer import Integer  # an int that refuses booleans, as every integer of the spec
+
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
@@ -59,11 +61,13 @@ __all__ = [
     "SEED_STRIDE",
     "STAGE_ATTR",
     "TEST_DESCRIPTION",
+    "best_fields",
     "ConfigResult",
     "ConfirmSpec",
     "Confirmation",
     "ConfirmationTrial",
     "PairedTest",
+    "REFERENCE_STAGE",
     "ParamRange",
     "RunStats",
     "Tie",
@@ -110,8 +114,8 @@ class ConfirmSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    top_k: int = Field(3, ge=0, le=20, description="Distinct top configs re-trained after the search; 0 turns confirmation off.")
-    repeats: int = Field(
+    top_k: Integer = Field(3, ge=0, le=20, description="Distinct top configs re-trained after the search; 0 turns confirmation off.")
+    repeats: Integer = Field(
         2, ge=1, le=10, description="Extra runs of each, each with its own seed for the validation split, data order and initialisation."
     )
 
@@ -144,6 +148,41 @@ def is_confirmation(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get(STAGE_ATTR) == CONFIRM_STAGE
 
 
+REFERENCE_STAGE = "reference"
+
+
+def _candidate(trial: optuna.trial.FrozenTrial) -> bool:
+    """A complete, finite, feasible *search* trial (the one counting rule,
+    :func:`service.studies.is_search_trial`: imported warm-start trials and confirmation runs are not)."""
+    from service.features import is_feasible  # Optuna's constraints (max_gap): the one feasibility rule
+    from service.studies import is_search_trial  # (service.studies imports this module)
+
+    return (
+        trial.state == _FINISHED_OK
+        and is_search_trial(trial)
+        and trial.value is not None
+        and math.isfinite(trial.value)
+        and is_feasible(trial)
+    )
+
+
+def _with_references(trials: Sequence[optuna.trial.FrozenTrial], top: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """``top`` plus the study's reference config (its best complete trial) when it is not among them: it is
+    confirmed like a top config, so the margin over it has an interval."""
+    keys = {_params_key(trial.params) for trial in top}
+    references = sorted(
+        (trial for trial in trials if _candidate(trial) and trial.user_attrs.get(STAGE_ATTR) == REFERENCE_STAGE),
+        key=lambda trial: (-trial.value, trial.number),
+    )
+    extra = []
+    for trial in references:
+        key = _params_key(trial.params)
+        if key not in keys:
+            keys.add(key)
+            extra.append(trial)
+    return [*top, *extra]
+
+
 def _params_key(params: Mapping[str, float]) -> tuple:
     """Identity of a config: parameter values to 12 significant digits (JSON round trips are exact
     for floats, but a re-queued copy and its original must count as one config whatever the store)."""
@@ -153,21 +192,15 @@ def _params_key(params: Mapping[str, float]) -> tuple:
 def top_configs(trials: Iterable[optuna.trial.FrozenTrial], top_k: int) -> list[optuna.trial.FrozenTrial]:
     """The ``top_k`` complete search trials of distinct configs, best value first (ties: lower number first).
 
-    Confirmation runs, pruned, failed, running and waiting trials and non-finite values are ignored;
+    Confirmation runs, warm-start imports, infeasible trials (Optuna constraints > 0), pruned, failed,
+    running and waiting trials and non-finite values are ignored;
     of several complete trials with the same params (a retried copy) the best-valued one represents it.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
     if top_k == 0:
         return []
-    candidates = [
-        trial
-        for trial in trials
-        if trial.state == _FINISHED_OK
-        and not is_confirmation(trial)
-        and trial.value is not None
-        and math.isfinite(trial.value)
-    ]
+    candidates = [trial for trial in trials if _candidate(trial)]
     candidates.sort(key=lambda trial: (-trial.value, trial.number))
     chosen: list[optuna.trial.FrozenTrial] = []
     seen: set[tuple] = set()
@@ -208,12 +241,14 @@ def confirmation_plan(
     """The confirmation trials of a finished search, in the order to enqueue them.
 
     Repeat-major (repeat 1 of every config, then repeat 2, ...), so that a stage cut short still has
-    complete pairs. Repeat ``r`` of every config carries seed ``repeat_seed(base_seed, r)``. Empty when
+    complete pairs. Repeat ``r`` of every config carries seed ``repeat_seed(base_seed, r)``. The study's
+    reference config (stage "reference") is repeated too when it is not among the top. Empty when
     ``confirm.top_k`` is 0 or no search trial completed.
     """
     if not confirm.enabled:
         return []
-    top = top_configs(trials, confirm.top_k)
+    trials = list(trials)
+    top = _with_references(trials, top_configs(trials, confirm.top_k))
     return [
         ConfirmationTrial(
             params=dict(trial.params),
@@ -382,13 +417,15 @@ def summarize(
     """The best, its ties and robust ranges from a study's trials (search and confirmation); None before any
     search trial completed.
 
-    The candidates are the ``top_k`` distinct configs of the search (the single best with
-    confirmation off); the best is the candidate of the highest mean over its runs (ties broken by
+    The candidates are the ``top_k`` distinct configs of the search and the reference config (the single
+    best with confirmation off); the best is the candidate of the highest mean over its runs (ties broken by
     more runs, then the higher first value, then the lower trial number). Valid at any time: before
     the confirmation runs have all finished, ``confirmed`` is false and the best is the current leader.
     """
     trials = list(trials)
     candidates = top_configs(trials, max(confirm.top_k, 1))
+    if confirm.enabled:
+        candidates = _with_references(trials, candidates)
     if not candidates:
         return None
     runs = _runs(trials, candidates)
@@ -421,3 +458,18 @@ def summarize(
         candidates=results,
         alpha=alpha,
     )
+
+
+def best_fields(summary: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The uncertainty fields of the best-config JSON (:class:`trainer.BestConfig`) from a stored
+    :class:`Confirmation` (``summary`` of a best-config row); empty for rows written before it existed."""
+    if not summary:
+        return {}
+    best = summary["best"]
+    return {
+        "confirmed": summary["confirmed"],
+        **{key: best[key] for key in ("mean", "std", "n", "ci_low", "ci_high", "confidence", "first_value")},
+        "ties": list(summary.get("ties", [])),
+        "robust_ranges": dict(summary.get("robust_ranges", {})),
+        "test": summary.get("test"),
+    }

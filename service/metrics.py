@@ -41,8 +41,8 @@ DOMAIN_METRICS: dict[str, str] = {
     "regsearch_studies": "Studies by status.",
     "regsearch_trials": "Optuna trials by study and state.",
     "regsearch_trials_running": "Trials running now, across all studies.",
-    "regsearch_open_trial_slots": "Trial slots not yet claimed across queued and running studies "
-    "(sum of n_trials - claimed): the queue depth an autoscaler scales the workers on.",
+    "regsearch_open_trial_slots": "Trial slots not yet claimed across queued, running and confirming studies "
+    "(sum of n_trials + confirm_trials - claimed): the queue depth an autoscaler scales the workers on.",
     "regsearch_trial_duration_seconds": "Wall time of finished trials (datetime_complete - datetime_start), by study and state.",
     "regsearch_study_best_value": "Best objective value (validation accuracy) found so far, by study.",
     "regsearch_worker_heartbeat_age_seconds": "Seconds since the last heartbeat of each running trial, by worker.",
@@ -101,7 +101,7 @@ class SearchCollector(Collector):
         yield studies
 
         open_slots = session.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(SearchStudy.n_trials - SearchStudy.claimed), 0)).where(
+            sa.select(sa.func.coalesce(sa.func.sum(SearchStudy.n_trials + SearchStudy.confirm_trials - SearchStudy.claimed), 0)).where(
                 SearchStudy.status.in_(ACTIVE_STATUSES)
             )
         ).scalar_one()

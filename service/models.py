@@ -22,17 +22,20 @@ SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
 
 
 class StudyStatus(enum.StrEnum):
-    """A study's status: queued (no trial started yet), running (trials claimed), or one of the final three."""
+    """A study's status: queued (no trial started yet), running (search trials claimed), confirming (the
+    search's ``n_trials`` finished; the top configs run again, see :mod:`service.confirmation`), or one of
+    the final three."""
 
     QUEUED = "queued"
     RUNNING = "running"
+    CONFIRMING = "confirming"
     COMPLETED = "completed"
     STOPPED = "stopped"
     FAILED = "failed"
 
 
 #: The statuses in which workers claim trials; the others are final.
-ACTIVE_STATUSES = (StudyStatus.QUEUED, StudyStatus.RUNNING)
+ACTIVE_STATUSES = (StudyStatus.QUEUED, StudyStatus.RUNNING, StudyStatus.CONFIRMING)
 
 
 def utc_now() -> dt.datetime:
@@ -72,7 +75,9 @@ class SearchStudy(Base):
     """
 
     __tablename__ = "regsearch_studies"
-    __table_args__ = (sa.CheckConstraint("claimed >= 0 AND claimed <= n_trials", name="ck_regsearch_studies_claimed"),)
+    __table_args__ = (
+        sa.CheckConstraint("claimed >= 0 AND claimed <= n_trials + confirm_trials", name="ck_regsearch_studies_claimed"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(64), unique=True)
@@ -80,6 +85,9 @@ class SearchStudy(Base):
     status: Mapped[str] = mapped_column(sa.String(16), default=StudyStatus.QUEUED, index=True)
     n_trials: Mapped[int]
     claimed: Mapped[int] = mapped_column(default=0)
+    #: confirmation trials planned when the search ended (their slots come on top of ``n_trials``);
+    #: 0 during the search, with confirmation off, and while the plan is being enqueued.
+    confirm_trials: Mapped[int] = mapped_column(default=0, server_default="0")
     claims_total: Mapped[int] = mapped_column(default=0)
     failed_trials: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(sa.Text)
@@ -96,7 +104,14 @@ class SearchStudy(Base):
 
 
 class BestConfigRecord(Base):
-    """One row each time a study's best value improves (the last row is the current best)."""
+    """One row each time a study's leader changes; the last row is the current best.
+
+    The leader is the best of :func:`service.confirmation.summarize`: during the search the trial of
+    the highest value (a row when the best value strictly improves, as before confirmation existed),
+    during confirmation the config of the highest mean over its runs. ``value`` is the leader's mean
+    (its single value while it has one run) and ``summary`` its statistics (mean, interval, ties,
+    robust ranges, ``confirmed``); the last row's are kept current as runs finish.
+    """
 
     __tablename__ = "regsearch_best_configs"
 
@@ -106,6 +121,7 @@ class BestConfigRecord(Base):
     value: Mapped[float]
     params: Mapped[dict[str, Any]]
     train_size: Mapped[int | None]
+    summary: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
 
     study: Mapped[SearchStudy] = relationship(back_populates="best_history")

@@ -18,24 +18,29 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import features, studies
+from service import features, stages, studies
 from service._optuna import METRIC, distributions
-from service.models import ACTIVE_STATUSES, SearchStudy
+from service.confirmation import CONFIRM_STAGE, SEED_ATTR, STAGE_ATTR
+from service.models import ACTIVE_STATUSES, SearchStudy, StudyStatus
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
 from trainer import RegularizationConfig
 from trainer import TrialMetrics
 
-__all__ = ["Objective", "StudyStopped", "TrainFunction", "WorkerShutdown", "settle"]
+__all__ = ["NothingToConfirm", "Objective", "StudyStopped", "TrainFunction", "WorkerShutdown", "settle"]
 
 log = logging.getLogger(__name__)
 
 #: ``train(spec, config, on_epoch_end) -> metrics``: :class:`TrialMetrics` (or a mapping of its
 #: fields) with at least ``val_accuracy``, or a :class:`trainer.TrainResult` (its ``metrics()``;
-#: its ``model`` is stored when the trial becomes the best).
-TrainFunction = Callable[
-    [StudySpec, RegularizationConfig, Callable[[int, Mapping[str, float]], None]], TrialMetrics | Mapping[str, Any]
-]
+#: its ``model`` is stored when the trial becomes the best). A confirmation repeat calls ``train(spec,
+#: config, on_epoch_end, seed=s)``: same training pool (``spec.seed``), validation split, data order and
+#: initialisation seeded by ``s``.
+TrainFunction = Callable[..., TrialMetrics | Mapping[str, Any]]
+
+
+class NothingToConfirm(Exception):
+    """A confirming study handed this worker a fresh trial (no repeat was waiting): it is dropped."""
 
 
 class StudyStopped(Exception):
@@ -67,11 +72,18 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_id = trial._trial_id
         trial.set_user_attr("worker", self.worker)
+        confirming = trial.user_attrs.get(STAGE_ATTR) == CONFIRM_STAGE
+        if not confirming and studies.status_of(self.factory, self.row.id) == StudyStatus.CONFIRMING:
+            # Another worker took the last waiting repeat between our check and our ask: no params drawn,
+            # so the failed trial is not retried and its slot is given back.
+            trial.set_user_attr("fail_reason", "nothing-to-confirm")
+            raise NothingToConfirm(f"study {self.row.name!r} is confirming and no repeat is waiting")
         params = {
             name: trial.suggest_float(name, dist.low, dist.high, log=dist.log) for name, dist in distributions(self.spec).items()
         }
+        seed = {"seed": int(trial.user_attrs[SEED_ATTR])} if confirming else {}
         try:
-            result = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial))
+            result = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial), **seed)
         except optuna.TrialPruned:
             self.finished_here = True
             raise
@@ -141,7 +153,7 @@ class Objective:
 
 
 #: Stages whose trials run to the end: the reference (the yardstick) and confirmation repeats (issue 10).
-UNPRUNED_STAGES = frozenset({features.REFERENCE_STAGE, "confirm"})
+UNPRUNED_STAGES = frozenset({features.REFERENCE_STAGE, CONFIRM_STAGE})
 
 
 def _prunable(trial: optuna.Trial) -> bool:
@@ -151,14 +163,16 @@ def _prunable(trial: optuna.Trial) -> bool:
 
 def settle(
     factory: sessionmaker[Session], storage: Any, retry: RetryFailedTrial, study: optuna.Study, row: SearchStudy,
-    objective: Objective, max_failed_trials: int,
+    objective: Objective, max_failed_trials: int, grace_period_s: float = 60.0,
 ) -> None:
-    """Record what became of ``objective``'s trial: a new best, a retry, a completed study."""
+    """Record what became of ``objective``'s trial: a new leader, a retry, the next stage, a completed study."""
     trial = storage.get_trial(objective.trial_id)
     state = trial.state
-    if state == optuna.trial.TrialState.COMPLETE and features.is_feasible(trial) and studies.is_search_trial(trial):
-        if studies.record_best(factory, row.id, trial.number, trial.value, trial.params, trial.user_attrs.get("train_size")):
-            log.info("study %s: trial %d is the new best (%.4f)", row.name, trial.number, trial.value)
+    if state == optuna.trial.TrialState.COMPLETE:
+        # The leader by mean over the feasible search trials and their confirmation repeats (a search
+        # trial's single value during the search): service.confirmation.summarize.
+        if studies.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), objective.spec.confirm):
+            log.info("study %s: trial %d's config leads (%.4f)", row.name, trial.number, trial.value)
     elif state == optuna.trial.TrialState.FAIL:
         if objective.finished_here:
             # The objective completed (or was pruned) here, yet the trial is FAIL: another worker's
@@ -177,4 +191,4 @@ def settle(
     # RUNNING here means the final tell did not reach the database: the heartbeat check fails
     # and re-queues it once its grace period is over.
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-        studies.complete_if_done(factory, row.id, row.name, row.n_trials)
+        stages.advance(factory, study, row, objective.spec, grace_period_s)

@@ -30,6 +30,10 @@ __all__ = ["WORKER_LOST", "RetryFailedTrial"]
 
 log = logging.getLogger(__name__)
 
+#: User attributes a retry keeps: what the trial *is* (its stage; for a confirmation repeat the config it
+#: repeats, the repeat and its seed), not what its failed run left (worker, error, history, metrics).
+KEPT_ATTRS = ("stage", "confirms", "repeat", "seed")
+
 
 #: ``fail_reason`` of a trial whose worker stopped heart-beating (killed, machine lost).
 WORKER_LOST = "worker lost"
@@ -96,9 +100,10 @@ class RetryFailedTrial:
             if trial.params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
-                # The retry starts with a clean record (no worker, error or history of the failed run).
+                # The retry starts with a clean record (no worker, error or history of the failed run)
+                # but keeps what the trial is (KEPT_ATTRS), so a confirmation repeat stays one.
                 fresh = copy.deepcopy(trial)
-                fresh.user_attrs = {}
+                fresh.user_attrs = {key: value for key, value in trial.user_attrs.items() if key in KEPT_ATTRS}
                 _through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
         finally:
             _through_outages(studies.release_slot, self._factory, study_id)

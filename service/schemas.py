@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
+from service.confirmation import ConfirmSpec
 from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
@@ -47,7 +48,7 @@ UtcDateTime = Annotated[
 
 
 SamplerName = Literal["tpe", "random"]
-PrunerName = Literal["median", "hyperband", "none"]
+PrunerName = Literal["median", "fair", "hyperband", "none"]
 #: Optuna's trial states, as the API names them (``TrialOut.state`` and the fields of ``TrialCounts``).
 TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-type]
@@ -134,7 +135,17 @@ class StudySpec(Recipe, StudyFeatures):
     n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
-    pruner: PrunerName = Field("median", description="Stops weak trials early from each epoch's validation accuracy.")
+    pruner: PrunerName = Field(
+        "median",
+        description="Stops weak trials early from each epoch's validation accuracy: median (Optuna's median rule from "
+        "epoch 2), fair (the median rule only after 40% of the epochs and only for a trial that stopped improving, "
+        "see service.pruning), hyperband or none.",
+    )
+    confirm: ConfirmSpec = Field(
+        default_factory=ConfirmSpec,
+        description="After the search's n_trials: the top_k distinct configs are trained again `repeats` more times "
+        "each (new seed and validation split per repeat, paired across configs, unpruned); top_k 0 turns it off.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -171,19 +182,27 @@ class TrialCounts(BaseModel):
 
 
 class BestSummary(BaseModel):
-    value: float
+    value: float = Field(description="Mean over the config's runs (its single value while it has one).")
     metric: str = "val_accuracy"
     trial_number: int
     params: dict[str, float]
     best_since: UtcDateTime
+    n: int | None = Field(None, description="Runs behind value (search trial plus confirmation repeats).")
+    ci_low: float | None = Field(None, description="95% confidence interval of the mean (null with one run).")
+    ci_high: float | None = None
+    confirmed: bool | None = Field(None, description="False for the current leader until confirmation has finished.")
 
 
 class StudyOut(BaseModel):
     name: str
     status: StudyStatus
     n_trials: int
-    trials_finished: int = Field(description="Complete plus pruned trials (the ones that count towards n_trials).")
-    counts: TrialCounts = Field(description="The study's own trials by state (warm-start trials are not counted here).")
+    trials_finished: int = Field(description="Complete plus pruned search trials (the ones that count towards n_trials).")
+    confirm_trials: int = Field(0, description="Confirmation trials planned when the search ended (0 before, and when off).")
+    confirm_finished: int = Field(0, description="Confirmation trials completed (status confirming while they run).")
+    counts: TrialCounts = Field(
+        description="The study's search trials by state (warm-start trials and confirmation repeats are not counted here)."
+    )
     best: BestSummary | None
     # -- issue 11 (study features) --
     reference: ReferenceOut | None = Field(
@@ -215,7 +234,9 @@ class TrialOut(TrialMetrics):
     number: int
     state: TrialStateName
     stage: str = Field(
-        "search", description="Why it ran: search (the sampler's), reference, enqueued, warm_start (copied from another study)."
+        "search",
+        description="Why it ran: search (the sampler's), reference, enqueued, warm_start (copied from another study), "
+        "confirm (a confirmation repeat).",
     )
     params: dict[str, float]
     value: float | None = Field(description="Final validation accuracy (complete trials).")
@@ -227,6 +248,8 @@ class TrialOut(TrialMetrics):
     retry_of: int | None = Field(None, description="Number of the failed trial this one re-runs with the same params.")
     fail_reason: str | None = None
     worker: str | None = None
+    confirms: int | None = Field(None, description="A confirmation repeat: the search trial whose config it re-trains.")
+    repeat: int | None = Field(None, description="A confirmation repeat: its number (1..repeats); its seed is the repeat's.")
 
 
 class TrialList(BaseModel):

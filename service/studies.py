@@ -2,7 +2,7 @@
 
 The invariants live here: one row per study name (identical re-submissions return it), the
 trial-slot counter that keeps every study at or under ``n_trials`` whatever the number of workers,
-the status transitions, and the best-config history (a row only when the best strictly improves).
+the status transitions, and the best-config history (a row when the leader changes: see :class:`~service.models.BestConfigRecord`).
 The routes answer with :func:`study_out` and :func:`trials_out`.
 """
 
@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import features
+from service.confirmation import CONFIRM_STAGE
 from service.db import (
     OPTUNA_STUDIES,
     OPTUNA_STUDY_SYSTEM_ATTRS,
@@ -36,20 +37,26 @@ __all__ = [
     "StudyConflict",
     "StudyNotFound",
     "best_record",
+    "begin_confirmation",
     "claim_slot",
     "complete_if_done",
     "delete_study",
     "get_study",
+    "has_waiting_trials",
     "is_search_trial",
     "margin_out",
+    "record_margin",
     "best_model_file",
     "export_lines",
     "importance_out",
     "list_studies",
+    "open_confirmation",
     "reclaim_leaked_slots",
     "record_best",
+    "record_leader",
     "record_failure",
     "release_slot",
+    "resume_confirmation",
     "runnable_studies",
     "status_of",
     "stop_study",
@@ -196,10 +203,11 @@ def trial_counts(session: Session, name: str) -> TrialCounts:
 
 
 def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
+    """The current best: the study's last best-config row (see :class:`BestConfigRecord`)."""
     return session.scalar(
         sa.select(BestConfigRecord)
         .where(BestConfigRecord.study_id == study_id)
-        .order_by(BestConfigRecord.value.desc(), BestConfigRecord.id)
+        .order_by(BestConfigRecord.id.desc())
         .limit(1)
     )
 
@@ -259,7 +267,8 @@ def runnable_studies(session: Session) -> list[SearchStudy]:
 
 
 def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
-    """Atomically take one of the study's ``n_trials`` slots; return its serial number, or None if full.
+    """Atomically take one of the study's ``n_trials`` slots (``n_trials + confirm_trials`` once its
+    confirmation stage is planned); return its serial number, or None if full.
 
     A single conditional ``UPDATE ... RETURNING`` (one round trip, one commit): whichever the number
     of workers and the database, no more than ``n_trials`` slots are ever held at once.
@@ -270,13 +279,14 @@ def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
             sa.update(SearchStudy)
             .where(
                 SearchStudy.id == study_id,
-                SearchStudy.claimed < SearchStudy.n_trials,
+                SearchStudy.claimed < SearchStudy.n_trials + SearchStudy.confirm_trials,
                 SearchStudy.status.in_(ACTIVE_STATUSES),
             )
             .values(
                 claimed=SearchStudy.claimed + 1,
                 claims_total=SearchStudy.claims_total + 1,
-                status=StudyStatus.RUNNING,
+                # queued -> running; a confirming study stays confirming
+                status=sa.case((SearchStudy.status == StudyStatus.QUEUED.value, StudyStatus.RUNNING.value), else_=SearchStudy.status),
                 started_at=sa.func.coalesce(SearchStudy.started_at, now),
                 last_claim_at=now,
             )
@@ -367,33 +377,68 @@ def _search_trial(trial_id: Any) -> sa.ColumnElement[bool]:
     return ~sa.exists(other_stage)
 
 
-def _trials_of(name: str, *states: str) -> sa.Select:
-    """``SELECT COUNT(*)`` of the Optuna study's search trials in ``states``, as a scalar subquery."""
-    return (
-        sa.select(sa.func.count())
-        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states),
-               _search_trial(OPTUNA_TRIALS.c.trial_id))
-        .scalar_subquery()
+def _has_stage(trial_id: Any, *stages: str) -> sa.ColumnElement[bool]:
+    """The trial whose id is ``trial_id`` (a column) has a ``stage`` user attribute among ``stages``."""
+    return sa.exists(
+        sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+            OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json.in_([json.dumps(stage) for stage in stages]),
+        )
     )
 
 
-def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int) -> bool:
-    """Mark the study completed once ``n_trials`` trials finished (complete or pruned) and none runs.
+def _holds_slot(trial_id: Any) -> sa.ColumnElement[bool]:
+    """A search trial or a confirmation repeat (both run in the study's slots; warm-start copies do not)."""
+    return sa.or_(_search_trial(trial_id), _has_stage(trial_id, CONFIRM_STAGE))
 
-    One conditional UPDATE. ``claimed >= n_trials`` is implied (every finished trial holds a slot)
-    and cheap, so the trial counts are only evaluated near the end of a study.
+
+def _trials_of(name: str, *states: str, which: Any = None) -> sa.Select:
+    """``SELECT COUNT(*)`` of the Optuna study's trials in ``states`` (only those ``which(trial_id)``
+    selects, if given), as a scalar subquery."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(OPTUNA_STUDIES.c.study_name == name, sa.cast(OPTUNA_TRIALS.c.state, sa.String).in_(states))
+    )
+    if which is not None:
+        query = query.where(which(OPTUNA_TRIALS.c.trial_id))
+    return query.scalar_subquery()
+
+
+def _search_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's search trials (:func:`is_search_trial`) in ``states``."""
+    return _trials_of(name, *states, which=_search_trial)
+
+
+def _confirm_trials_of(name: str, *states: str) -> sa.Select:
+    """``SELECT COUNT(*)`` of the study's confirmation repeats (stage "confirm") in ``states``."""
+    return _trials_of(name, *states, which=lambda trial_id: _has_stage(trial_id, CONFIRM_STAGE))
+
+
+def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
+    """Mark the study completed once it is done; return True if this call did.
+
+    Done: with ``confirm`` false (confirmation off), ``n_trials`` search trials finished (complete or
+    pruned) and none runs; with it on, the confirmation stage's plan was enqueued (``confirm_trials``
+    set, see :func:`service.stages.advance`) and no trial runs or waits (every repeat finished, or
+    failed out of retries). One conditional UPDATE. ``claimed >= n_trials`` is implied (every
+    finished trial holds a slot) and cheap, so the trial counts are only evaluated near the end.
     """
+    confirmation_done = sa.and_(
+        SearchStudy.status == StudyStatus.CONFIRMING.value,
+        SearchStudy.confirm_trials > 0,
+        _trials_of(name, "RUNNING") == 0,
+        _trials_of(name, "WAITING") == 0,
+    )
+    done = confirmation_done if confirm else sa.or_(
+        sa.and_(SearchStudy.status.in_((StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)), _search_done(name)),
+        confirmation_done,
+    )
     with session_scope(factory) as session:
         result = session.execute(
             sa.update(SearchStudy)
-            .where(
-                SearchStudy.id == study_id,
-                SearchStudy.status.in_(ACTIVE_STATUSES),
-                SearchStudy.claimed >= SearchStudy.n_trials,
-                _trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
-                _trials_of(name, "RUNNING") == 0,
-            )
+            .where(SearchStudy.id == study_id, done)
             .values(status=StudyStatus.COMPLETED, finished_at=utc_now())
             .execution_options(synchronize_session=False)
         )
@@ -414,7 +459,7 @@ def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: st
     write: on SQLite a read transaction that turns into a write can fail outright under WAL.)
     """
     cutoff = dt.timedelta(seconds=grace_period_s)
-    in_use = _trials_of(name, "COMPLETE", "PRUNED", "RUNNING")
+    in_use = _trials_of(name, "COMPLETE", "PRUNED", "RUNNING", which=_holds_slot)
     finished_recently = sa.exists(
         sa.select(OPTUNA_TRIALS.c.trial_id)
         .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
@@ -450,6 +495,108 @@ def studies_with_running_trials(
 
 
 # --------------------------------------------------------------------------------------------------
+# The confirmation stage (issue 10): search trials are counted by :func:`is_search_trial` (one rule);
+# confirmation repeats (stage "confirm") hold slots of their own (``confirm_trials``).
+
+
+def _search_done(name: str) -> sa.ColumnElement[bool]:
+    """The search's ``n_trials`` have finished (complete or pruned) and no trial runs."""
+    return sa.and_(
+        SearchStudy.claimed >= SearchStudy.n_trials,
+        _search_trials_of(name, "COMPLETE", "PRUNED") >= SearchStudy.n_trials,
+        _trials_of(name, "RUNNING") == 0,
+    )
+
+
+def begin_confirmation(factory: sessionmaker[Session], study_id: int, name: str) -> bool:
+    """Move a study whose search is done from running to confirming; True for the one caller that did.
+
+    ``confirm_trials`` stays 0, so no slot can be claimed until :func:`open_confirmation` (the
+    caller enqueues the plan first). ``last_claim_at`` marks the move for :func:`resume_confirmation`.
+    """
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status.in_((StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)),
+                _search_done(name),
+            )
+            .values(status=StudyStatus.CONFIRMING, confirm_trials=0, last_claim_at=utc_now())
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_period_s: float) -> bool:
+    """Take over enqueueing a plan whose worker died half-way (confirming, no slot opened, quiet for the
+    grace period); True for the one caller that did (it enqueues what is missing, then opens the slots)."""
+    now = utc_now()
+    with session_scope(factory) as session:
+        result = session.execute(
+            sa.update(SearchStudy)
+            .where(
+                SearchStudy.id == study_id,
+                SearchStudy.status == StudyStatus.CONFIRMING.value,
+                SearchStudy.confirm_trials == 0,
+                sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < now - dt.timedelta(seconds=grace_period_s)),
+            )
+            .values(last_claim_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+
+def open_confirmation(factory: sessionmaker[Session], study_id: int, planned: int) -> None:
+    """The plan is enqueued: open its ``planned`` slots (an empty plan completes the study)."""
+    values: dict[str, Any] = {"confirm_trials": planned} if planned else {"status": StudyStatus.COMPLETED, "finished_at": utc_now()}
+    with session_scope(factory) as session:
+        session.execute(
+            sa.update(SearchStudy)
+            .where(SearchStudy.id == study_id, SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def has_waiting_trials(session: Session, name: str) -> bool:
+    """Whether the study has a trial queued to run (a confirmation repeat, or a retry)."""
+    return bool(session.scalar(sa.select(_trials_of(name, "WAITING"))))
+
+
+def record_leader(
+    factory: sessionmaker[Session], study_id: int, read_trials: Any, confirm: Any
+) -> bool:
+    """Bring the best-config history up to date after a trial completed; True when the leader changed.
+
+    Under the study's row lock, ``read_trials()`` (the Optuna study's trials, read after the lock is
+    taken so that the last writer saw every finished run) is summarized by
+    :func:`service.confirmation.summarize`. A new row is appended when the leader (the config of the
+    highest mean; during the search, the highest single value, so a row when it strictly improves)
+    differs from the last row's; otherwise the last row's value (the mean) and summary are updated.
+    """
+    from service.confirmation import summarize
+
+    with session_scope(factory) as session:
+        if not _lock_study(session, study_id):
+            return False
+        trials = list(read_trials())
+        summary = summarize(trials, confirm)
+        if summary is None:
+            return False
+        best = summary.best
+        data = summary.model_dump(mode="json")
+        last = best_record(session, study_id)
+        if last is not None and last.trial_number == best.trial_number:
+            last.value, last.summary = float(best.mean), data
+            return False
+        train_size = next((trial.user_attrs.get("train_size") for trial in trials if trial.number == best.trial_number), None)
+        session.add(BestConfigRecord(study_id=study_id, trial_number=best.trial_number, value=float(best.mean),
+                                     params=dict(best.params), train_size=train_size, summary=data, created_at=utc_now()))
+        return True
+
+
+# --------------------------------------------------------------------------------------------------
 # What the API answers
 
 
@@ -462,18 +609,27 @@ def study_out(session: Session, row: SearchStudy) -> StudyOut:
         name=row.name,
         status=row.status,
         n_trials=row.n_trials,
-        trials_finished=counts.complete + counts.pruned,
+        trials_finished=session.scalar(sa.select(_search_trials_of(row.name, "COMPLETE", "PRUNED"))) or 0,
+        confirm_finished=session.scalar(sa.select(_confirm_trials_of(row.name, "COMPLETE"))) or 0,
         counts=counts,
-        best=None
-        if best is None
-        else BestSummary(value=best.value, trial_number=best.trial_number, params=best.params, best_since=as_utc(best.created_at)),
-        **_features_out(session, row.name, None if best is None else best.value, spec),
+        confirm_trials=row.confirm_trials or 0,
+        best=None if best is None else _best_summary(best),
+        **_features_out(session, row.name, best, spec),
         error=row.error,
         spec=spec,
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
         links=_links(session, row.name),
+    )
+
+
+def _best_summary(record: BestConfigRecord) -> BestSummary:
+    stats = (record.summary or {}).get("best", {})
+    return BestSummary(
+        value=record.value, trial_number=record.trial_number, params=record.params, best_since=as_utc(record.created_at),
+        n=stats.get("n"), ci_low=stats.get("ci_low"), ci_high=stats.get("ci_high"),
+        confirmed=(record.summary or {}).get("confirmed"),
     )
 
 
@@ -519,6 +675,8 @@ def _trial_out(trial: Any) -> TrialOut:
         retry_of=retry_of(trial),
         fail_reason=attrs.get("fail_reason"),
         worker=attrs.get("worker"),
+        confirms=attrs.get("confirms"),
+        repeat=attrs.get("repeat"),
     )
 
 
@@ -559,10 +717,10 @@ def _study_system_attrs(session: Session, name: str, *keys: str) -> dict[str, An
     return {key: json.loads(value) for key, value in rows}
 
 
-def reference_values(session: Session, name: str) -> list[float]:
-    """The values of the study's COMPLETE reference trial(s) (several once the reference is confirmed)."""
+def _reference_trials(session: Session, name: str) -> list[tuple[int, float]]:
+    """``(number, value)`` of the study's COMPLETE reference trial(s) (stage "reference")."""
     query = (
-        sa.select(OPTUNA_TRIAL_VALUES.c.value)
+        sa.select(OPTUNA_TRIALS.c.number, OPTUNA_TRIAL_VALUES.c.value)
         .select_from(
             OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id)
             .join(OPTUNA_TRIAL_VALUES, OPTUNA_TRIAL_VALUES.c.trial_id == OPTUNA_TRIALS.c.trial_id)
@@ -577,25 +735,51 @@ def reference_values(session: Session, name: str) -> list[float]:
         )
         .order_by(OPTUNA_TRIALS.c.number)
     )
-    return [float(value) for value in session.scalars(query)]
+    return [(int(number), float(value)) for number, value in session.execute(query)]
 
 
-def margin_out(session: Session, name: str, best: float | list[float] | None) -> MarginOut | None:
-    """The best's margin over the reference: ``best`` is the best's value (or its repeats' values)."""
+def reference_values(session: Session, name: str) -> list[float]:
+    """The values of the study's COMPLETE reference trial(s) (their single search runs)."""
+    return [value for _, value in _reference_trials(session, name)]
+
+
+def margin_out(session: Session, name: str, best: float | list[float] | None, reference: list[float] | None = None) -> MarginOut | None:
+    """The best's margin over the reference: ``best`` is the best's value (or its repeats' values);
+    ``reference`` the reference's values (default: its single search runs)."""
     if best is None:
         return None
-    margin = features.margin(best, reference_values(session, name))
+    margin = features.margin(best, reference_values(session, name) if reference is None else reference)
     return None if margin is None else MarginOut(**margin.to_dict())
 
 
-def _features_out(session: Session, name: str, best_value: float | None, spec: StudySpec) -> dict[str, Any]:
+def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> MarginOut | None:
+    """The recorded best's margin over the reference. With the confirmation stage (issue 10) the reference
+    is confirmed like a top config: the best's runs against the reference's runs (an interval once both
+    have two); otherwise the single values."""
+    if record is None:
+        return None
+    summary = record.summary or {}
+    runs = (summary.get("best") or {}).get("values")
+    if not runs:
+        return margin_out(session, name, record.value)
+    references = {number for number, _ in _reference_trials(session, name)}
+    reference_runs = [
+        float(value)
+        for candidate in summary.get("candidates", [])
+        if candidate.get("trial_number") in references
+        for value in candidate.get("values", {}).values()
+    ]
+    return margin_out(session, name, [float(value) for value in runs.values()], reference_runs or None)
+
+
+def _features_out(session: Session, name: str, best: BestConfigRecord | None, spec: StudySpec) -> dict[str, Any]:
     """StudyOut's issue-11 fields: ``reference``, ``margin``, ``warm_start``, ``model``."""
     attrs = _study_system_attrs(session, name, WARM_START_ATTR, features.BEST_MODEL_ATTR)
     warm_start, model = attrs.get(WARM_START_ATTR), attrs.get(features.BEST_MODEL_ATTR)
     reference = features.reference_config(spec.search_space) if spec.reference else None
     return {
         "reference": ReferenceOut(**reference.to_dict()) if reference else None,
-        "margin": margin_out(session, name, best_value),
+        "margin": record_margin(session, name, best),
         "warm_start": WarmStartOut(**warm_start) if warm_start else None,
         "model": ModelInfoOut(**model) if model else None,
     }

@@ -11,11 +11,13 @@ heartbeats guard it:
    slot back; ``ask`` then hands out a re-queued trial before sampling a new point. Every epoch
    reports validation accuracy to the pruner and checks whether the study was stopped or deleted,
    so a stop takes effect within one epoch.
-3. **Settle** (:func:`service.objective.settle`): a complete trial may become the best (a
-   best-config row); a failed one is re-queued by the same callback (up to ``max_retries`` times)
-   and gives its slot back; the study is marked completed once ``n_trials`` trials finished.
-4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): fail trials of
-   dead workers, reclaim slots no trial holds, complete the study if done.
+3. **Settle** (:func:`service.objective.settle`): a complete trial updates the best-config history
+   (a row when the leader changes); a failed one is re-queued by the same callback (up to
+   ``max_retries`` times) and gives its slot back; the study moves on once ``n_trials`` search trials
+   finished (:mod:`service.stages`: the confirmation stage re-trains the top configs, then the study
+   completes).
+4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
+   if due, fail trials of dead workers, reclaim slots no trial holds.
 
 The worker keeps one Optuna ``Study`` per active study and re-seeds its sampler per trial, so
 Optuna's trial cache survives between trials: the per-trial cost stays flat as the study grows.
@@ -35,13 +37,13 @@ from typing import Any
 
 import optuna
 
-from service import studies, sweeps
+from service import stages, studies, sweeps
 from service._optuna import make_sampler, open_study
 from service.backoff import backoff
 from service.config import Settings, artifact_location
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import make_artifact_store
-from service.models import SearchStudy
+from service.models import SearchStudy, StudyStatus
 from service.objective import Objective, TrainFunction, settle
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
@@ -57,7 +59,7 @@ class KerasTraining:
     """Trains a trial with :func:`trainer.train`, loading each data set once per worker.
 
     The cache is keyed by everything that changes the arrays (directory, train_size,
-    val_fraction, seed), so studies on the same data share one copy and the decoding cost is paid
+    val_fraction, seed, split seed), so studies on the same data share one copy and the decoding cost is paid
     once per worker rather than once per trial.
     """
 
@@ -67,10 +69,10 @@ class KerasTraining:
         self._cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
         self.loads = 0
 
-    def data(self, spec: StudySpec) -> Any:
+    def data(self, spec: StudySpec, split_seed: int | None = None) -> Any:
         import trainer
 
-        key = (self.data_dir, spec.data.train_size, spec.data.val_fraction, spec.seed)
+        key = (self.data_dir, spec.data.train_size, spec.data.val_fraction, spec.seed, split_seed)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
@@ -79,6 +81,7 @@ class KerasTraining:
             train_size=spec.data.train_size,
             val_fraction=spec.data.val_fraction,
             seed=spec.seed,
+            split_seed=split_seed,
             include_test=False,
         )
         self.loads += 1
@@ -87,11 +90,15 @@ class KerasTraining:
             self._cache.popitem(last=False)
         return data
 
-    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end) -> TrialMetrics:
+    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end, seed: int | None = None) -> TrialMetrics:
+        """Train one trial; ``seed`` (a confirmation repeat) re-seeds the validation split, data order and
+        initialisation, while the training pool stays the one ``spec.seed`` drew."""
         import trainer
 
-        data = self.data(spec)
+        data = self.data(spec, split_seed=seed)
         settings = trainer.TrainSettings.from_recipe(spec)
+        if seed is not None:
+            settings = settings.model_copy(update={"seed": seed})
         # trainer.train reuses this process's compiled model across trials of the same shape. The
         # TrainResult itself is returned: the objective stores its model when the trial is the best.
         return trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
@@ -206,6 +213,10 @@ class Worker:
         return study
 
     def _run_trial(self, row: SearchStudy) -> bool:
+        if row.status == StudyStatus.CONFIRMING:
+            with self._factory() as session:
+                if not studies.has_waiting_trials(session, row.name):
+                    return False  # every repeat is running or done: a claim would only sample a stray trial
         serial = studies.claim_slot(self._factory, row.id)
         if serial is None:
             return False
@@ -220,15 +231,17 @@ class Worker:
                 studies.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
             else:
                 self.trials_run += 1
-                settle(self._factory, self._storage, self._retry, study, row, objective, self.settings.max_failed_trials)
+                settle(self._factory, self._storage, self._retry, study, row, objective, self.settings.max_failed_trials,
+                       self.settings.grace_period)
         return True
 
     def _sweep(self, row: SearchStudy) -> None:
-        """For a study whose slots are all taken: finish it if done, else clean up after dead workers."""
-        if studies.complete_if_done(self._factory, row.id, row.name, row.n_trials):
-            return
+        """For a study whose slots are all taken: move it on if due, else clean up after dead workers."""
+        spec = StudySpec.model_validate(row.spec)
         try:
-            study = self._study(row, StudySpec.model_validate(row.spec))
+            study = self._study(row, spec)
         except KeyError:
+            return
+        if stages.advance(self._factory, study, row, spec, self.settings.grace_period):
             return
         sweeps.sweep_study(self._factory, self._storage, study, row, self.settings.grace_period)

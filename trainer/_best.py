@@ -12,13 +12,42 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator, model_validator
 
 from trainer._architecture import MODELS
 from trainer._recipe import Recipe
 from trainer._space import RegularizationConfig
 
-__all__ = ["BestConfig", "describe"]
+__all__ = ["BestConfig", "ParamRange", "TiedConfig", "describe"]
+
+
+class ParamRange(BaseModel):
+    """A parameter's robust range: anywhere in [low, high] did as well as the best, within noise."""
+
+    model_config = ConfigDict(frozen=True)
+
+    low: float
+    high: float
+
+
+class TiedConfig(BaseModel):
+    """A config statistically tied with the best (its paired difference is not significant)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    trial_number: int
+    params: dict[str, float]
+    mean: float
+    n: int
+    p_value: float | None = Field(None, description="One-sided p of 'this config is worse than the best'.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_test(cls, values: Any) -> Any:
+        """The service's summary nests the p-value in ``test``."""
+        if isinstance(values, Mapping) and "p_value" not in values and isinstance(values.get("test"), Mapping):
+            return {**values, "p_value": values["test"].get("p_value")}
+        return values
 
 
 class BestConfig(Recipe):
@@ -37,9 +66,28 @@ class BestConfig(Recipe):
     regularization: RegularizationConfig = Field(alias="params", description="The best point of the search space.")
     study: str | None = None
     trial_number: int | None = Field(None, ge=0)
-    value: float | None = Field(None, description="The best trial's objective value.")
+    value: float | None = Field(None, description="The best config's objective: the mean over its runs (one run: its value).")
     metric: str = "val_accuracy"
     train_size: int | None = Field(None, ge=1, description="Images the trials trained on (after the validation split).")
+    # How sure the study is of this best (issue 10); absent from files written before it: optional.
+    confirmed: bool | None = Field(
+        None, description="True once every repeat of the confirmation stage finished; false for the current leader "
+        "while it runs (or with confirmation off)."
+    )
+    mean: float | None = Field(None, description="Mean of the metric over the config's runs (search trial plus repeats).")
+    std: float | None = Field(None, description="Sample standard deviation of those runs (null with one run).")
+    n: int | None = Field(None, ge=1, description="Number of runs.")
+    ci_low: float | None = Field(None, description="Lower end of the confidence interval of the mean (Student t).")
+    ci_high: float | None = None
+    confidence: float | None = Field(None, description="Level of that interval (0.95).")
+    first_value: float | None = Field(None, description="The single-run value the config was first picked on.")
+    ties: list[TiedConfig] = Field(
+        default_factory=list, description="Configs whose paired difference from the best is not significant (see test)."
+    )
+    robust_ranges: dict[str, ParamRange] = Field(
+        default_factory=dict, description="Per parameter, the interval spanned by the best and its ties: as good, within noise."
+    )
+    test: str | None = Field(None, description="The test that decided the ties, and why it suits n = 3.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -78,6 +126,26 @@ class BestConfig(Recipe):
         if keras_values is not None:
             _check_keras_values(keras_values, values.get("params", values.get("regularization")))
         return values
+
+    def uncertainty_lines(self) -> list[str]:
+        """How sure the study is of this best, in a few lines of text (comments, CLI output); none for old files."""
+        if self.mean is None or self.n is None:
+            return []
+        status = "confirmed" if self.confirmed else "unconfirmed (confirmation still running or off)"
+        line = f"{self.metric} mean {self.mean:.4f} over {self.n} run(s)"
+        if self.ci_low is not None and self.ci_high is not None:
+            line += f", {100 * (self.confidence or 0.95):.0f}% CI [{self.ci_low:.4f}, {self.ci_high:.4f}], std {self.std:.4f}"
+        if self.first_value is not None:
+            line += f"; first picked on {self.first_value:.4f}"
+        lines = [f"{line}; {status}"]
+        if self.ties:
+            lines.append("tied with trial(s) " + ", ".join(f"{tie.trial_number} (mean {tie.mean:.4f})" for tie in self.ties))
+        else:
+            lines.append("no tie: every other candidate is significantly worse")
+        for name, span in self.robust_ranges.items():
+            if span.low != span.high:
+                lines.append(f"robust range {name}: {span.low:.4g} to {span.high:.4g}")
+        return lines
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the keys of the service's ``best`` endpoint, less ``best_since`` and ``direction``)."""

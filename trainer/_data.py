@@ -223,13 +223,16 @@ def load_cifar10(
     train_size: int | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    split_seed: int | None = None,
     include_test: bool = True,
 ) -> CifarData:
     """Load CIFAR-10 and split off a stratified validation set from the training images.
 
     ``train_size`` draws that many training images, class-balanced (seeded), *before* the split, so
     ``len(x_train) + len(x_val) == train_size``. ``val_fraction`` in [0, 1) of each class goes to
-    validation. ``include_test=False`` skips reading the test batch (empty ``x_test``).
+    validation. ``seed`` draws the pool and, unless ``split_seed`` is given, the split; ``split_seed``
+    draws another validation split from the same pool (a study's confirmation repeats).
+    ``include_test=False`` skips reading the test batch (empty ``x_test``).
     Raises :class:`DataError` (a ``ValueError``) naming the directory and expected files when the data
     is missing or corrupt, and ``ValueError`` naming the argument for bad arguments.
     """
@@ -239,6 +242,8 @@ def load_cifar10(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
+    if split_seed is not None and (isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer))):
+        raise ValueError(f"split_seed must be an int or None, got {split_seed!r}")
 
     directory = data_dir or None
     if directory is not None:
@@ -258,7 +263,8 @@ def load_cifar10(
         pool = _balanced_subset(y_all, int(train_size), rng)
     else:
         pool = np.arange(len(y_all))
-    train_index, val_index = _stratified_split(y_all[pool], float(val_fraction), rng)
+    split_rng = rng if split_seed is None else np.random.default_rng(split_seed)
+    train_index, val_index = _stratified_split(y_all[pool], float(val_fraction), split_rng)
     train_index, val_index = pool[train_index], pool[val_index]
     return CifarData(
         x_train=x_all[train_index],

@@ -115,7 +115,16 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
         "layers": layers,
         "train_size": best.train_size,
         "train_size_rule": _TRAIN_SIZE_RULE,
+        "uncertainty": _uncertainty(best),
     }
+
+
+def _uncertainty(best: BestConfig) -> dict[str, Any] | None:
+    """How sure the study is of this best (mean, interval, ties, robust ranges), or None for old files."""
+    if best.mean is None:
+        return None
+    fields = ("confirmed", "mean", "std", "n", "ci_low", "ci_high", "confidence", "first_value", "ties", "robust_ranges", "test")
+    return best.model_dump(mode="json", include=set(fields))
 
 
 _TRAIN_SIZE_RULE = (
@@ -186,6 +195,7 @@ def python_snippet(best: BestConfig) -> str:
         f"DROPOUT_CONV = {regularization.dropout_conv!r}  # {DROPOUT_CONV_WHERE}",
         f"DROPOUT_DENSE = {regularization.dropout_dense!r}  # {architecture.dropout_dense_where}",
     ]
+    lines += [f"# {line}" for line in best.uncertainty_lines()]
     if best.train_size:
         lines += [
             f"# Found on {best.train_size} training images: on n images use L1 * {best.train_size} / n and",

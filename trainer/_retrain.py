@@ -212,7 +212,11 @@ def _provenance(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "study": best.study,
         "trial_number": best.trial_number,
-        "study_objective": {"metric": best.metric, "value": best.value},
+        "study_objective": {
+            "metric": best.metric, "value": best.value, "n": best.n, "ci_low": best.ci_low, "ci_high": best.ci_high,
+            "confirmed": best.confirmed, "ties": [tie.trial_number for tie in best.ties],
+            "robust_ranges": {name: span.model_dump() for name, span in best.robust_ranges.items()},
+        },
         "model": best.model,
         "width": best.width,
         "config": {"found": _config_entry(best.regularization), "trained": _config_entry(trained)},

@@ -128,7 +128,14 @@ def _submit(args) -> int:
 def _best_text(best: dict[str, Any] | None, margin: dict[str, Any] | None = None) -> str:
     if not best:
         return "best -"
-    return f"best {best['value']:.4f} (#{best['trial_number']})" + _margin_text(margin)
+    text = f"best {best['value']:.4f} (#{best['trial_number']})"
+    if best.get("n") and best["n"] > 1:
+        text += f" mean of {best['n']}"
+        if best.get("ci_low") is not None:
+            text += f" [{best['ci_low']:.4f}, {best['ci_high']:.4f}]"
+    if best.get("confirmed") is False and best.get("n", 1) > 1:
+        text += " unconfirmed"
+    return text + _margin_text(margin)
 
 
 def _margin_text(margin: dict[str, Any] | None) -> str:
@@ -156,7 +163,8 @@ def _watch_study(client, name: str, interval: float) -> int:
             study = _call(client.study, name)
     finally:
         bar.close()
-    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials, "
+    confirmed = f", {study.get('confirm_finished', 0)}/{study['confirm_trials']} confirmation trials" if study.get("confirm_trials") else ""
+    print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials{confirmed}, "
           f"{_best_text(study['best'], study.get('margin'))}"
           + (f" - {study['error']}" if study["status"] == "failed" and study.get("error") else ""))
     return 1 if study["status"] == "failed" else 0
@@ -194,6 +202,10 @@ def _best(args) -> int:
     print(f"  params: {params}")
     print(f"  keras:  {keras_values}")
     print(f"  model {best['model']} width {best['width']}, trained on {best['train_size']} images, {best['epochs']} epochs")
+    from trainer import BestConfig
+
+    for line in BestConfig.model_validate(best).uncertainty_lines():
+        print(f"  {line}")
     if best.get("margin"):
         print(f"  margin over the reference (defaults): {_margin_text(best['margin']).removeprefix(', ')}")
     return 0

@@ -50,9 +50,10 @@ WORKER_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "trial_user_attributes": _RUN_TRIALS,
     "trial_system_attributes": _RUN_TRIALS,
     "trial_heartbeats": _RUN_TRIALS,
-    # The service's tables: claims and statuses, best configs appended; never the tokens.
+    # The service's tables: claims and statuses, best configs appended (the leader's row keeps its mean
+    # and statistics up to date while the confirmation stage runs: migration 0005); never the tokens.
     "regsearch_studies": ("SELECT", "UPDATE"),
-    "regsearch_best_configs": ("SELECT", "INSERT"),
+    "regsearch_best_configs": ("SELECT", "INSERT", "UPDATE"),
     "regsearch_alembic_version": _READ,
     "regsearch_tokens": (),
 }

@@ -36,6 +36,7 @@ STUDY = {
     "sampler": "random",
     "pruner": "none",
     "data": {"train_size": 200},
+    "confirm": {"top_k": 0},
     "seed": 3,
 }
 

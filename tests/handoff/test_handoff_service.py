@@ -35,7 +35,7 @@ def service(tmp_path_factory):
     try:
         wait_healthy(url, timeout=90)
         spec = {"name": STUDY, "model": "vgg", "width": 0.125, "n_trials": 1, "epochs": 1, "batch_size": 64,
-                "learning_rate": 2e-3, "data": {"train_size": 200}}  # fmt: skip
+                "learning_rate": 2e-3, "data": {"train_size": 200}, "confirm": {"top_k": 0}}  # fmt: skip
         assert httpx.post(f"{url}/v1/studies", json=spec, timeout=10).status_code == 201
         wait_until(
             lambda: httpx.get(f"{url}/v1/studies/{STUDY}", timeout=5).json()["status"] == "completed",

@@ -32,6 +32,7 @@ def tiny_study(name: str, n_trials: int, seed: int = 0) -> dict:
         "sampler": "random",
         "pruner": "none",
         "data": {"train_size": 300},
+        "confirm": {"top_k": 0},
         "seed": seed,
     }
 

@@ -101,7 +101,7 @@ def test_submit_read_repeat_conflict_stop_delete(client):
         ({"n_trials": -3}, "n_trials", "greater than or equal to 1"),
         ({"n_trials": 51}, "n_trials", "at most 50"),
         ({"model": "resnet"}, "model", "'baseline' or 'vgg'"),
-        ({"pruner": "asha"}, "pruner", "'median', 'hyperband' or 'none'"),
+        ({"pruner": "asha"}, "pruner", "'median', 'fair', 'hyperband' or 'none'"),
         ({"sampler": "cmaes"}, "sampler", "'tpe' or 'random'"),
         ({"name": "Not A Slug!"}, "name", "must be a slug"),
         ({"name": "-leading-dash"}, "name", "must be a slug"),

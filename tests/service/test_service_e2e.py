@@ -25,7 +25,7 @@ from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spaw
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 300}}
+SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 300}, "confirm": {"top_k": 0}}
 ARTIFACTS = ROOT / "artifacts"
 
 
@@ -88,7 +88,7 @@ def service(tmp_path_factory):
 
 def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_path):
     spec_file = tmp_path / "study.yaml"
-    spec_file.write_text("name: e2e-demo\nn_trials: 3\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ndata:\n  train_size: 300\n")
+    spec_file.write_text("name: e2e-demo\nn_trials: 3\nwidth: 0.25\nepochs: 1\nbatch_size: 64\ndata:\n  train_size: 300\nconfirm:\n  top_k: 0\n")
     submitted = service.cli("submit", str(spec_file))
     assert submitted.returncode == 0, submitted.stderr
     assert "study e2e-demo submitted" in submitted.stdout
@@ -131,6 +131,42 @@ def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_p
     assert loaded.regularization.to_dict() == best["params"] and loaded.study == "e2e-demo"
     listing = service.cli("studies")
     assert "e2e-demo" in listing.stdout and "completed" in listing.stdout
+
+
+def test_study_with_confirmation_answers_with_mean_interval_ties_and_ranges(service):
+    """A real study with its confirmation stage over HTTP: the top configs re-trained (real networks, another
+    validation split per repeat), the best with its mean, interval, ties and robust ranges."""
+    spec = {"name": "e2e-confirm", "n_trials": 3, **SMALL, "pruner": "none", "confirm": {"top_k": 2, "repeats": 1}}
+    assert service.post("/v1/studies", json=spec).status_code == 201
+    study = service.wait_status("e2e-confirm", ("completed", "failed", "stopped"), timeout=300)
+    assert study["status"] == "completed", service.logs()
+    trials = service.get("/v1/studies/e2e-confirm/trials").json()["trials"]
+    search = [trial for trial in trials if trial["stage"] in ("search", "reference")]  # the reference is one
+    repeats = [trial for trial in trials if trial["stage"] == "confirm"]
+    (reference,) = [trial for trial in search if trial["stage"] == "reference"]
+    top2 = sorted(search, key=lambda trial: (-trial["value"], trial["number"]))[:2]
+    confirmed = {trial["number"]: trial for trial in [*top2, reference]}  # the reference is confirmed too
+    assert (study["trials_finished"], study["confirm_trials"], study["confirm_finished"]) == (3, len(confirmed), len(confirmed))
+    assert len(search) == 3 and len(repeats) == len(confirmed) and all(trial["state"] == "complete" for trial in trials)
+    assert sorted(trial["confirms"] for trial in repeats) == sorted(confirmed)
+    assert all(trial["repeat"] == 1 and len(trial["intermediate_values"]) == 1 for trial in repeats)
+
+    best = service.get("/v1/studies/e2e-confirm/best").json()
+    runs = {n: [t["value"]] + [r["value"] for r in repeats if r["confirms"] == n] for n, t in confirmed.items()}
+    means = {number: sum(values) / 2 for number, values in runs.items()}
+    assert means[best["trial_number"]] == pytest.approx(max(means.values()))  # the highest mean
+    # The margin over the reference: the best's two runs against the reference's two runs (an interval).
+    margin = best["margin"]
+    assert (margin["n_best"], margin["n_reference"]) == (2, 2)
+    assert margin["value"] == pytest.approx(means[best["trial_number"]] - means[reference["number"]])
+    assert margin["low"] is not None and margin["low"] <= margin["value"] <= margin["high"]
+    assert best["confirmed"] is True and best["n"] == 2 and best["mean"] == pytest.approx(means[best["trial_number"]])
+    assert best["ci_low"] <= best["mean"] <= best["ci_high"] and best["value"] == pytest.approx(best["mean"])
+    assert best["first_value"] == pytest.approx(runs[best["trial_number"]][0])
+    assert set(best["robust_ranges"]) == set(best["params"]) and "paired t-test" in best["test"]
+    assert study["best"]["confirmed"] is True and study["best"]["n"] == 2
+    shown = service.cli("best", "e2e-confirm")
+    assert shown.returncode == 0 and f"mean {best['mean']:.4f} over 2 run(s)" in shown.stdout and "confirmed" in shown.stdout
 
 
 def test_cli_errors_are_one_line(service):

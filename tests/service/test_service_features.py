@@ -28,7 +28,7 @@ from trainer import RegularizationConfig, regularization_of
 pytestmark = pytest.mark.slow
 
 TINY = {"width": 0.25, "epochs": 1, "batch_size": 32, "learning_rate": 3e-3, "data": {"train_size": 500, "val_fraction": 0.2},
-        "pruner": "none"}
+        "pruner": "none", "confirm": {"top_k": 0}}
 ENQUEUED = [{"weight_decay": 1e-3, "l1_ratio": 0.5}, {"dropout_conv": 0.45}]
 DEFAULTS = {"weight_decay": 1e-4, "l1_ratio": 0.0, "dropout_conv": 0.3, "dropout_dense": 0.5}
 MAIN_TRIALS = 10  # importance needs ten complete trials

@@ -25,6 +25,8 @@ from service.worker import Worker
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+NO_CONFIRM = {"top_k": 0}  # these tests are about the search stage; tests/service/test_service_confirmation.py has the rest
+
 
 @pytest.fixture
 def database(storage_url):
@@ -69,7 +71,7 @@ def run_workers(settings, train, count):
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
     settings, factory, _storage = database
-    assert migrate(settings) == migrate(settings) == "0004"
+    assert migrate(settings) == migrate(settings) == "0005"
     tables = set(sa.inspect(create_engine(settings)).get_table_names())
     assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
@@ -77,7 +79,7 @@ def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
 
 def test_claims_never_exceed_n_trials_under_contention(database):
     _settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="claims", n_trials=5))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="claims", n_trials=5))
     claimed: list[int] = []
     barrier = threading.Barrier(8)
 
@@ -101,7 +103,7 @@ def test_claims_never_exceed_n_trials_under_contention(database):
 
 def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(database):
     settings, factory, storage = database
-    studies.submit_study(factory, storage, StudySpec(name="retry", n_trials=6, epochs=3, pruner="none"))
+    studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="retry", n_trials=6, epochs=3, pruner="none"))
     run_workers(settings, quick_training(fail_on_calls={2}), count=3)
 
     trials = optuna.load_study(study_name="retry", storage=storage).trials
@@ -128,7 +130,7 @@ def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(data
 def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     """A worker that vanished mid-trial (no more heartbeats): its trial is failed and re-run, its slot reused."""
     settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="orphan", n_trials=2, epochs=2, pruner="none"))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="orphan", n_trials=2, epochs=2, pruner="none"))
     # The "dead worker": claims a slot, asks for a trial, beats once, then disappears.
     assert studies.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "orphan")
@@ -163,7 +165,7 @@ def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(da
     """A worker killed between claiming a slot and creating its trial leaves ``claimed`` one too high:
     the idle workers' sweep gives the slot back after the grace period and the study completes."""
     settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="leak", n_trials=3, epochs=2, pruner="none"))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="leak", n_trials=3, epochs=2, pruner="none"))
     assert studies.claim_slot(factory, row.id) == 1  # the dead worker's claim, in SQL; no trial follows
     # Right after the claim the slot may still be on its way to a trial: it is not taken back yet.
     assert not studies.reclaim_leaked_slots(factory, row.id, "leak", grace_period_s=30)
@@ -181,7 +183,7 @@ def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(da
 
 def test_trial_of_a_dead_worker_in_a_stopped_study_does_not_stay_running(database):
     settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="stopdead", n_trials=3, epochs=2, pruner="none"))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="stopdead", n_trials=3, epochs=2, pruner="none"))
     assert studies.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "stopdead")
     studies.stop_study(factory, "stopdead")
@@ -200,7 +202,7 @@ def test_exit_when_idle_waits_for_other_workers_trials_that_may_need_a_retry(dat
     """Every slot is held by a live-looking trial of another worker when this worker starts: it must
     not exit, because that trial's worker is dead and the trial needs a retry once it goes stale."""
     settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="wait", n_trials=1, epochs=2, pruner="none"))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="wait", n_trials=1, epochs=2, pruner="none"))
     assert studies.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "wait")  # heart-beating just now: not stale for a grace period
 
@@ -216,7 +218,7 @@ def test_exit_when_idle_waits_for_other_workers_trials_that_may_need_a_retry(dat
 
 def test_stopped_study_stops_its_running_trial_within_an_epoch(database):
     settings, factory, storage = database
-    row, _ = studies.submit_study(factory, storage, StudySpec(name="halt", n_trials=5, epochs=50, pruner="none"))
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="halt", n_trials=5, epochs=50, pruner="none"))
     epochs_seen: list[int] = []
 
     def slow_training(spec, config, on_epoch_end):
@@ -239,7 +241,7 @@ def test_stopped_study_stops_its_running_trial_within_an_epoch(database):
 def test_repeated_training_errors_mark_the_study_failed(database):
     settings, factory, storage = database
     settings = settings.model_copy(update={"max_failed_trials": 3, "max_retries": 1})
-    studies.submit_study(factory, storage, StudySpec(name="broken", n_trials=4, epochs=1))
+    studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="broken", n_trials=4, epochs=1))
 
     def broken(spec, config, on_epoch_end):
         raise FileNotFoundError("no CIFAR-10 files in /nowhere")
@@ -256,12 +258,12 @@ def test_worker_loads_each_data_set_once(cifar_dir):
     from service.worker import KerasTraining
 
     training = KerasTraining(cifar_dir)
-    spec = StudySpec(name="cache", data={"train_size": 200})
+    spec = StudySpec(confirm=NO_CONFIRM, name="cache", data={"train_size": 200})
     first = training.data(spec)
     assert training.data(spec.model_copy(update={"name": "other-study", "n_trials": 7})) is first
     assert training.loads == 1
     assert len(first.x_train) == 180 and len(first.x_val) == 20  # 200 drawn, 10% held out
-    resized = training.data(StudySpec(name="cache", data={"train_size": 300}))
+    resized = training.data(StudySpec(confirm=NO_CONFIRM, name="cache", data={"train_size": 300}))
     assert resized is not first and len(resized.x_train) == 270 and training.loads == 2
 
 
@@ -272,7 +274,7 @@ def test_worker_survives_its_database_connections_being_dropped(postgres_url):
     migrate(settings)
     engine = create_engine(settings)
     factory, storage = session_factory(engine), optuna_storage(settings)
-    studies.submit_study(factory, storage, StudySpec(name="drop", n_trials=4, epochs=3, pruner="none"))
+    studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="drop", n_trials=4, epochs=3, pruner="none"))
     database = postgres_url.rsplit("/", 1)[1]
     calls = {"count": 0}
     drops: list[int] = []
@@ -314,7 +316,7 @@ def test_trials_route_names_the_trial_each_retry_re_runs(database):
     from service.api.main import create_app
 
     settings, factory, storage = database
-    studies.submit_study(factory, storage, StudySpec(name="chain", n_trials=2, epochs=1, pruner="none"))
+    studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="chain", n_trials=2, epochs=1, pruner="none"))
     run_workers(settings, quick_training(fail_on_calls={1, 2}), count=1)  # the first trial fails, so does its retry
 
     app = create_app(settings, dashboard=False)
@@ -333,7 +335,7 @@ def test_trials_route_names_the_trial_each_retry_re_runs(database):
 def test_the_reference_is_never_pruned(database):
     """The same weak config is pruned as an enqueued trial and runs to the end as the reference (issue 11)."""
     settings, factory, storage = database
-    studies.submit_study(factory, storage, StudySpec(name="unpruned", n_trials=5, epochs=3, pruner="median", reference=False))
+    studies.submit_study(factory, storage, StudySpec(name="unpruned", n_trials=5, epochs=3, pruner="median", reference=False, confirm={"top_k": 0}))
     study = optuna.load_study(study_name="unpruned", storage=storage)
     good = {"weight_decay": 1e-5, "l1_ratio": 0.0, "dropout_conv": 0.5, "dropout_dense": 0.5}
     weak = {**good, "weight_decay": 1e-2, "dropout_conv": 0.3}  # quick_training: 0.52 against 0.70
@@ -354,7 +356,7 @@ def test_the_reference_is_never_pruned(database):
 def test_trials_above_max_gap_are_infeasible_and_never_the_best(database, max_gap, has_best):
     """quick_training reports a gap of 0.05: above max_gap 0.01 every trial is infeasible, below 0.1 none is."""
     settings, factory, storage = database
-    studies.submit_study(factory, storage, StudySpec(name="gap", n_trials=2, epochs=1, pruner="none", max_gap=max_gap))
+    studies.submit_study(factory, storage, StudySpec(name="gap", n_trials=2, epochs=1, pruner="none", max_gap=max_gap, confirm={"top_k": 0}))
     run_workers(settings, quick_training(), count=1)
 
     trials = optuna.load_study(study_name="gap", storage=storage).trials

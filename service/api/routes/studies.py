@@ -23,6 +23,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
+from service.confirmation import best_fields
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
@@ -149,13 +150,15 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
 
 
 def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
-    """The study's recipe and its best regularization so far, or None before any trial completes."""
+    """The study's recipe and its best regularization so far (with its mean, interval, ties and robust
+    ranges; ``confirmed`` false while confirmation runs), or None before any trial completes."""
     record = studies.best_record(session, row.id)
     if record is None:
         return None
     spec = StudySpec.model_validate(row.spec)
     return BestConfigOut(
         **spec.recipe().model_dump(),
+        **best_fields(record.summary),
         params=record.params,
         study=row.name,
         trial_number=record.trial_number,
@@ -163,7 +166,7 @@ def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
         metric="val_accuracy",
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
-        margin=studies.margin_out(session, row.name, record.value),
+        margin=studies.record_margin(session, row.name, record),
     )
 
 
