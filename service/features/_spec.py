@@ -37,7 +37,6 @@ class StudyFeatures(BaseModel):
         json_schema_extra={"pattern": SLUG_PATTERN.pattern},
         description="Name of another study whose complete trials seed the sampler. Refused (422) unless it trained "
         "the same model under the same recipe (width, epochs, batch size, learning rate, data); the seed may differ.",
-        json_schema_extra={"pattern": _SLUG.pattern},  # checked in the validator, with a readable message
     )
     max_gap: Number | None = Field(
         None,
