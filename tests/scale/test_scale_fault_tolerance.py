@@ -94,9 +94,11 @@ def test_killed_worker_and_dropped_connections_lose_nothing(postgres_url, tmp_pa
         # SIGKILL a worker's process group while its trial runs (before the trial's first epoch ends).
         def running_trial():
             trials = client.get("/v1/studies/crash/trials").json()["trials"]
-            # Params complete (all suggested), so the retry's params can be compared with the killed trial's.
+            # Params complete (all suggested), so the retry's params can be compared with the killed trial's; and
+            # not itself a retry: on a loaded machine a live trial can miss this test's 4 s grace period, and a
+            # chain of such retries may have used up REGSEARCH_MAX_RETRIES, when no retry is due (by design).
             return next((t for t in trials if t["state"] == "running" and t["worker"] and not t["intermediate_values"]
-                         and set(t["params"]) == set(SEARCH_SPACE_BY_NAME)), None)
+                         and t["retry_of"] is None and set(t["params"]) == set(SEARCH_SPACE_BY_NAME)), None)
 
         victim_trial = wait_until(running_trial, timeout=120, interval=0.2, what="a running trial")
         victim_pid = int(victim_trial["worker"].rsplit(":", 1)[1])
