@@ -8,6 +8,9 @@ import subprocess
 
 import pytest
 
+from service.config import Settings
+from service.db import create_engine, migrate, optuna_storage, session_factory
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -46,3 +49,21 @@ def _auth_off_by_default(tmp_path_factory):
         patch.setenv("REGSEARCH_TOKEN_FILE", str(tmp_path_factory.mktemp("auth") / "token"))
         patch.delenv("REGSEARCH_TOKEN", raising=False)
         yield
+
+
+@pytest.fixture
+def grace_period() -> int:
+    """Seconds without a heartbeat before a trial counts as dead (a module may override this fixture)."""
+    return 1
+
+
+@pytest.fixture
+def database(storage_url, grace_period):
+    """Migrated settings, session factory and Optuna storage on each storage, for driving workers in-process."""
+    settings = Settings(database_url=storage_url, heartbeat_interval=1, grace_period=grace_period, poll_interval=0.05)
+    migrate(settings)
+    engine = create_engine(settings)
+    storage = optuna_storage(settings)
+    yield settings, session_factory(engine), storage
+    storage.engine.dispose()
+    engine.dispose()

@@ -16,9 +16,7 @@ import pytest
 from scipy import stats
 
 from service import studies
-from service.config import Settings
 from service.confirmation import repeat_seed
-from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.models import SearchStudy
 from service.schemas import StudySpec
 from service.worker import Worker
@@ -30,16 +28,10 @@ SPLIT_SHIFT = {0: 0.0, 1: 0.03, 2: -0.02}
 
 
 @pytest.fixture
-def database(storage_url):
+def grace_period() -> int:
     # A grace period of several heartbeats: a loaded machine must not make a live trial look dead (the
-    # killed-worker test waits it out).
-    settings = Settings(database_url=storage_url, heartbeat_interval=1, grace_period=4, poll_interval=0.05)
-    migrate(settings)
-    engine = create_engine(settings)
-    storage = optuna_storage(settings)
-    yield settings, session_factory(engine), storage
-    storage.engine.dispose()
-    engine.dispose()
+    # killed-worker test waits it out). The ``database`` fixture (tests/service/conftest.py) uses it.
+    return 4
 
 
 class KnownScores:

@@ -28,17 +28,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 NO_CONFIRM = {"top_k": 0}  # these tests are about the search stage; tests/service/test_service_confirmation.py has the rest
 
 
-@pytest.fixture
-def database(storage_url):
-    settings = Settings(database_url=storage_url, heartbeat_interval=1, grace_period=1, poll_interval=0.05)
-    migrate(settings)
-    engine = create_engine(settings)
-    storage = optuna_storage(settings)
-    yield settings, session_factory(engine), storage
-    storage.engine.dispose()
-    engine.dispose()
-
-
 def quick_training(fail_on_calls=()):
     """A stand-in for trainer.train: 3 "epochs" whose accuracy depends on the params."""
     calls = {"count": 0}
