@@ -48,18 +48,16 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from service.models import STAGE_ATTR, TrialStage
 from trainer import Integer  # an int that refuses booleans, as every integer of the spec
 
 __all__ = [
     "ALPHA",
     "CONFIDENCE",
-    "CONFIRM_STAGE",
     "CONFIRMS_ATTR",
     "REPEAT_ATTR",
-    "SEARCH_STAGE",
     "SEED_ATTR",
     "SEED_STRIDE",
-    "STAGE_ATTR",
     "TEST_DESCRIPTION",
     "best_fields",
     "ConfigResult",
@@ -67,7 +65,6 @@ __all__ = [
     "Confirmation",
     "ConfirmationTrial",
     "PairedTest",
-    "REFERENCE_STAGE",
     "ParamRange",
     "RunStats",
     "Tie",
@@ -82,10 +79,7 @@ __all__ = [
     "top_configs",
 ]
 
-#: User attributes of a confirmation trial (set by ``enqueue_trial``; the dashboard shows them).
-STAGE_ATTR = "stage"  # "confirm" on confirmation trials; search trials carry no stage (or "search")
-SEARCH_STAGE = "search"
-CONFIRM_STAGE = "confirm"
+#: User attributes of a confirmation trial besides its stage (set by ``enqueue_trial``; the dashboard shows them).
 CONFIRMS_ATTR = "confirms"  # number of the search trial whose config this run repeats
 REPEAT_ATTR = "repeat"  # 1..repeats (repeat 0 is the search trial itself)
 SEED_ATTR = "seed"  # repeat_seed(recipe seed, repeat): split, data order and initialisation
@@ -145,10 +139,7 @@ def repeat_seed(base_seed: int, repeat: int) -> int:
 
 def is_confirmation(trial: optuna.trial.FrozenTrial) -> bool:
     """Whether ``trial`` is a confirmation run (rather than a search trial)."""
-    return trial.user_attrs.get(STAGE_ATTR) == CONFIRM_STAGE
-
-
-REFERENCE_STAGE = "reference"
+    return trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM
 
 
 def _candidate(trial: optuna.trial.FrozenTrial) -> bool:
@@ -171,7 +162,7 @@ def _with_references(trials: Sequence[optuna.trial.FrozenTrial], top: list[optun
     confirmed like a top config, so the margin over it has an interval."""
     keys = {_params_key(trial.params) for trial in top}
     references = sorted(
-        (trial for trial in trials if _candidate(trial) and trial.user_attrs.get(STAGE_ATTR) == REFERENCE_STAGE),
+        (trial for trial in trials if _candidate(trial) and trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE),
         key=lambda trial: (-trial.value, trial.number),
     )
     extra = []
@@ -253,7 +244,7 @@ def confirmation_plan(
         ConfirmationTrial(
             params=dict(trial.params),
             user_attrs={
-                STAGE_ATTR: CONFIRM_STAGE,
+                STAGE_ATTR: TrialStage.CONFIRM,
                 CONFIRMS_ATTR: trial.number,
                 REPEAT_ATTR: repeat,
                 SEED_ATTR: repeat_seed(base_seed, repeat),

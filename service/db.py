@@ -56,6 +56,8 @@ OPTUNA_TRIALS = sa.table(
 OPTUNA_TRIAL_USER_ATTRS = sa.table(
     "trial_user_attributes", sa.column("trial_user_attribute_id"), sa.column("trial_id"), sa.column("key"), sa.column("value_json")
 )
+OPTUNA_TRIAL_SYSTEM_ATTRS = sa.table("trial_system_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
+OPTUNA_TRIAL_PARAMS = sa.table("trial_params", sa.column("trial_id"), sa.column("param_name"))
 OPTUNA_TRIAL_VALUES = sa.table("trial_values", sa.column("trial_id"), sa.column("objective"), sa.column("value", sa.Float))
 OPTUNA_STUDY_SYSTEM_ATTRS = sa.table("study_system_attributes", sa.column("study_id"), sa.column("key"), sa.column("value_json"))
 

@@ -15,7 +15,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["ACTIVE_STATUSES", "SLUG_PATTERN", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus", "utc_now", "as_utc"]
+__all__ = [
+    "ACTIVE_STATUSES", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus",
+    "TrialStage", "utc_now", "as_utc",
+]
 
 #: A study name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
@@ -36,6 +39,23 @@ class StudyStatus(enum.StrEnum):
 
 #: The statuses in which workers claim trials; the others are final.
 ACTIVE_STATUSES = (StudyStatus.QUEUED, StudyStatus.RUNNING, StudyStatus.CONFIRMING)
+
+#: The trial user attribute that says why a trial ran (:class:`TrialStage`); the dashboard shows it.
+STAGE_ATTR = "stage"
+
+
+class TrialStage(enum.StrEnum):
+    """Why a trial ran. A trial without a ``stage`` attribute is a SEARCH trial; a retry keeps its original's."""
+
+    SEARCH = "search"  # proposed by the sampler
+    REFERENCE = "reference"  # the textbook defaults, the yardstick the best is measured against
+    ENQUEUED = "enqueued"  # a config the study's spec asked to run
+    WARM_START = "warm_start"  # a finished trial copied from another study
+    CONFIRM = "confirm"  # a repeat of a top config, with another seed (the confirmation stage)
+
+
+#: The stages whose trials count towards ``n_trials``.
+SEARCH_STAGES = (TrialStage.SEARCH, TrialStage.REFERENCE, TrialStage.ENQUEUED)
 
 
 def utc_now() -> dt.datetime:

@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import features, stages, studies
 from service._optuna import METRIC, distributions
-from service.confirmation import CONFIRM_STAGE, SEED_ATTR, STAGE_ATTR
-from service.models import ACTIVE_STATUSES, SearchStudy, StudyStatus
-from service.retries import RetryFailedTrial
+from service.confirmation import SEED_ATTR
+from service.models import ACTIVE_STATUSES, STAGE_ATTR, SearchStudy, StudyStatus, TrialStage
+from service.retries import RetryFailedTrial, through_outages
 from service.schemas import StudySpec
 from trainer import RegularizationConfig
 from trainer import TrialMetrics
@@ -72,7 +72,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_id = trial._trial_id
         trial.set_user_attr("worker", self.worker)
-        confirming = trial.user_attrs.get(STAGE_ATTR) == CONFIRM_STAGE
+        confirming = trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM
         if not confirming and studies.status_of(self.factory, self.row.id) == StudyStatus.CONFIRMING:
             # Another worker took the last waiting repeat between our check and our ask: no params drawn,
             # so the failed trial is not retried and its slot is given back.
@@ -110,7 +110,7 @@ class Objective:
 
     # -- issue 11: the gap constraint and the best trial's model --
     def _record_features(self, trial: optuna.Trial, metrics: TrialMetrics, result: Any) -> None:
-        """Record the ``max_gap`` constraint; store the model if this feasible trial is the study's best so far.
+        """Record the ``max_gap`` constraint; store the model if this feasible trial ranks among the top configs.
 
         Both happen here, before the objective returns: Optuna takes constraints and artifacts
         from running trials only.
@@ -125,8 +125,9 @@ class Objective:
             or not math.isfinite(metrics.val_accuracy)
         ):
             return
-        try:  # the model is materialized and uploaded only when the value beats the stored one
-            record = features.store_best_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store)
+        try:  # the model is materialized and uploaded only when the trial ranks among the configs whose models are kept
+            record = features.store_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store,
+                                          keep=self.spec.confirm.top_k, keep_reference=self.spec.confirm.enabled)
         except Exception as error:  # noqa: BLE001 - a store hiccup must not cost the trial its result
             log.warning("study %s: trial %d's model not stored (%s: %s)", self.row.name, trial.number,
                         error.__class__.__name__, error)
@@ -153,12 +154,12 @@ class Objective:
 
 
 #: Stages whose trials run to the end: the reference (the yardstick) and confirmation repeats (issue 10).
-UNPRUNED_STAGES = frozenset({features.REFERENCE_STAGE, CONFIRM_STAGE})
+UNPRUNED_STAGES = frozenset({TrialStage.REFERENCE, TrialStage.CONFIRM})
 
 
 def _prunable(trial: optuna.Trial) -> bool:
     """Whether the pruner may stop this trial (not the reference, not a confirmation repeat)."""
-    return trial.user_attrs.get(features.STAGE_KEY) not in UNPRUNED_STAGES
+    return trial.user_attrs.get(STAGE_ATTR) not in UNPRUNED_STAGES
 
 
 def settle(
@@ -166,7 +167,7 @@ def settle(
     objective: Objective, max_failed_trials: int, grace_period_s: float = 60.0,
 ) -> None:
     """Record what became of ``objective``'s trial: a new leader, a retry, the next stage, a completed study."""
-    trial = storage.get_trial(objective.trial_id)
+    trial = through_outages(storage.get_trial, objective.trial_id)  # a failed trial read here must reach its retry
     state = trial.state
     if state == optuna.trial.TrialState.COMPLETE:
         # The leader by mean over the feasible search trials and their confirmation repeats (a search

@@ -7,11 +7,18 @@ ended gets no retry, and the failed trial's slot is given back so that its retry
 trial) can take it. It serves both kinds of failure: Optuna calls it for a trial whose worker
 stopped heart-beating (``RDBStorage(heartbeat_stale_trial_callback=...)``), and the worker calls it
 for a trial whose training raised or whose worker shut down.
+
+A failure is settled once: the first caller marks the trial (:data:`SETTLED`, a system attribute
+whose row is unique per trial) and only that caller re-queues it and gives its slot back. A trial
+that another worker's heartbeat check failed while it still ran here would otherwise be re-queued
+twice. A failure nobody settled (a connection dropped between Optuna failing the trial and calling
+back) is found and re-queued by :func:`retry_unsettled_failures`, from the worker's sweep.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import logging
 import warnings
@@ -23,25 +30,32 @@ from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import studies
+from service._optuna import retry_of
 from service.backoff import backoff
-from service.models import ACTIVE_STATUSES, StudyStatus
+from service.db import OPTUNA_STUDIES, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS, OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIALS
+from service.confirmation import CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR
+from service.models import ACTIVE_STATUSES, STAGE_ATTR, StudyStatus
 
-__all__ = ["WORKER_LOST", "RetryFailedTrial"]
+__all__ = ["OUTAGES", "SETTLED", "WORKER_LOST", "RetryFailedTrial", "retry_unsettled_failures", "through_outages"]
 
 log = logging.getLogger(__name__)
 
 #: User attributes a retry keeps: what the trial *is* (its stage; for a confirmation repeat the config it
 #: repeats, the repeat and its seed), not what its failed run left (worker, error, history, metrics).
-KEPT_ATTRS = ("stage", "confirms", "repeat", "seed")
+KEPT_ATTRS = (STAGE_ATTR, CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR)
 
 
 #: ``fail_reason`` of a trial whose worker stopped heart-beating (killed, machine lost).
 WORKER_LOST = "worker lost"
 
-def _through_outages(function, *args):
+#: What a lost connection raises (directly, or through Optuna's storage); not a refused statement.
+OUTAGES = (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)
+
+
+def through_outages(function, *args):
     """``function(*args)``, retried through short database outages (a dropped connection, a restarting
     PostgreSQL): a retry lost to one would be lost for good."""
-    retrying = backoff(first=0.2, cap=2.0, attempts=6, retry_on=(sa.exc.DBAPIError, optuna.exceptions.StorageInternalError))
+    retrying = backoff(first=0.2, cap=2.0, attempts=6, retry_on=OUTAGES)
     return retrying(function, *args)
 
 
@@ -49,20 +63,35 @@ def _study_row(factory: sessionmaker[Session], name: str):
     with factory() as session:  # a fresh session per attempt: one that saw a dropped connection must roll back first
         return studies.get_study(session, name)
 
-#: Optuna's table of trial user attributes (one row per trial and key, the value as JSON).
-_USER_ATTRS = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
+
+#: System attribute of a failed trial whose retry (or the decision not to retry) has been taken care of.
+SETTLED = "regsearch:settled"
+
+
+def _claim_settlement(factory: sessionmaker[Session], trial_id: int, reason: str) -> bool:
+    """Mark the failed trial settled; False if another caller already had (the row is unique per trial and key)."""
+    try:
+        with factory() as session, session.begin():
+            session.execute(sa.insert(OPTUNA_TRIAL_SYSTEM_ATTRS).values(trial_id=trial_id, key=SETTLED, value_json=json.dumps(reason)))
+    except sa.exc.IntegrityError:
+        return False
+    return True
 
 
 def _record_fail_reason(factory: sessionmaker[Session], trial: FrozenTrial, reason: str) -> None:
     """Set ``fail_reason`` on a trial Optuna has already failed.
 
     Optuna's storage refuses to change a finished trial, and its heartbeat check fails the trial
-    before it calls back; so the attribute is written to Optuna's table directly, in its format.
+    before it calls back; so the attribute is written to Optuna's table directly, in its format, with
+    the statements the worker's database role may run (UPDATE, else INSERT; never DELETE).
     """
+    attrs, value = OPTUNA_TRIAL_USER_ATTRS, json.dumps(reason)
     with factory() as session, session.begin():
-        where = (_USER_ATTRS.c.trial_id == trial._trial_id) & (_USER_ATTRS.c.key == "fail_reason")
-        session.execute(sa.delete(_USER_ATTRS).where(where))
-        session.execute(sa.insert(_USER_ATTRS).values(trial_id=trial._trial_id, key="fail_reason", value_json=json.dumps(reason)))
+        updated = session.execute(
+            sa.update(attrs).where(attrs.c.trial_id == trial._trial_id, attrs.c.key == "fail_reason").values(value_json=value)
+        ).rowcount
+        if not updated:
+            session.execute(sa.insert(attrs).values(trial_id=trial._trial_id, key="fail_reason", value_json=value))
     trial.user_attrs["fail_reason"] = reason
 
 
@@ -79,24 +108,29 @@ class RetryFailedTrial:
         """Optuna's stale-trial callback: ``trial`` lost its worker.
 
         Optuna has already failed the trial when it calls this, and a database error here would lose
-        its retry for good (nothing calls back twice): every step goes through :func:`_through_outages`.
+        its retry for good (nothing calls back twice): every step goes through :func:`through_outages`.
         """
         try:
-            row = _through_outages(_study_row, self._factory, study.study_name)
+            row = through_outages(_study_row, self._factory, study.study_name)
         except studies.StudyNotFound:
             return  # deleted: nothing to retry, no slot to give back
         try:
             self.retry(study, trial, row.id, StudyStatus(row.status), reason=WORKER_LOST)
         finally:
-            _through_outages(_record_fail_reason, self._factory, trial, WORKER_LOST)
+            through_outages(_record_fail_reason, self._factory, trial, WORKER_LOST)
 
     def retry(
-        self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error"
+        self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error",
+        *, release: bool = True,
     ) -> None:
-        """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way."""
+        """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way
+        (unless ``release`` is false). Only the first call for a trial does anything: see :data:`SETTLED`."""
+        if not through_outages(_claim_settlement, self._factory, trial._trial_id, reason):
+            log.info("study %s: trial %d's failure was already settled by another worker", study.study_name, trial.number)
+            return
         try:
             if status is None and trial.params:  # read again: the trial may have ended (stopped, failed) its study
-                status = _through_outages(studies.status_of, self._factory, study_id)
+                status = through_outages(studies.status_of, self._factory, study_id)
             if trial.params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
@@ -104,6 +138,52 @@ class RetryFailedTrial:
                 # but keeps what the trial is (KEPT_ATTRS), so a confirmation repeat stays one.
                 fresh = copy.deepcopy(trial)
                 fresh.user_attrs = {key: value for key, value in trial.user_attrs.items() if key in KEPT_ATTRS}
-                _through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
+                fresh.system_attrs = {key: value for key, value in trial.system_attrs.items() if key != SETTLED}
+                through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
         finally:
-            _through_outages(studies.release_slot, self._factory, study_id)
+            if release:
+                through_outages(studies.release_slot, self._factory, study_id)
+
+
+def retry_unsettled_failures(factory: sessionmaker[Session], study: optuna.Study, study_id: int, grace_period: float) -> int:
+    """Settle failed trials that nobody settled within the grace period; return how many there were.
+
+    Optuna's heartbeat check fails every stale trial first and calls back afterwards, so a connection
+    dropped in between leaves a failed trial whose retry was never queued (as does a worker whose own
+    trial failed just as its connection dropped). Such a trial is settled here by the same
+    :class:`RetryFailedTrial` (same params, same retry limit), except for its slot: that one is given
+    back by :func:`service.studies.reclaim_leaked_slots` once the study is quiet, and giving it back
+    here as well would count it twice.
+    """
+    retry = study._storage.get_heartbeat_stale_trial_callback()
+    if not isinstance(retry, RetryFailedTrial):
+        return 0
+    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)  # Optuna's naive local time
+    trials, params, attrs = OPTUNA_TRIALS, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS
+    query = (
+        sa.select(trials.c.trial_id)
+        .select_from(trials.join(OPTUNA_STUDIES, trials.c.study_id == OPTUNA_STUDIES.c.study_id))
+        .where(
+            OPTUNA_STUDIES.c.study_name == study.study_name,
+            sa.cast(trials.c.state, sa.String) == "FAIL",
+            trials.c.datetime_complete < cutoff,
+            sa.exists().where(params.c.trial_id == trials.c.trial_id),
+            ~sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == SETTLED),
+        )
+    )
+    with factory() as session:
+        trial_ids = set(session.scalars(query))
+    if not trial_ids:
+        return 0
+    everything = study.get_trials(deepcopy=False)
+    retried = {retry_of(trial) for trial in everything}
+    for trial in everything:
+        if trial._trial_id not in trial_ids:
+            continue
+        if trial.number in retried:  # failed before failures were marked, and retried then: only marked now
+            through_outages(_claim_settlement, factory, trial._trial_id, "retried")
+            continue
+        log.warning("study %s: trial %d failed and nobody settled it (a connection lost meanwhile); settling it now",
+                    study.study_name, trial.number)
+        retry.retry(study, trial, study_id, reason=trial.user_attrs.get("fail_reason", WORKER_LOST), release=False)
+    return len(trial_ids)

@@ -212,8 +212,8 @@ class StudyOut(BaseModel):
     warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
     model: ModelInfoOut | None = Field(
         None,
-        description="The best trial's stored model (GET .../best/model); the artifact store keeps only this file "
-        "per study, so size_bytes is the disk the study's artifacts use.",
+        description="The stored model of the best config's trial (GET .../best/model). The artifact store keeps the "
+        "models of the configs the best can be (the confirmation's top_k, or 1, and the reference when it is confirmed).",
     )
     # -- end issue 11 --
     error: str | None = None

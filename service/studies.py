@@ -17,22 +17,21 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import features
-from service.confirmation import CONFIRM_STAGE
 from service.db import (
     OPTUNA_STUDIES,
     OPTUNA_STUDY_SYSTEM_ATTRS,
+    OPTUNA_TRIAL_SYSTEM_ATTRS,
     OPTUNA_TRIAL_USER_ATTRS,
     OPTUNA_TRIAL_VALUES,
     OPTUNA_TRIALS,
     session_scope,
 )
 from service.features import MarginOut, ModelInfoOut, ReferenceOut, WarmStartOut
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, as_utc, utc_now
+from service.models import ACTIVE_STATUSES, SEARCH_STAGES, STAGE_ATTR, BestConfigRecord, SearchStudy, StudyStatus, TrialStage, as_utc, utc_now
 from service.schemas import TRIAL_STATES, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from trainer import TrialMetrics
 
 __all__ = [
-    "SEARCH_STAGES",
     "StudyAlreadyEnded",
     "StudyConflict",
     "StudyNotFound",
@@ -358,12 +357,11 @@ def record_best(
 #: Stages of the trials that count towards ``n_trials`` (the search): besides trials without a
 #: ``stage`` user attribute (the sampler's, or ``"search"`` explicitly), the reference and the enqueued configs. Warm-start
 #: trials (copied from another study) and confirmation repeats (issue 10) are counted apart.
-SEARCH_STAGES: tuple[str, ...] = (features.SEARCH_STAGE, features.REFERENCE_STAGE, features.ENQUEUED_STAGE)
 
 
 def is_search_trial(trial: Any) -> bool:
     """Whether a trial counts towards ``n_trials``: its ``stage`` is absent or one of :data:`SEARCH_STAGES`."""
-    stage = trial.user_attrs.get(features.STAGE_KEY)
+    stage = trial.user_attrs.get(STAGE_ATTR)
     return stage is None or stage in SEARCH_STAGES
 
 
@@ -371,7 +369,7 @@ def _search_trial(trial_id: Any) -> sa.ColumnElement[bool]:
     """SQL twin of :func:`is_search_trial` for the trial whose id is ``trial_id`` (a column)."""
     other_stage = sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
         OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
-        OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+        OPTUNA_TRIAL_USER_ATTRS.c.key == STAGE_ATTR,
         OPTUNA_TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
     )
     return ~sa.exists(other_stage)
@@ -382,7 +380,7 @@ def _has_stage(trial_id: Any, *stages: str) -> sa.ColumnElement[bool]:
     return sa.exists(
         sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
             OPTUNA_TRIAL_USER_ATTRS.c.trial_id == trial_id,
-            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
+            OPTUNA_TRIAL_USER_ATTRS.c.key == STAGE_ATTR,
             OPTUNA_TRIAL_USER_ATTRS.c.value_json.in_([json.dumps(stage) for stage in stages]),
         )
     )
@@ -390,7 +388,7 @@ def _has_stage(trial_id: Any, *stages: str) -> sa.ColumnElement[bool]:
 
 def _holds_slot(trial_id: Any) -> sa.ColumnElement[bool]:
     """A search trial or a confirmation repeat (both run in the study's slots; warm-start copies do not)."""
-    return sa.or_(_search_trial(trial_id), _has_stage(trial_id, CONFIRM_STAGE))
+    return sa.or_(_search_trial(trial_id), _has_stage(trial_id, TrialStage.CONFIRM))
 
 
 def _trials_of(name: str, *states: str, which: Any = None) -> sa.Select:
@@ -413,7 +411,7 @@ def _search_trials_of(name: str, *states: str) -> sa.Select:
 
 def _confirm_trials_of(name: str, *states: str) -> sa.Select:
     """``SELECT COUNT(*)`` of the study's confirmation repeats (stage "confirm") in ``states``."""
-    return _trials_of(name, *states, which=lambda trial_id: _has_stage(trial_id, CONFIRM_STAGE))
+    return _trials_of(name, *states, which=lambda trial_id: _has_stage(trial_id, TrialStage.CONFIRM))
 
 
 def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
@@ -664,8 +662,8 @@ def _trial_out(trial: Any) -> TrialOut:
         **TrialMetrics.model_validate(attrs).model_dump(),
         number=trial.number,
         state=TRIAL_STATES.get(trial.state.name, trial.state.name.lower()),
-        stage=attrs.get(features.STAGE_KEY) or features.SEARCH_STAGE,
-        params=trial.params or trial.system_attrs.get("fixed_params", {}),  # a queued trial: the params it will run
+        stage=attrs.get(STAGE_ATTR) or TrialStage.SEARCH,
+        params=features.trial_params(trial),
         value=trial.value if trial.state.name == "COMPLETE" else None,
         intermediate_values=dict(trial.intermediate_values),
         history=attrs.get("history", []),
@@ -717,6 +715,19 @@ def _study_system_attrs(session: Session, name: str, *keys: str) -> dict[str, An
     return {key: json.loads(value) for key, value in rows}
 
 
+def _trial_system_attr(session: Session, name: str, number: int, key: str) -> Any:
+    """A system attribute of the study's trial ``number`` (None if unset)."""
+    value = session.scalar(
+        sa.select(OPTUNA_TRIAL_SYSTEM_ATTRS.c.value_json)
+        .select_from(
+            OPTUNA_TRIAL_SYSTEM_ATTRS.join(OPTUNA_TRIALS, OPTUNA_TRIALS.c.trial_id == OPTUNA_TRIAL_SYSTEM_ATTRS.c.trial_id)
+            .join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id)
+        )
+        .where(OPTUNA_STUDIES.c.study_name == name, OPTUNA_TRIALS.c.number == number, OPTUNA_TRIAL_SYSTEM_ATTRS.c.key == key)
+    )
+    return None if value is None else json.loads(value)
+
+
 def _reference_trials(session: Session, name: str) -> list[tuple[int, float]]:
     """``(number, value)`` of the study's COMPLETE reference trial(s) (stage "reference")."""
     query = (
@@ -730,8 +741,8 @@ def _reference_trials(session: Session, name: str) -> list[tuple[int, float]]:
             OPTUNA_STUDIES.c.study_name == name,
             sa.cast(OPTUNA_TRIALS.c.state, sa.String) == "COMPLETE",
             OPTUNA_TRIAL_VALUES.c.objective == 0,
-            OPTUNA_TRIAL_USER_ATTRS.c.key == features.STAGE_KEY,
-            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps(features.REFERENCE_STAGE),
+            OPTUNA_TRIAL_USER_ATTRS.c.key == STAGE_ATTR,
+            OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps(TrialStage.REFERENCE),
         )
         .order_by(OPTUNA_TRIALS.c.number)
     )
@@ -774,8 +785,8 @@ def record_margin(session: Session, name: str, record: BestConfigRecord | None) 
 
 def _features_out(session: Session, name: str, best: BestConfigRecord | None, spec: StudySpec) -> dict[str, Any]:
     """StudyOut's issue-11 fields: ``reference``, ``margin``, ``warm_start``, ``model``."""
-    attrs = _study_system_attrs(session, name, WARM_START_ATTR, features.BEST_MODEL_ATTR)
-    warm_start, model = attrs.get(WARM_START_ATTR), attrs.get(features.BEST_MODEL_ATTR)
+    warm_start = _study_system_attrs(session, name, WARM_START_ATTR).get(WARM_START_ATTR)
+    model = None if best is None else _trial_system_attr(session, name, best.trial_number, features.MODEL_ATTR)
     reference = features.reference_config(spec.search_space) if spec.reference else None
     return {
         "reference": ReferenceOut(**reference.to_dict()) if reference else None,
@@ -812,13 +823,18 @@ def importance_out(factory: sessionmaker[Session], storage: Any, cache: features
 
 
 def best_model_file(session: Session, storage: Any, store: Any, name: str, directory: str) -> tuple[Any, features.BestModel, dict[str, int]]:
-    """Download the study's best model into ``directory``: ``(path, record, disk usage)``; ``NoBestModel`` if none."""
+    """Download the model of the study's best config into ``directory``: ``(path, record, disk usage)``;
+    ``NoBestModel`` if none is stored."""
     import os
 
     import optuna
 
-    get_study(session, name)
+    row = get_study(session, name)
+    best = best_record(session, row.id)
+    if best is None:
+        raise features.NoBestModel(f"study {name!r} has no complete trial yet")
+    confirm = StudySpec.model_validate(row.spec).confirm
     study = optuna.load_study(study_name=name, storage=storage)
     path = os.path.join(directory, features.MODEL_FILENAME)
-    record = features.download_best_model(study, store, path)
-    return path, record, features.disk_usage(study, store)
+    record = features.download_model(study, store, best.trial_number, path)
+    return path, record, features.disk_usage(study, store, keep=confirm.top_k, keep_reference=confirm.enabled)

@@ -7,6 +7,8 @@ A worker sweeps a study whose slots are all taken (or any study, when it is idle
   :class:`~service.retries.RetryFailedTrial` (retry with the same params, slot given back);
 * **orphaned trials**: a RUNNING trial with neither a heartbeat nor a param (its creation raced a
   dropped connection) is invisible to that check; it is marked failed here;
+* **unsettled failures**: a failed trial whose retry was never queued (a connection dropped between
+  Optuna failing it and calling back) is re-queued by :func:`service.retries.retry_unsettled_failures`;
 * **leaked slots**: slots no trial holds (a worker killed between its claim and its trial) are given
   back once the study has been quiet for the grace period;
 * **ended studies**: the trials that dead workers left RUNNING in stopped or failed studies are
@@ -26,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import studies
 from service.models import SearchStudy
+from service.retries import retry_unsettled_failures
 
 __all__ = ["fail_orphaned_trials", "fail_stale_trials", "sweep_ended_studies", "sweep_study"]
 
@@ -37,6 +40,7 @@ def sweep_study(
 ) -> None:
     """For an active study whose slots are all taken: fail trials of dead workers and reclaim leaked slots."""
     fail_stale_trials(factory, storage, study, row.name, grace_period)
+    retry_unsettled_failures(factory, study, row.id, grace_period)  # before the reclaim: the retry then takes the slot
     if studies.reclaim_leaked_slots(factory, row.id, row.name, grace_period):
         log.warning("study %s: gave back trial slot(s) whose worker died before its trial started", row.name)
 

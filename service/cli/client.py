@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     best.add_argument("--json", action="store_true", help="print the best-config JSON")
     best.add_argument("-o", "--output", help="write the config to this file (json unless --format says otherwise)")
     best.add_argument("--format", choices=("json", "keras", "python"), default=None)
-    best.add_argument("--model", metavar="OUT.keras", help="also download the best trial's trained model (a .keras file)")
+    best.add_argument("--model", metavar="OUT.keras", help="also download the best config's trained model (a .keras file)")
     _add_url(best)
     best.set_defaults(func=_best)
 

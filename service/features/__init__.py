@@ -4,7 +4,7 @@
 * ``enqueue`` and ``warm_start_from`` (:mod:`._warmstart`);
 * parameter importance, cached per trial count (:mod:`._importance`);
 * trials as CSV / a streamed JSON array (:mod:`._export`);
-* the best trial's model as an Optuna artifact (:mod:`._artifacts`);
+* the top configs' models as Optuna artifacts, the best config's served (:mod:`._artifacts`);
 * the ``max_gap`` constraint (:mod:`._constraints`);
 * the spec fields (:class:`StudyFeatures`, a mixin for ``StudySpec``) and response models (:mod:`._schemas`).
 
@@ -12,16 +12,17 @@ Keras-free at import (the artifact module imports the trainer's Keras code only 
 """
 
 from service.features._artifacts import (
-    BEST_MODEL_ATTR,
+    MODEL_ATTR,
     MODEL_FILENAME,
     BestModel,
     NoBestModel,
-    best_model,
     disk_usage,
-    download_best_model,
+    download_model,
+    kept_models,
     make_artifact_store,
+    model_of,
     remove_study_artifacts,
-    store_best_model,
+    store_model,
 )
 from service.features._bounds import search_bounds
 from service.features._constraints import (
@@ -33,11 +34,9 @@ from service.features._constraints import (
     is_feasible,
     record_gap_constraint,
 )
-from service.features._export import COLUMNS, PARAM_COLUMNS, SEARCH_STAGE, csv_lines, json_chunks, trial_row, trial_rows
+from service.features._export import COLUMNS, PARAM_COLUMNS, csv_lines, json_chunks, trial_params, trial_row, trial_rows
 from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
 from service.features._reference import (
-    REFERENCE_STAGE,
-    STAGE_KEY,
     Margin,
     Reference,
     enqueue_reference,
@@ -57,9 +56,7 @@ from service.features._schemas import (
 )
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
-    ENQUEUED_STAGE,
     RECIPE_FIELDS,
-    WARM_START_STAGE,
     IncompatibleStudy,
     WarmStart,
     check_compatible,
@@ -69,21 +66,16 @@ from service.features._warmstart import (
 )
 
 __all__ = [
-    "BEST_MODEL_ATTR",
     "COLUMNS",
     "CONSTRAINT_ATTR",
-    "ENQUEUED_STAGE",
     "EXPORT_COLUMNS_TEXT",
     "EVALUATORS",
     "GAP_CONSTRAINT",
     "MIN_TRIALS",
+    "MODEL_ATTR",
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
     "PARAM_COLUMNS",
-    "REFERENCE_STAGE",
-    "SEARCH_STAGE",
-    "STAGE_KEY",
-    "WARM_START_STAGE",
     "BestModel",
     "Importance",
     "ImportanceCache",
@@ -94,12 +86,13 @@ __all__ = [
     "TooFewTrials",
     "WarmStart",
     "best_feasible",
-    "best_model",
     "check_compatible",
     "constraints_func",
     "csv_lines",
     "disk_usage",
-    "download_best_model",
+    "download_model",
+    "kept_models",
+    "model_of",
     "enqueue_configs",
     "enqueue_reference",
     "fill_config",
@@ -122,7 +115,8 @@ __all__ = [
     "remove_study_artifacts",
     "reference_config",
     "search_bounds",
-    "store_best_model",
+    "store_model",
+    "trial_params",
     "trial_row",
     "trial_rows",
     "warm_start_trials",

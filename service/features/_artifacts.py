@@ -1,4 +1,4 @@
-"""The best trial's trained model, kept as an Optuna artifact (one per study: the current best's).
+"""The trained models of the top configs, kept as Optuna artifacts; the study's best config's is served.
 
 The store is Optuna's own: ``optuna.artifacts.FileSystemArtifactStore`` under a directory by
 default, ``optuna.artifacts.Boto3ArtifactStore`` for an ``s3://bucket/prefix`` URL (any
@@ -6,18 +6,21 @@ S3-compatible service: boto3 reads ``AWS_ENDPOINT_URL`` and the usual credential
 ``regsearch[s3]``). Uploads go through ``optuna.artifacts.upload_artifact``, so the dashboard lists
 the file under its trial, and downloads through ``optuna.artifacts.download_artifact``.
 
-Which artifact is the study's model is recorded once, in the study's system attribute
-:data:`BEST_MODEL_ATTR` (``{"artifact_id", "trial_number", "value", "size_bytes", "filename"}``).
-A worker calls :func:`store_best_model` in the objective once the trial's value is known (Optuna
-attaches artifacts to running trials only); it uploads only when the value beats the stored
-model's, points the attribute at the new file (unless a better trial got there first, in which case
-the upload is removed again), then removes every other model file of the study, so old bests never
-pile up. (Their metadata stays in the old trials' system attributes, which Optuna cannot delete;
-the files are gone.) :func:`disk_usage` says what the study's artifacts take.
+Which models are kept: those of the ``keep`` best distinct configs by value (a study's confirmation
+``top_k``, or 1 without confirmation), and the reference's when the reference is confirmed too.
+These are exactly the configs the best can be once the confirmation stage has ranked them by their
+mean, so ``GET .../best/model`` always serves a model trained with the config ``GET .../best``
+names (:func:`model_of` its trial). A worker calls :func:`store_model` in the objective once the
+trial's value is known (Optuna attaches artifacts to running trials only): it uploads only when the
+trial ranks among the kept configs, records the file in the trial's system attribute
+:data:`MODEL_ATTR`, then removes the files of finished trials that no longer rank, so old models
+never pile up. (Their metadata stays in the old trials' system attributes, which Optuna cannot
+delete; the files are gone.) :func:`disk_usage` says what the study's model files take.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -29,30 +32,34 @@ from urllib.parse import urlparse
 import optuna
 from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial, TrialState
+
+from service.features._reference import is_reference
 
 __all__ = [
-    "BEST_MODEL_ATTR",
+    "MODEL_ATTR",
     "MODEL_FILENAME",
     "BestModel",
     "NoBestModel",
     "PrefixedArtifactStore",
-    "best_model",
     "disk_usage",
-    "download_best_model",
+    "download_model",
+    "kept_models",
     "make_artifact_store",
+    "model_of",
     "remove_study_artifacts",
-    "store_best_model",
+    "store_model",
 ]
 
-#: The study system attribute naming the current best model's artifact.
-BEST_MODEL_ATTR = "regsearch:best_model"
+#: The trial system attribute naming the trial's stored model (a :class:`BestModel` as a dict).
+MODEL_ATTR = "regsearch:model"
 #: The uploaded file's name (what the dashboard shows and ``Content-Disposition`` suggests).
 MODEL_FILENAME = "model.keras"
 _ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX
 
 
 class NoBestModel(LookupError):
-    """The study has no stored model (no complete trial yet, or it was never uploaded): a 404."""
+    """The best config has no stored model (no complete trial yet, or it was never uploaded): a 404."""
 
 
 class PrefixedArtifactStore:
@@ -105,9 +112,14 @@ class BestModel:
         return dataclasses.asdict(self)
 
 
-def best_model(study: optuna.Study) -> BestModel | None:
-    """The study's current best-model record, or None."""
-    record = study._storage.get_study_system_attrs(study._study_id).get(BEST_MODEL_ATTR)
+def model_of(study: optuna.Study, trial_number: int) -> BestModel | None:
+    """The model stored for the study's trial ``trial_number``, or None."""
+    storage = study._storage
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+    except KeyError:
+        return None
+    record = storage.get_trial_system_attrs(trial_id).get(MODEL_ATTR)
     return BestModel(**record) if record else None
 
 
@@ -130,20 +142,38 @@ def _remove(store: Any, artifact_id: str) -> None:
         pass
 
 
-def store_best_model(study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any) -> BestModel | None:
-    """If ``value`` beats the stored best model's, upload the trial's model and remove the study's other ones.
+def kept_models(trials: list[FrozenTrial], keep: int, keep_reference: bool) -> set[int]:
+    """Numbers of the finished trials whose models are kept: the ``keep`` best distinct configs (the ones
+    the confirmation stage re-trains), and the reference with ``keep_reference``."""
+    from service.confirmation import top_configs
+
+    kept = {trial.number for trial in top_configs(trials, keep)}
+    if keep_reference:
+        kept |= {trial.number for trial in trials if is_reference(trial)}
+    return kept
+
+
+def store_model(
+    study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, *, keep: int = 1, keep_reference: bool = False
+) -> BestModel | None:
+    """If the trial ranks among the configs whose models are kept, upload its model; then remove the files
+    of finished trials that no longer rank.
 
     Call from the objective, once the trial's final value is known and it is feasible, *before*
     returning it: ``upload_artifact`` attaches the file to the trial (listed under it in the
     dashboard), which Optuna allows only while the trial runs. ``trial``: the running
-    ``optuna.Trial``. Returns the new record, or None when the study already holds a model at
-    least as good (nothing uploaded), or when a better one was stored meanwhile by another worker
-    (the upload is removed again). ``model_or_result``: a Keras model or a
-    :class:`trainer.TrainResult`.
+    ``optuna.Trial``; ``keep``: how many of the best distinct configs keep their model (at least 1).
+    Returns the new record, or None when the trial does not rank (nothing uploaded, or its upload removed
+    again because better ones were stored meanwhile).
+    ``model_or_result``: a Keras model or a :class:`trainer.TrainResult`.
     """
+    from service.confirmation import top_configs
     from trainer._keras_file import save_keras_model
 
-    if not _beats(study, float(value), best_model(study)):
+    keep = max(1, keep)
+    ranked = top_configs(study.get_trials(deepcopy=False), keep)
+    wanted = len(ranked) < keep or float(value) > ranked[-1].value or (keep_reference and is_reference(trial))
+    if not wanted:
         return None
     storage = study._storage
     with tempfile.TemporaryDirectory(prefix="regsearch-model-") as directory:
@@ -151,28 +181,31 @@ def store_best_model(study: optuna.Study, trial: Any, value: float, model_or_res
         size = path.stat().st_size
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, storage=storage)
     record = BestModel(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size)
-    if not _beats(study, record.value, best_model(study)):  # another worker stored a better one meanwhile
-        _remove(store, artifact_id)
-        return None
-    storage.set_study_system_attr(study._study_id, BEST_MODEL_ATTR, record.to_dict())
-    for other in _model_artifacts(study):
-        if other != artifact_id:
-            _remove(store, other)
-    return record
+    storage.set_trial_system_attr(trial._trial_id, MODEL_ATTR, record.to_dict())
+    # Every stored model ranked by its value, this one's and those of trials still running included (their
+    # records carry their values), so that a displaced config loses its file now; and this trial's own
+    # upload goes again if a better one was stored meanwhile by another worker.
+    ranked_trials = []
+    for other in study.get_trials(deepcopy=False):
+        other_record = other.system_attrs.get(MODEL_ATTR)
+        if other_record and not other.state.is_finished():
+            other = copy.deepcopy(other)
+            other.state, other.value = TrialState.COMPLETE, float(other_record["value"])
+        ranked_trials.append(other)
+    kept = kept_models(ranked_trials, keep, keep_reference)
+    for other in ranked_trials:
+        other_record = other.system_attrs.get(MODEL_ATTR)
+        if other_record and other.number not in kept:
+            _remove(store, other_record["artifact_id"])
+    return record if trial.number in kept else None
 
 
-def _beats(study: optuna.Study, value: float, current: BestModel | None) -> bool:
-    if current is None:
-        return True
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return value > current.value if maximize else value < current.value
-
-
-def download_best_model(study: optuna.Study, store: Any, file_path: str | os.PathLike) -> BestModel:
-    """Write the study's best model to ``file_path`` (which must not exist); ``NoBestModel`` if none."""
-    record = best_model(study)
+def download_model(study: optuna.Study, store: Any, trial_number: int, file_path: str | os.PathLike) -> BestModel:
+    """Write the model of trial ``trial_number`` (the best config's) to ``file_path`` (which must not exist);
+    ``NoBestModel`` if none is stored."""
+    record = model_of(study, trial_number)
     if record is None:
-        raise NoBestModel(f"study {study.study_name!r} has no stored model yet")
+        raise NoBestModel(f"study {study.study_name!r}: no model is stored for the best config (trial {trial_number})")
     try:
         download_artifact(artifact_store=store, file_path=str(file_path), artifact_id=record.artifact_id)
     except ArtifactNotFound as error:
@@ -180,22 +213,24 @@ def download_best_model(study: optuna.Study, store: Any, file_path: str | os.Pat
     return record
 
 
-def disk_usage(study: optuna.Study, store: Any) -> dict[str, int]:
+def disk_usage(study: optuna.Study, store: Any, *, keep: int = 1, keep_reference: bool = False) -> dict[str, int]:
     """``{"artifacts": n, "bytes": total}`` of the study's model files still in the store.
 
-    Sizes are read from the filesystem when the store is one; otherwise the recorded size of the
-    current best (the only file kept) is reported.
+    Sizes are read from the filesystem when the store is one; otherwise the recorded sizes of the
+    models that :func:`store_model` keeps (same ``keep`` and ``keep_reference``) are added up.
     """
-    artifacts = _model_artifacts(study)
     if isinstance(store, FileSystemArtifactStore):
         sizes = []
-        for artifact_id in artifacts:
+        for artifact_id in _model_artifacts(study):
             path = store._get_filepath(artifact_id)
             if path.exists():
                 sizes.append(path.stat().st_size)
         return {"artifacts": len(sizes), "bytes": int(sum(sizes))}
-    record = best_model(study)
-    return {"artifacts": int(record is not None), "bytes": record.size_bytes if record else 0}
+    trials = study.get_trials(deepcopy=False)
+    kept = kept_models(trials, max(1, keep), keep_reference)
+    records = [trial.system_attrs[MODEL_ATTR] for trial in trials
+               if MODEL_ATTR in trial.system_attrs and (trial.number in kept or not trial.state.is_finished())]
+    return {"artifacts": len(records), "bytes": int(sum(record["size_bytes"] for record in records))}
 
 
 def remove_study_artifacts(study: optuna.Study, store: Any) -> int:

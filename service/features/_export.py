@@ -24,14 +24,11 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from service.features._constraints import is_feasible
-from service.features._reference import STAGE_KEY
+from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 from trainer._recipe import TrialMetrics
 
-__all__ = ["COLUMNS", "METRIC_COLUMNS", "PARAM_COLUMNS", "SEARCH_STAGE", "STATE_NAMES", "csv_lines", "json_chunks", "trial_row", "trial_rows"]
-
-#: Stage of a trial the sampler proposed (no ``stage`` user attribute); a retry keeps its original's stage.
-SEARCH_STAGE = "search"
+__all__ = ["COLUMNS", "METRIC_COLUMNS", "PARAM_COLUMNS", "STATE_NAMES", "csv_lines", "json_chunks", "trial_params", "trial_row", "trial_rows"]
 
 STATE_NAMES: dict[TrialState, str] = {
     TrialState.COMPLETE: "complete",
@@ -72,10 +69,16 @@ def _time(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def trial_params(trial: FrozenTrial) -> dict[str, float]:
+    """The params a trial runs: those drawn so far, over the ones it was enqueued with (a queued reference,
+    an enqueued config or a retry knows them all before it starts)."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
 def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     """One trial as ``{column: value}`` in :data:`COLUMNS` order (JSON-ready: str, int, float, bool or None)."""
     attrs = trial.user_attrs
-    params = trial.params or trial.system_attrs.get("fixed_params", {})  # a queued trial: the params it will run
+    params = trial_params(trial)
     metrics = TrialMetrics.model_validate(attrs).model_dump()
     if metrics.get("epochs_run") is None and trial.intermediate_values:
         metrics["epochs_run"] = len(trial.intermediate_values)  # a pruned trial: the epochs it reported
@@ -83,7 +86,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
     row: dict[str, Any] = {
         "number": trial.number,
         "state": STATE_NAMES.get(trial.state, trial.state.name.lower()),
-        "stage": attrs.get(STAGE_KEY) or SEARCH_STAGE,
+        "stage": attrs.get(STAGE_ATTR) or TrialStage.SEARCH,
         **{name: _number(params.get(name)) for name in PARAM_COLUMNS},
         "value": _number(trial.value),
         **{name: _number(metrics.get(name)) for name in METRIC_COLUMNS},

@@ -3,7 +3,9 @@
 ``importance(study, "ped-anova")`` is ``optuna.importance.get_param_importances`` with
 ``PedAnovaImportanceEvaluator`` (Optuna 5's default); ``"fanova"`` uses ``FanovaImportanceEvaluator``
 (a random forest: needs scikit-learn, a dependency of regsearch; seeded, so repeatable). Both run
-over the study's COMPLETE trials, exactly as Optuna's own call would.
+over the study's COMPLETE trials as Optuna's own call would, except the confirmation stage's repeats:
+they re-run the top configs with other seeds, and counting them would weigh the best region several
+times over (the evaluators then rank what the search *revisited*, not what it found).
 
 Where it runs: on demand in the API process, off the event loop, at most once per trial count.
 ``ImportanceCache.get`` is blocking (a storage read, then PED-ANOVA in milliseconds or fANOVA in about
@@ -28,7 +30,9 @@ import warnings
 from typing import Any, Literal
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+
+from service.models import STAGE_ATTR, TrialStage
 
 __all__ = ["EVALUATORS", "MIN_TRIALS", "Evaluator", "Importance", "ImportanceCache", "TooFewTrials", "importance"]
 
@@ -71,19 +75,30 @@ def make_evaluator(evaluator: str, *, seed: int = 0) -> optuna.importance.BaseIm
     raise ValueError(f"evaluator must be one of {list(EVALUATORS)}, got {evaluator!r}")
 
 
+def _ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The COMPLETE trials the importances rest on: every one but the confirmation repeats."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return [trial for trial in trials if trial.user_attrs.get(STAGE_ATTR) != TrialStage.CONFIRM]
+
+
 def _complete_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len(_ranked_trials(study))
 
 
 def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials: int = MIN_TRIALS, seed: int = 0) -> Importance:
     """Compute the importances now (blocking). ``TooFewTrials`` below ``min_trials``; ``ValueError`` for a bad evaluator."""
     instance = make_evaluator(evaluator, seed=seed)
-    n_trials = _complete_count(study)
+    trials = _ranked_trials(study)
+    n_trials = len(trials)
     if n_trials < min_trials:
         raise TooFewTrials(study.study_name, n_trials, min_trials)
+    ranked = study
+    if n_trials < len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        ranked = optuna.create_study(directions=study.directions)  # in memory: the trials without the repeats
+        ranked.add_trials(trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        values = optuna.importance.get_param_importances(study, evaluator=instance)
+        values = optuna.importance.get_param_importances(ranked, evaluator=instance)
     return Importance(study=study.study_name, evaluator=evaluator, n_trials=n_trials, importances=dict(values))
 
 

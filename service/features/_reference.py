@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.features._bounds import search_bounds
+from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 
 __all__ = [
-    "STAGE_KEY",
     "Margin",
     "Reference",
     "enqueue_reference",
@@ -33,10 +33,6 @@ __all__ = [
     "reference_config",
 ]
 
-#: The trial user attribute naming why a trial ran ("reference", "enqueued", "warm_start", ... ;
-#: absent for trials the sampler proposed). Issue 10's confirmation stage uses the same key.
-STAGE_KEY = "stage"
-REFERENCE_STAGE = "reference"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +74,7 @@ def reference_config(space: Any = None) -> Reference:
 def enqueue_reference(study: Any, space: Any = None) -> Reference:
     """Enqueue the reference as the study's next waiting trial (call once, right after creating the study)."""
     reference = reference_config(space)
-    user_attrs: dict[str, Any] = {STAGE_KEY: REFERENCE_STAGE}
+    user_attrs: dict[str, Any] = {STAGE_ATTR: TrialStage.REFERENCE}
     if reference.note:
         user_attrs["reference_note"] = reference.note
     study.enqueue_trial(reference.params, user_attrs=user_attrs)
@@ -87,7 +83,7 @@ def enqueue_reference(study: Any, space: Any = None) -> Reference:
 
 def is_reference(trial: Any) -> bool:
     """Whether ``trial`` (Trial or FrozenTrial) is the study's reference run: the worker never prunes it."""
-    return trial.user_attrs.get(STAGE_KEY) == REFERENCE_STAGE
+    return trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +146,7 @@ def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None =
     trials = list(trials)
     reference = [t.value for t in trials if is_reference(t) and t.state.name == "COMPLETE"]
     if best_value is None:
-        own = [t for t in trials if t.user_attrs.get(STAGE_KEY) != "warm_start"]
+        own = [t for t in trials if t.user_attrs.get(STAGE_ATTR) != TrialStage.WARM_START]
         best = best_feasible(own, maximize=maximize)
         best_value = best.value if best is not None else None
     return margin(best_value, reference)

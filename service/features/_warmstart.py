@@ -38,13 +38,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service.features._bounds import search_bounds
 from service.features._constraints import GAP_CONSTRAINT, gap_constraint
-from service.features._reference import STAGE_KEY, reference_config
+from service.features._reference import reference_config
+from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME
 
 __all__ = [
-    "ENQUEUED_STAGE",
     "RECIPE_FIELDS",
-    "WARM_START_STAGE",
     "IncompatibleStudy",
     "WarmStart",
     "check_compatible",
@@ -53,8 +52,6 @@ __all__ = [
     "warm_start_trials",
 ]
 
-ENQUEUED_STAGE = "enqueued"
-WARM_START_STAGE = "warm_start"
 
 #: The recipe fields that define the objective (see the module docstring); dotted names reach into ``data``.
 #: ``trainer._recipe.Recipe``'s fields minus ``seed``.
@@ -109,7 +106,7 @@ def enqueue_configs(study: optuna.Study, configs: Sequence[Mapping[str, Any]], s
     """
     filled = [fill_config(config, space, what=f"enqueue[{index}]") for index, config in enumerate(configs)]
     for params in filled:
-        study.enqueue_trial(params, user_attrs={STAGE_KEY: ENQUEUED_STAGE})
+        study.enqueue_trial(params, user_attrs={STAGE_ATTR: TrialStage.ENQUEUED})
     return filled
 
 
@@ -195,8 +192,8 @@ def warm_start_trials(
                 continue
             constraints = {GAP_CONSTRAINT: gap_constraint(gap, max_gap)}
         user_attrs = {
-            **{k: v for k, v in trial.user_attrs.items() if k not in (STAGE_KEY, "worker")},
-            STAGE_KEY: WARM_START_STAGE,
+            **{k: v for k, v in trial.user_attrs.items() if k not in (STAGE_ATTR, "worker")},
+            STAGE_ATTR: TrialStage.WARM_START,
             "warm_start_from": {"study": source_name, "number": trial.number},
         }
         trials.append(

@@ -108,6 +108,50 @@ def test_worker_role_is_refused_tokens_deletes_and_ddl_by_postgresql(role_logins
 
 
 @pytest.mark.postgres
+def test_worker_role_settles_a_dead_workers_trial(role_logins, postgres_url):
+    """The heartbeat check's path, as the worker role: the stale trial is failed, its fail_reason and
+    settlement recorded and its retry queued, with the statements the role may run (no DELETE)."""
+    import time
+    import warnings
+
+    import optuna
+
+    from service import studies, sweeps
+    from service.db import create_engine, optuna_storage, session_factory
+    from service.retries import SETTLED, WORKER_LOST, RetryFailedTrial
+    from service.schemas import StudySpec
+
+    owner = Settings(database_url=postgres_url)
+    owner_engine, owner_storage = create_engine(owner), optuna_storage(owner)
+    row, _ = studies.submit_study(session_factory(owner_engine), owner_storage,
+                                  StudySpec(name="stale", n_trials=2, reference=False, confirm={"top_k": 0}))
+    worker = Settings(database_url=role_logins[WORKER_ROLE], heartbeat_interval=1, grace_period=1)
+    engine = create_engine(worker)
+    factory = session_factory(engine)
+    storage = optuna_storage(worker, heartbeat=True, on_stale_trial=RetryFailedTrial(factory, max_retries=2))
+    try:
+        assert studies.claim_slot(factory, row.id) == 1
+        study = optuna.load_study(study_name="stale", storage=storage)
+        with warnings.catch_warnings():  # a trial asked outside optimize, then its worker "dies"
+            warnings.simplefilter("ignore", UserWarning)
+            dead = study.ask({"dropout_conv": optuna.distributions.FloatDistribution(0.3, 0.5)})
+        storage.record_heartbeat(dead._trial_id)
+        time.sleep(2.5)
+        sweeps.fail_stale_trials(factory, storage, study, "stale", grace_period=1)
+
+        failed = storage.get_trial(dead._trial_id)
+        assert failed.state == optuna.trial.TrialState.FAIL
+        assert failed.user_attrs["fail_reason"] == WORKER_LOST and failed.system_attrs[SETTLED] == WORKER_LOST
+        (retry,) = [trial for trial in study.get_trials() if trial.state == optuna.trial.TrialState.WAITING]
+        assert retry.params == failed.params
+    finally:
+        storage.engine.dispose()
+        engine.dispose()
+        owner_storage.engine.dispose()
+        owner_engine.dispose()
+
+
+@pytest.mark.postgres
 def test_api_role_reads_and_writes_rows_but_no_schema(role_logins):
     api = role_logins[API_ROLE]
     for statement in ("SELECT count(*) FROM regsearch_tokens", "DELETE FROM regsearch_studies WHERE false",

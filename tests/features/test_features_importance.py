@@ -9,6 +9,7 @@ import optuna
 import pytest
 
 from service.features import MIN_TRIALS, ImportanceCache, TooFewTrials, importance
+from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,6 +44,32 @@ def test_fanova_matches_optunas_fanova_evaluator():
     expected = optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     assert ours.importances == pytest.approx(expected)
     assert list(ours.importances)[0] == "weight_decay"
+
+
+def test_confirmation_repeats_are_left_out_of_the_ranking():
+    """Repeats of the top configs (other seeds, the same params) would weigh the best region several times."""
+    study = make_study(20)
+    search_only = importance(study)
+    best = study.best_trial
+    for repeat in range(1, 4):
+        study.add_trial(optuna.trial.create_trial(
+            params=best.params, distributions=best.distributions, value=best.value - 0.01 * repeat,
+            user_attrs={STAGE_ATTR: TrialStage.CONFIRM, "confirms": best.number, "repeat": repeat},
+        ))
+    ours = importance(study)
+    assert ours.n_trials == 20 and ours.importances == search_only.importances
+    assert ours.importances != optuna.importance.get_param_importances(study)  # Optuna's own call counts the repeats
+    few = _with_repeats(make_study(MIN_TRIALS - 1, name="few-rep"))  # complete trials enough, search trials not
+    with pytest.raises(TooFewTrials, match=rf"has {MIN_TRIALS - 1} complete"):
+        importance(few)
+
+
+def _with_repeats(study: optuna.Study) -> optuna.Study:
+    best = study.best_trial
+    for repeat in (1, 2):
+        study.add_trial(optuna.trial.create_trial(params=best.params, distributions=best.distributions, value=best.value,
+                                                  user_attrs={STAGE_ATTR: TrialStage.CONFIRM, "repeat": repeat}))
+    return study
 
 
 def test_below_the_minimum_is_a_clear_error_and_a_bad_evaluator_is_named():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from service.features import STAGE_KEY, enqueue_reference, is_reference, margin, reference_config, search_bounds
+from service.features import enqueue_reference, is_reference, margin, reference_config, search_bounds
+from service.models import STAGE_ATTR
 from trainer import SEARCH_SPACE
 
 TEXTBOOK = {"weight_decay": 1e-4, "l1_ratio": 0.0, "dropout_conv": 0.3, "dropout_dense": 0.5}
@@ -44,7 +45,7 @@ def test_enqueued_reference_is_the_first_trial_asked_with_its_stage():
     enqueue_reference(study)
     trial = study.ask({spec.name: optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log) for spec in SEARCH_SPACE})
     assert trial.params == TEXTBOOK
-    assert trial.user_attrs[STAGE_KEY] == "reference" and is_reference(trial)
+    assert trial.user_attrs[STAGE_ATTR] == "reference" and is_reference(trial)
     study.tell(trial, 0.40)
     later = study.ask()
     assert not is_reference(later)

@@ -9,7 +9,6 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from service.features import (
-    STAGE_KEY,
     IncompatibleStudy,
     enqueue_configs,
     enqueue_reference,
@@ -17,6 +16,7 @@ from service.features import (
     search_bounds,
     warm_start_trials,
 )
+from service.models import STAGE_ATTR
 from trainer import SEARCH_SPACE
 from trainer._recipe import DataRecipe, Recipe
 
@@ -62,7 +62,7 @@ def test_enqueued_configs_run_first_in_order_after_the_reference():
     asked = []
     for _ in range(4):
         trial = study.ask(distributions(bounds))
-        asked.append((trial.user_attrs.get(STAGE_KEY), trial.params))
+        asked.append((trial.user_attrs.get(STAGE_ATTR), trial.params))
         study.tell(trial, 0.5)
     assert [stage for stage, _ in asked] == ["reference", "enqueued", "enqueued", None]
     assert [params for _, params in asked[1:3]] == filled
@@ -92,7 +92,7 @@ def test_warm_start_seeds_a_compatible_study_with_the_complete_trials():
     target.add_trials(warm.trials)
     assert [t.value for t in target.trials] == [t.value for t in source.trials if t.state == TrialState.COMPLETE]
     first = target.trials[0]
-    assert first.user_attrs[STAGE_KEY] == "warm_start" and first.user_attrs["warm_start_from"] == {"study": "src", "number": 0}
+    assert first.user_attrs[STAGE_ATTR] == "warm_start" and first.user_attrs["warm_start_from"] == {"study": "src", "number": 0}
     assert "worker" not in first.user_attrs
     # The sampler is past its start-up trials: the next point comes from TPE's model of the seeded trials.
     trial = target.ask(distributions(space()))

@@ -205,6 +205,7 @@ class ComposeStack:
     host_ports: dict[tuple[str, int], int] = field(default_factory=dict)
     #: one-shot services run to completion so far, in order (compose runs each once per `up`).
     completed: list[str] = field(default_factory=list)
+    database_initialized: bool = False  # the postgres service's init scripts have run
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -306,8 +307,9 @@ class ComposeStack:
             parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-tail:]}")
         return "\n".join(parts)
 
-    def run(self, name: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        """A one-shot service, to completion (``service_completed_successfully``)."""
+    def run(self, name: str, timeout: float = 120.0, _seen: set[str] | None = None) -> subprocess.CompletedProcess:
+        """A one-shot service, after its dependencies, to completion (``service_completed_successfully``)."""
+        self._dependencies(name, _seen if _seen is not None else set())
         result = subprocess.run(self.argv(name), env=self.environment(name), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         self.log_path(name, len(self.completed)).write_text(result.stdout + result.stderr)
         assert result.returncode == 0, f"service {name!r} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
@@ -340,7 +342,7 @@ class ComposeStack:
 
     def init_database(self) -> None:
         """What the ``postgres`` service's image runs on an empty volume: its mounted init scripts."""
-        if DATABASE_SERVICE in self.completed:
+        if self.database_initialized:
             return
         service = self.service(DATABASE_SERVICE)
         scripts = []
@@ -350,13 +352,16 @@ class ComposeStack:
                 scripts += [path for path in (ROOT / source).iterdir() if path.suffix == ".sh"]
         declared = {key: str(value) for key, value in (service.get("environment") or {}).items()}
         run_initdb_scripts(scripts, self.database_url, declared)
-        self.completed.append(DATABASE_SERVICE)
+        self.database_initialized = True
 
     def up(self, name: str, scale: int = 1, _seen: set[str] | None = None) -> list[subprocess.Popen]:
         """Start ``name`` after its dependencies, as compose does; the database is the test's."""
-        seen = _seen if _seen is not None else set()
-        service = self.service(name)
-        for dependency, condition in _depends_on(service).items():
+        self._dependencies(name, _seen if _seen is not None else set())
+        return [self.start(name) for _ in range(scale)]
+
+    def _dependencies(self, name: str, seen: set[str]) -> None:
+        """Bring up what ``name`` depends on, each as its condition asks (the database: its init scripts)."""
+        for dependency, condition in _depends_on(self.service(name)).items():
             if dependency == DATABASE_SERVICE:
                 assert condition == "service_healthy", f"{name!r} must wait for a healthy database"
                 self.init_database()
@@ -365,13 +370,11 @@ class ComposeStack:
                 continue
             seen.add(dependency)
             if condition == "service_completed_successfully":
-                self.run(dependency)
+                self.run(dependency, _seen=seen)
             else:
                 self.up(dependency, _seen=seen)
                 if condition == "service_healthy":
                     self.wait_healthy(dependency)
-        started = [self.start(name) for _ in range(scale)]
-        return started
 
     def kill(self, process: subprocess.Popen, sig: int) -> None:
         """Signal the process's whole group (the container, with everything it started)."""

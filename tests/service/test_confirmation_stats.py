@@ -16,12 +16,10 @@ from pydantic import ValidationError
 from scipy import stats
 
 from service.confirmation import (
-    CONFIRM_STAGE,
     CONFIRMS_ATTR,
     REPEAT_ATTR,
     SEED_ATTR,
     SEED_STRIDE,
-    STAGE_ATTR,
     ConfirmSpec,
     confirmation_plan,
     is_confirmation,
@@ -33,6 +31,7 @@ from service.confirmation import (
     summarize,
     top_configs,
 )
+from service.models import STAGE_ATTR, TrialStage
 
 DISTRIBUTIONS = {
     "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
@@ -196,7 +195,7 @@ def test_confirmation_plan_is_paired_and_repeat_major():
     plan = confirmation_plan(trials, ConfirmSpec(top_k=2, repeats=2), base_seed=5)
     assert [(item.confirms, item.repeat) for item in plan] == [(1, 1), (2, 1), (1, 2), (2, 2)]
     assert plan[0].params == trials[1].params and plan[1].params == trials[2].params
-    assert plan[0].user_attrs == {STAGE_ATTR: CONFIRM_STAGE, CONFIRMS_ATTR: 1, REPEAT_ATTR: 1, SEED_ATTR: repeat_seed(5, 1)}
+    assert plan[0].user_attrs == {STAGE_ATTR: TrialStage.CONFIRM, CONFIRMS_ATTR: 1, REPEAT_ATTR: 1, SEED_ATTR: repeat_seed(5, 1)}
     assert [item.seed for item in plan] == [repeat_seed(5, 1)] * 2 + [repeat_seed(5, 2)] * 2  # paired across configs
     assert confirmation_plan(trials, ConfirmSpec(top_k=0), base_seed=5) == []
     assert confirmation_plan([], ConfirmSpec(), base_seed=5) == []

@@ -165,6 +165,10 @@ def test_study_with_confirmation_answers_with_mean_interval_ties_and_ranges(serv
     assert best["first_value"] == pytest.approx(runs[best["trial_number"]][0])
     assert set(best["robust_ranges"]) == set(best["params"]) and "paired t-test" in best["test"]
     assert study["best"]["confirmed"] is True and study["best"]["n"] == 2
+    # The model served was trained with the best config: every confirmed candidate kept its model.
+    model = service.get("/v1/studies/e2e-confirm/best/model")
+    assert model.status_code == 200 and model.headers["x-regsearch-trial"] == str(best["trial_number"])
+    assert study["model"]["trial_number"] == best["trial_number"]
     shown = service.cli("best", "e2e-confirm")
     assert shown.returncode == 0 and f"mean {best['mean']:.4f} over 2 run(s)" in shown.stdout and "confirmed" in shown.stdout
 

@@ -20,6 +20,7 @@ from service._optuna import distributions
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.models import BestConfigRecord, SearchStudy
+from service.retries import SETTLED, RetryFailedTrial, retry_unsettled_failures
 from service.schemas import StudySpec
 from service.worker import Worker
 
@@ -148,6 +149,58 @@ def _dead_worker_trial(settings, name):
     heartbeat_storage.record_heartbeat(orphan._trial_id)
     heartbeat_storage.engine.dispose()
     return orphan
+
+
+def _failed_without_callback(settings, name):
+    """A dead worker's trial that a heartbeat check failed, whose retry callback never ran (the checking
+    worker's connection dropped in between, as Optuna fails every stale trial before calling back)."""
+    trial = _dead_worker_trial(settings, name)
+    storage = optuna_storage(settings)
+    assert storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    storage.engine.dispose()
+    return trial
+
+
+def test_a_failure_is_settled_once_whoever_reports_it(database):
+    """A trial failed by another worker's heartbeat check while its own worker still ran it: both settle
+    it, and only the first one re-queues it and gives its slot back."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="twice", n_trials=2, epochs=2, pruner="none"))
+    assert studies.claim_slot(factory, row.id) == 1
+    failed = _failed_without_callback(settings, "twice")
+    study = optuna.load_study(study_name="twice", storage=storage)
+    retry = RetryFailedTrial(factory, max_retries=2)
+    for _ in range(2):  # the heartbeat check's callback, then the trial's own worker
+        retry.retry(study, storage.get_trial(failed._trial_id), row.id)
+
+    trials = study.get_trials()
+    waiting = [trial for trial in trials if trial.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == failed.params
+    assert SETTLED not in waiting[0].system_attrs  # the retry starts unsettled: its own failure is settled again
+    with factory() as session:
+        assert session.get(SearchStudy, row.id).claimed == 0  # given back once, not twice
+
+
+def test_a_failure_nobody_settled_is_retried_by_the_sweep(database):
+    """The sweep finds a failed trial without a retry once the grace period is over, re-queues it with the
+    same params, and the study still ends at n_trials with the slot counted once."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="unsettled", n_trials=2, epochs=2, pruner="none"))
+    assert studies.claim_slot(factory, row.id) == 1  # the dead worker's slot, never given back
+    lost = _failed_without_callback(settings, "unsettled")
+
+    run_workers(settings, quick_training(), count=2)
+
+    trials = optuna.load_study(study_name="unsettled", storage=storage).trials
+    assert sorted(trial.state.name for trial in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+    rerun = next(trial for trial in trials if trial.system_attrs.get("retry_history") == [lost.number])
+    assert rerun.params == lost.params and rerun.state == optuna.trial.TrialState.COMPLETE
+    assert storage.get_trial(lost._trial_id).system_attrs[SETTLED] == "worker lost"
+    with factory() as session:
+        done = session.get(SearchStudy, row.id)
+        assert (done.status, done.claimed) == ("completed", 2)
+    # Settled now: a later sweep leaves it alone.
+    assert retry_unsettled_failures(factory, optuna.load_study(study_name="unsettled", storage=storage), row.id, 0) == 0
 
 
 def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(database):

@@ -8,15 +8,16 @@ import optuna
 import pytest
 
 from service.features import (
-    BEST_MODEL_ATTR,
+    MODEL_ATTR,
     NoBestModel,
-    best_model,
     disk_usage,
-    download_best_model,
+    download_model,
+    enqueue_reference,
     make_artifact_store,
-    store_best_model,
+    model_of,
+    store_model,
 )
-from trainer import RegularizationConfig, TrainSettings, build_model, load_cifar10, train
+from trainer import SEARCH_SPACE, RegularizationConfig, TrainSettings, build_model, load_cifar10, train
 from trainer._gap import inference_accuracy, measure_gap, train_sample_indices
 from trainer._keras_file import regularization_of, save_keras_model
 
@@ -70,47 +71,74 @@ def test_keras_file_loads_without_custom_objects_with_the_trials_regularization(
         save_keras_model(result, tmp_path / "model.h5")
 
 
-def test_best_model_artifact_is_kept_for_the_best_trial_only(result, sqlite_url, tmp_path):
-    store = make_artifact_store(tmp_path / "artifacts")
-    study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="art")
-    better = build_model(RegularizationConfig(weight_decay=1e-3, l1_ratio=0.0, dropout_conv=0.4, dropout_dense=0.3), width=0.25)
+def _storing_study(storage, name, store, *, keep=1, keep_reference=False):
+    """A study and ``run(value, model)``: one trial that draws its params and stores its model from inside the
+    objective, as the worker does; returns what ``store_model`` returned."""
+    study = optuna.create_study(direction="maximize", storage=storage, study_name=name, sampler=optuna.samplers.RandomSampler(seed=0))
 
     def run(value, model):
-        """A trial that stores its model from inside the objective, as the worker does."""
         stored = []
 
         def objective(trial):
-            stored.append(store_best_model(study, trial, value, model, store))
+            for spec in SEARCH_SPACE:
+                trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log)
+            stored.append(store_model(study, trial, value, model, store, keep=keep, keep_reference=keep_reference))
             return value
 
         study.optimize(objective, n_trials=1)
         return stored[0]
 
+    return study, run
+
+
+def _files(store_dir):
+    return sorted(path.name for path in store_dir.iterdir() if path.is_file())
+
+
+def test_the_best_configs_model_is_kept_and_older_ones_removed(result, sqlite_url, tmp_path):
+    store = make_artifact_store(tmp_path / "artifacts")
+    better = build_model(RegularizationConfig(weight_decay=1e-3, l1_ratio=0.0, dropout_conv=0.4, dropout_dense=0.3), width=0.25)
+    study, run = _storing_study(sqlite_url, "art", store)
+
     record = run(0.40, result)
-    assert record.trial_number == 0 and best_model(study) == record
+    assert record.trial_number == 0 and model_of(study, 0) == record
     assert disk_usage(study, store) == {"artifacts": 1, "bytes": record.size_bytes} and record.size_bytes > 10_000
-    assert study._storage.get_study_system_attrs(study._study_id)[BEST_MODEL_ATTR]["artifact_id"] == record.artifact_id
+    assert study.get_trials()[0].system_attrs[MODEL_ATTR]["artifact_id"] == record.artifact_id
 
     record = run(0.55, better)
     assert record.trial_number == 1
-    assert disk_usage(study, store)["artifacts"] == 1  # the old best's file is gone
+    assert _files(tmp_path / "artifacts") == [record.artifact_id]  # the old best's file is gone
     assert run(0.50, result) is None  # not the best: nothing uploaded
-    assert best_model(study).trial_number == 1 and disk_usage(study, store)["artifacts"] == 1
+    assert model_of(study, 2) is None and disk_usage(study, store)["artifacts"] == 1
     # The dashboard's view: the artifact is listed under its trial.
     metas = optuna.artifacts.get_all_artifact_meta(study.get_trials()[1], storage=study._storage)
     assert [meta.artifact_id for meta in metas] == [record.artifact_id]
     assert optuna.artifacts.get_all_artifact_meta(study.get_trials()[2], storage=study._storage) == []
 
     out = tmp_path / "best.keras"
-    assert download_best_model(study, store, out) == record
+    assert download_model(study, store, 1, out) == record
     carried = regularization_of(keras.models.load_model(out))
     assert carried == pytest.approx({"l1": 0.0, "l2": 1e-3, "dropout_conv": 0.4, "dropout_dense": 0.3})
 
 
+def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(result, sqlite_url, tmp_path):
+    """Any of them can be the best once the confirmation stage has ranked them by their mean."""
+    store = make_artifact_store(tmp_path / "artifacts")
+    study, run = _storing_study(sqlite_url, "top", store, keep=2, keep_reference=True)
+    enqueue_reference(study)
+    reference = run(0.30, result)  # the reference runs first: kept whatever its rank
+    first, second = run(0.50, result), run(0.40, result)
+    assert [record.trial_number for record in (reference, first, second)] == [0, 1, 2]
+    third = run(0.45, result)  # ranks second: trial 2's model goes, the reference's stays
+    assert third.trial_number == 3 and run(0.35, result) is None
+    assert _files(tmp_path / "artifacts") == sorted(record.artifact_id for record in (reference, first, third))
+    assert disk_usage(study, make_artifact_store(tmp_path / "artifacts"), keep=2, keep_reference=True)["artifacts"] == 3
+
+
 def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
     study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="empty")
-    with pytest.raises(NoBestModel, match="'empty' has no stored model yet"):
-        download_best_model(study, make_artifact_store(tmp_path / "a"), tmp_path / "x.keras")
+    with pytest.raises(NoBestModel, match="'empty': no model is stored for the best config"):
+        download_model(study, make_artifact_store(tmp_path / "a"), 0, tmp_path / "x.keras")
     assert disk_usage(study, make_artifact_store(tmp_path / "a")) == {"artifacts": 0, "bytes": 0}
 
 

@@ -124,7 +124,7 @@ async def get_importance(
 @router.get(
     "/{name}/best/model",
     response_class=FileResponse,
-    summary="The best trial's trained model as a loadable .keras file",
+    summary="The best config's trained model as a loadable .keras file",
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The .keras file; X-Regsearch-Disk-Bytes: the study's artifacts."},
         404: {"description": "Unknown study, or no model stored yet."},
