@@ -1,7 +1,8 @@
-"""Helpers shared by the tests: ports, real subprocesses in their own process groups, waiting."""
+"""Helpers shared by the tests: ports, real subprocesses in their own process groups, waiting, a local service."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -86,3 +87,94 @@ def kill_group(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: fl
 
 def wait_healthy(url: str, timeout: float = 60.0) -> None:
     wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, timeout, what=f"{url}/healthz")
+
+
+@dataclasses.dataclass
+class LocalService:
+    """A real ``regsearch serve`` and real ``regsearch worker`` processes on one SQLite file under ``root``,
+    driven over HTTP and through the real CLI (one per test module: see tests/service/test_service_e2e.py)."""
+
+    root: Path
+    env: dict[str, str]
+    port: int = dataclasses.field(default_factory=free_port)
+    server: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def at(cls, root: Path, **env: str) -> LocalService:
+        return cls(root, base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}", **env))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_server(self, *args: str) -> None:
+        self.server = spawn([REGSEARCH, "serve", "--port", str(self.port), "--workers", "0", *args], self.env, self.root / "server.log")
+        wait_healthy(self.url, timeout=90)
+
+    def start_workers(self, count: int = 2) -> None:
+        self.workers += [spawn([REGSEARCH, "worker", "--poll-interval", "0.5"], self.env, self.root / f"worker{index}.log")
+                         for index in range(len(self.workers), len(self.workers) + count)]
+
+    def stop(self) -> None:
+        processes = [process for process in (self.server, *self.workers) if process is not None]
+        for process in processes:  # all at once: each exits in its own time
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            kill_group(process, signal.SIGTERM, timeout=20)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def post(self, path: str, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.root.glob("*.log")))
+
+    def wait_status(self, name: str, statuses: tuple[str, ...] = ("completed",), timeout: float = 400) -> dict:
+        try:
+            return wait_until(
+                lambda: (study := self.get(f"/v1/studies/{name}").json())["status"] in statuses and study,
+                timeout=timeout, interval=0.5, what=f"study {name} to reach {statuses}",
+            )
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{self.logs()}") from None
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([REGSEARCH, *args], env={**self.env, "REGSEARCH_URL": self.url}, capture_output=True,
+                              text=True, timeout=300, cwd=self.root)
+
+
+def run_workers(settings, train, count: int = 2) -> list:
+    """``count`` in-process workers with a stand-in ``train``, each in a thread, run until no study needs them."""
+    import threading
+
+    from service.worker import Worker
+
+    workers = [Worker(settings, train=train, exit_when_idle=True, name=f"test-{index}") for index in range(count)]
+    threads = [threading.Thread(target=worker.run) for worker in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "a worker did not finish within 120 s"
+    return workers
+
+
+@dataclasses.dataclass
+class LocalPorts:
+    """A free local port standing in for each published (container, port): a base of the local stacks."""
+
+    ports: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict, kw_only=True)
+
+    def port(self, name: str, container_port: int) -> int:
+        """The free local port standing in for ``container_port`` of ``name``."""
+        key = (name, container_port)
+        if key not in self.ports:
+            self.ports[key] = free_port()
+        return self.ports[key]
+
+    def url(self, name: str, container_port: int) -> str:
+        return f"http://127.0.0.1:{self.port(name, container_port)}"

@@ -45,7 +45,7 @@ from tests.scale.compose_stack import (
     local_path,
     run_initdb_scripts,
 )
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn
+from tests.support import REGSEARCH, ROOT, LocalPorts, base_env, kill_group, spawn
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES_DIR / "base"
@@ -107,7 +107,7 @@ def compose_service_for_image(image: str) -> dict[str, Any]:
 
 
 @dataclass
-class KubeStack:
+class KubeStack(LocalPorts):
     """The rendered manifests' containers as local processes on ``database_url``."""
 
     resources: list[dict[str, Any]]
@@ -115,7 +115,6 @@ class KubeStack:
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
-    ports: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def _blocker_dir(self) -> Path:
         """A sitecustomize.py that makes the API image's missing modules unimportable."""
@@ -132,15 +131,6 @@ class KubeStack:
     def container(self, name: str) -> dict[str, Any]:
         (container,) = pod_spec(self.workload(name))["containers"]
         return container
-
-    def port(self, name: str, container_port: int) -> int:
-        key = (name, container_port)
-        if key not in self.ports:
-            self.ports[key] = free_port()
-        return self.ports[key]
-
-    def url(self, name: str, container_port: int) -> str:
-        return f"http://127.0.0.1:{self.port(name, container_port)}"
 
     def argv(self, name: str) -> list[str]:
         container = self.container(name)

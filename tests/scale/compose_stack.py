@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_until
+from tests.support import REGSEARCH, ROOT, LocalPorts, base_env, kill_group, spawn, wait_until
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DATABASE_SERVICE = "postgres"
@@ -191,7 +191,7 @@ def is_api_image(service: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class ComposeStack:
+class ComposeStack(LocalPorts):
     """``docker compose up`` for the tests: one process per container, on ``database_url``."""
 
     database_url: str
@@ -202,7 +202,6 @@ class ComposeStack:
     extra_env: dict[str, str] = field(default_factory=dict)
     compose: dict[str, Any] = field(default_factory=load_compose)
     processes: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
-    host_ports: dict[tuple[str, int], int] = field(default_factory=dict)
     #: one-shot services run to completion so far, in order (compose runs each once per `up`).
     completed: list[str] = field(default_factory=list)
     database_initialized: bool = False  # the postgres service's init scripts have run
@@ -219,16 +218,6 @@ class ComposeStack:
         services = self.compose["services"]
         assert name in services, f"docker-compose.yml has no service {name!r} (has {sorted(services)})"
         return interpolate(services[name], self.variables)
-
-    def port(self, name: str, container_port: int) -> int:
-        """The free local port standing in for ``container_port`` of service ``name``."""
-        key = (name, container_port)
-        if key not in self.host_ports:
-            self.host_ports[key] = free_port()
-        return self.host_ports[key]
-
-    def url(self, name: str, container_port: int) -> str:
-        return f"http://127.0.0.1:{self.port(name, container_port)}"
 
     def container_path(self, name: str, path: str) -> Path:
         """Where ``path`` inside service ``name``'s container lives here: under the named volume (or host

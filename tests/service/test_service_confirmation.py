@@ -20,6 +20,7 @@ from service.confirmation import repeat_seed
 from service.models import SearchStudy
 from service.schemas import StudySpec
 from service.worker import Worker
+from tests.support import run_workers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -65,17 +66,6 @@ class KnownScores:
         for epoch in range(spec.epochs):
             on_epoch_end(epoch, {"val_accuracy": value, "accuracy": value + 0.05, "loss": 1.0, "val_loss": 1.1, "gap": 0.05})
         return {"val_accuracy": value, "train_accuracy": value + 0.05, "gap": 0.05, "train_size": 270}
-
-
-def run_workers(settings, train, count=2):
-    workers = [Worker(settings, train=train, exit_when_idle=True, name=f"confirm-{index}") for index in range(count)]
-    threads = [threading.Thread(target=worker.run) for worker in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a worker did not finish within 120 s"
-    return workers
 
 
 def trials_of(storage, name):

@@ -8,20 +8,16 @@ order and each uses its own study.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import re
 import signal
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
+from tests.support import ROOT, LocalService, free_port, kill_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,61 +25,15 @@ SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 30
 ARTIFACTS = ROOT / "artifacts"
 
 
-@dataclasses.dataclass
-class Service:
-    root: Path
-    env: dict[str, str]
-    port: int
-    server: subprocess.Popen
-    workers: list[subprocess.Popen]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start_server(self) -> None:
-        self.server = spawn([REGSEARCH, "serve", "--port", str(self.port), "--workers", "0"], self.env, self.root / "server.log")
-        wait_healthy(self.url, timeout=90)
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=30, **kwargs)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", timeout=30, **kwargs)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.root.glob("*.log")))
-
-    def wait_status(self, name: str, statuses: tuple[str, ...], timeout: float = 240) -> dict:
-        try:
-            return wait_until(
-                lambda: (study := self.get(f"/v1/studies/{name}").json())["status"] in statuses and study,
-                timeout=timeout, interval=0.5, what=f"study {name} to reach {statuses}",
-            )
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{self.logs()}") from None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([REGSEARCH, *args], env={**self.env, "REGSEARCH_URL": self.url}, capture_output=True,
-                              text=True, timeout=300, cwd=self.root)
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("service-e2e")
-    env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}")
-    svc = Service(root=root, env=env, port=free_port(), server=None, workers=[])  # type: ignore[arg-type]
+    svc = LocalService.at(tmp_path_factory.mktemp("service-e2e"))
     svc.start_server()
-    svc.workers = [spawn([REGSEARCH, "worker", "--poll-interval", "0.5"], env, root / f"worker{index}.log") for index in range(2)]
+    svc.start_workers(2)
     try:
         yield svc
     finally:
-        processes = [svc.server, *svc.workers]
-        for process in processes:  # all at once: each exits in its own time
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            kill_group(process, signal.SIGTERM, timeout=20)
+        svc.stop()
 
 
 def test_study_runs_to_a_best_config_with_two_workers_and_the_cli(service, tmp_path):

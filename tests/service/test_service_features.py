@@ -11,9 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -22,7 +19,7 @@ import optuna
 import pytest
 
 from service.features import COLUMNS, TrialRow
-from tests.support import REGSEARCH, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
+from tests.support import LocalService
 from trainer import RegularizationConfig, regularization_of
 
 pytestmark = pytest.mark.slow
@@ -34,40 +31,12 @@ DEFAULTS = {"weight_decay": 1e-4, "l1_ratio": 0.0, "dropout_conv": 0.3, "dropout
 MAIN_TRIALS = 10  # importance needs ten complete trials
 
 
-class Service:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.database = root / "regsearch.db"
-        self.artifacts = root / "artifacts"
-        self.port = free_port()
-        self.env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{self.database}", REGSEARCH_ARTIFACT_URL=str(self.artifacts))
-        self.processes: list[subprocess.Popen] = []
+class Service(LocalService):
+    """The module's server and workers, with their model store and the study's rows and Optuna study."""
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.get(f"{self.url}{path}", timeout=60, **kwargs)
-
-    def post(self, path: str, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", timeout=60, **kwargs)
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text()[-3000:]}" for log in sorted(self.root.glob("*.log")))
-
-    def wait_status(self, name: str, statuses: tuple[str, ...] = ("completed",), timeout: float = 400) -> dict:
-        try:
-            return wait_until(
-                lambda: (study := self.get(f"/v1/studies/{name}").json())["status"] in statuses and study,
-                timeout=timeout, interval=0.5, what=f"study {name} to reach {statuses}",
-            )
-        except AssertionError as error:
-            raise AssertionError(f"{error}\n{self.logs()}") from None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([REGSEARCH, *args], env={**self.env, "REGSEARCH_URL": self.url}, capture_output=True,
-                              text=True, timeout=300, cwd=self.root)
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
 
     def rows(self, name: str) -> list[dict[str, str]]:
         response = self.get(f"/v1/studies/{name}/trials", params={"format": "csv"})
@@ -75,30 +44,24 @@ class Service:
         return list(csv.DictReader(io.StringIO(response.text)))
 
     def optuna_study(self, name: str) -> optuna.Study:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{self.database}")
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{self.root / 'regsearch.db'}")
 
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("service-features"))
-    svc.processes.append(spawn([REGSEARCH, "serve", "--port", str(svc.port), "--workers", "0", "--no-dashboard"], svc.env,
-                               svc.root / "server.log"))
+    root = tmp_path_factory.mktemp("service-features")
+    svc = Service.at(root, REGSEARCH_ARTIFACT_URL=str(root / "artifacts"))
     try:
-        wait_healthy(svc.url, timeout=90)
+        svc.start_server("--no-dashboard")
         # feat-main from the CLI: the enqueued configs come from the spec file, the rest from flags.
         spec_file = svc.root / "feat-main.json"
         spec_file.write_text(json.dumps({"name": "feat-main", "enqueue": ENQUEUED, **TINY}))
         submitted = svc.cli("submit", str(spec_file), "--n-trials", str(MAIN_TRIALS))
         assert submitted.returncode == 0, submitted.stderr
-        svc.processes += [spawn([REGSEARCH, "worker", "--poll-interval", "0.5"], svc.env, svc.root / f"worker{index}.log")
-                          for index in range(2)]
+        svc.start_workers(2)
         yield svc
     finally:
-        for process in svc.processes:  # all at once: each exits in its own time
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in svc.processes:
-            kill_group(process, signal.SIGTERM, timeout=20)
+        svc.stop()
 
 
 def test_reference_runs_first_then_the_enqueued_configs_in_order_and_best_reports_its_margin(service, tmp_path):

@@ -23,6 +23,7 @@ from service.models import BestConfigRecord, SearchStudy
 from service.retries import SETTLED, RetryFailedTrial, retry_unsettled_failures
 from service.schemas import StudySpec
 from service.worker import Worker
+from tests.support import run_workers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -46,17 +47,6 @@ def quick_training(fail_on_calls=()):
         return {"val_accuracy": accuracy, "train_accuracy": accuracy + 0.05, "gap": 0.05, "train_size": 270}
 
     return train
-
-
-def run_workers(settings, train, count):
-    workers = [Worker(settings, train=train, exit_when_idle=True, name=f"test-{index}") for index in range(count)]
-    threads = [threading.Thread(target=worker.run) for worker in workers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads), "a worker did not finish within 120 s"
-    return workers
 
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
