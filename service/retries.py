@@ -32,8 +32,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import studies
 from service._optuna import retry_of
 from service.backoff import backoff
-from service.db import OPTUNA_STUDIES, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS, OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIALS
 from service.confirmation import CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR
+from service.db import OPTUNA_STUDIES, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS, OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIALS
+from service.features import trial_params
 from service.models import ACTIVE_STATUSES, STAGE_ATTR, StudyStatus
 
 __all__ = ["OUTAGES", "SETTLED", "WORKER_LOST", "RetryFailedTrial", "retry_unsettled_failures", "through_outages"]
@@ -123,15 +124,17 @@ class RetryFailedTrial:
         self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error",
         *, release: bool = True,
     ) -> None:
-        """Re-queue ``trial`` unless its study has ended or it drew no params; give its slot back either way
+        """Re-queue ``trial`` unless its study has ended or it has no params (none drawn, none enqueued); give its slot back either way
         (unless ``release`` is false). Only the first call for a trial does anything: see :data:`SETTLED`."""
         if not through_outages(_claim_settlement, self._factory, trial._trial_id, reason):
             log.info("study %s: trial %d's failure was already settled by another worker", study.study_name, trial.number)
             return
         try:
-            if status is None and trial.params:  # read again: the trial may have ended (stopped, failed) its study
+            # Its params: those drawn, or those it was enqueued with (a reference that failed before drawing any).
+            params = trial_params(trial)
+            if status is None and params:  # read again: the trial may have ended (stopped, failed) its study
                 status = through_outages(studies.status_of, self._factory, study_id)
-            if trial.params and status in ACTIVE_STATUSES:
+            if params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
                 # The retry starts with a clean record (no worker, error or history of the failed run)
@@ -167,7 +170,8 @@ def retry_unsettled_failures(factory: sessionmaker[Session], study: optuna.Study
             OPTUNA_STUDIES.c.study_name == study.study_name,
             sa.cast(trials.c.state, sa.String) == "FAIL",
             trials.c.datetime_complete < cutoff,
-            sa.exists().where(params.c.trial_id == trials.c.trial_id),
+            sa.or_(sa.exists().where(params.c.trial_id == trials.c.trial_id),
+                   sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == "fixed_params")),
             ~sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == SETTLED),
         )
     )

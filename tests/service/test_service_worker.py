@@ -171,6 +171,27 @@ def test_a_failure_is_settled_once_whoever_reports_it(database):
         assert session.get(SearchStudy, row.id).claimed == 0  # given back once, not twice
 
 
+def test_an_enqueued_trial_that_failed_before_drawing_its_params_is_retried_with_them(database):
+    """The reference (or an enqueued config) whose worker died right after ``ask``: no params drawn yet,
+    but the ones it was enqueued with are known, so its retry runs them."""
+    settings, factory, storage = database
+    row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="early", n_trials=2, epochs=2, pruner="none"))
+    study = optuna.load_study(study_name="early", storage=storage)
+    reference = study.get_trials()[0]  # the queued reference (submit_study enqueues it first)
+    assert reference.state == optuna.trial.TrialState.WAITING and not reference.params
+    assert studies.claim_slot(factory, row.id) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        asked = optuna.load_study(study_name="early", storage=storage).ask()  # takes the reference, draws nothing
+    assert asked.number == reference.number
+    assert storage.set_trial_state_values(asked._trial_id, optuna.trial.TrialState.FAIL)
+    RetryFailedTrial(factory, max_retries=2).retry(study, storage.get_trial(asked._trial_id), row.id)
+
+    (retry,) = [trial for trial in study.get_trials() if trial.state == optuna.trial.TrialState.WAITING]
+    assert retry.system_attrs["fixed_params"] == reference.system_attrs["fixed_params"]
+    assert retry.user_attrs["stage"] == "reference"
+
+
 def test_a_failure_nobody_settled_is_retried_by_the_sweep(database):
     """The sweep finds a failed trial without a retry once the grace period is over, re-queues it with the
     same params, and the study still ends at n_trials with the slot counted once."""
