@@ -126,8 +126,7 @@ class Objective:
         ):
             return
         try:  # the model is materialized and uploaded only when the trial ranks among the configs whose models are kept
-            record = features.store_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store,
-                                          keep=self.spec.confirm.top_k, keep_reference=self.spec.confirm.enabled)
+            record = features.store_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store, self.spec.confirm)
         except Exception as error:  # noqa: BLE001 - a store hiccup must not cost the trial its result
             log.warning("study %s: trial %d's model not stored (%s: %s)", self.row.name, trial.number,
                         error.__class__.__name__, error)

@@ -833,8 +833,8 @@ def best_model_file(session: Session, storage: Any, store: Any, name: str, direc
     best = best_record(session, row.id)
     if best is None:
         raise features.NoBestModel(f"study {name!r} has no complete trial yet")
-    confirm = StudySpec.model_validate(row.spec).confirm
+    confirm = StudySpec.model_validate(row.spec).confirm  # which models the workers kept
     study = optuna.load_study(study_name=name, storage=storage)
     path = os.path.join(directory, features.MODEL_FILENAME)
     record = features.download_model(study, store, best.trial_number, path)
-    return path, record, features.disk_usage(study, store, keep=confirm.top_k, keep_reference=confirm.enabled)
+    return path, record, features.disk_usage(study, store, confirm)

@@ -164,10 +164,13 @@ def run_workers(settings, train, count: int = 2) -> list:
 
 
 @dataclasses.dataclass
-class LocalPorts:
-    """A free local port standing in for each published (container, port): a base of the local stacks."""
+class LocalStack:
+    """What the local stand-ins for compose and Kubernetes share: their containers as processes, each with
+    a log under ``workdir``, and a free local port for each published (container, port). A subclass
+    provides ``workdir`` and, per container ``name``, its ``argv(name)`` and ``environment(name)``."""
 
     ports: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict, kw_only=True)
+    processes: dict[str, list[subprocess.Popen]] = dataclasses.field(default_factory=dict, kw_only=True)
 
     def port(self, name: str, container_port: int) -> int:
         """The free local port standing in for ``container_port`` of ``name``."""
@@ -178,3 +181,31 @@ class LocalPorts:
 
     def url(self, name: str, container_port: int) -> str:
         return f"http://127.0.0.1:{self.port(name, container_port)}"
+
+    def log_path(self, name: str, index: int) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir / f"{name}-{index}.log"
+
+    def logs(self, name: str | None = None, tail: int = 4000) -> str:
+        return "\n".join(f"--- {path.name} ---\n{path.read_text(errors='replace')[-tail:]}"
+                         for path in sorted(self.workdir.glob(f"{name or '*'}-*.log")))
+
+    def start(self, name: str) -> subprocess.Popen:
+        """One more container (replica) of ``name``."""
+        index = len(self.processes.get(name, []))
+        process = spawn(self.argv(name), self.environment(name), log_path=self.log_path(name, index))
+        self.processes.setdefault(name, []).append(process)
+        return process
+
+    def run_to_completion(self, name: str, log_index: int, timeout: float) -> subprocess.CompletedProcess:
+        """A one-shot container of ``name`` (a compose one-shot service, a Job's pod), which must exit 0."""
+        result = subprocess.run(self.argv(name), env=self.environment(name), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        self.log_path(name, log_index).write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, f"{name!r} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
+        return result
+
+    def down(self) -> None:
+        for processes in self.processes.values():
+            for process in processes:
+                kill_group(process, signal.SIGTERM, timeout=20)
+        self.processes.clear()

@@ -6,8 +6,9 @@ S3-compatible service: boto3 reads ``AWS_ENDPOINT_URL`` and the usual credential
 ``regsearch[s3]``). Uploads go through ``optuna.artifacts.upload_artifact``, so the dashboard lists
 the file under its trial, and downloads through ``optuna.artifacts.download_artifact``.
 
-Which models are kept: those of the ``keep`` best distinct configs by value (a study's confirmation
-``top_k``, or 1 without confirmation), and the reference's when the reference is confirmed too.
+Which models are kept (:func:`kept_models`, from the study's ``confirm`` spec): those of the ``top_k``
+best distinct configs by value (1 without confirmation), and the reference's when confirmation is on
+(the reference is confirmed too).
 These are exactly the configs the best can be once the confirmation stage has ranked them by their
 mean, so ``GET .../best/model`` always serves a model trained with the config ``GET .../best``
 names (:func:`model_of` its trial). A worker calls :func:`store_model` in the objective once the
@@ -34,6 +35,7 @@ from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, downlo
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from service.confirmation import ConfirmSpec, top_configs
 from service.features._reference import is_reference
 
 __all__ = [
@@ -142,11 +144,16 @@ def _remove(store: Any, artifact_id: str) -> None:
         pass
 
 
-def kept_models(trials: list[FrozenTrial], keep: int, keep_reference: bool) -> set[int]:
-    """Numbers of the finished trials whose models are kept: the ``keep`` best distinct configs (the ones
-    the confirmation stage re-trains), and the reference with ``keep_reference``."""
-    from service.confirmation import top_configs
+def _keep(confirm: ConfirmSpec | None) -> tuple[int, bool]:
+    """How many of the best distinct configs keep their model, and whether the reference does."""
+    return (max(1, confirm.top_k), confirm.enabled) if confirm is not None else (1, False)
 
+
+def kept_models(trials: list[FrozenTrial], confirm: ConfirmSpec | None = None) -> set[int]:
+    """Numbers of the finished trials whose models are kept: the configs the best can become once the
+    confirmation stage (``confirm``, None: none) has ranked them, i.e. the ``top_k`` best distinct configs
+    (1 without confirmation) and the reference, which is confirmed too."""
+    keep, keep_reference = _keep(confirm)
     kept = {trial.number for trial in top_configs(trials, keep)}
     if keep_reference:
         kept |= {trial.number for trial in trials if is_reference(trial)}
@@ -154,7 +161,7 @@ def kept_models(trials: list[FrozenTrial], keep: int, keep_reference: bool) -> s
 
 
 def store_model(
-    study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, *, keep: int = 1, keep_reference: bool = False
+    study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, confirm: ConfirmSpec | None = None
 ) -> BestModel | None:
     """If the trial ranks among the configs whose models are kept, upload its model; then remove the files
     of finished trials that no longer rank.
@@ -162,15 +169,14 @@ def store_model(
     Call from the objective, once the trial's final value is known and it is feasible, *before*
     returning it: ``upload_artifact`` attaches the file to the trial (listed under it in the
     dashboard), which Optuna allows only while the trial runs. ``trial``: the running
-    ``optuna.Trial``; ``keep``: how many of the best distinct configs keep their model (at least 1).
+    ``optuna.Trial``; ``confirm``: the study's confirmation spec (:func:`kept_models`).
     Returns the new record, or None when the trial does not rank (nothing uploaded, or its upload removed
     again because better ones were stored meanwhile).
     ``model_or_result``: a Keras model or a :class:`trainer.TrainResult`.
     """
-    from service.confirmation import top_configs
     from trainer._keras_file import save_keras_model
 
-    keep = max(1, keep)
+    keep, keep_reference = _keep(confirm)
     ranked = top_configs(study.get_trials(deepcopy=False), keep)
     wanted = len(ranked) < keep or float(value) > ranked[-1].value or (keep_reference and is_reference(trial))
     if not wanted:
@@ -192,7 +198,7 @@ def store_model(
             other = copy.deepcopy(other)
             other.state, other.value = TrialState.COMPLETE, float(other_record["value"])
         ranked_trials.append(other)
-    kept = kept_models(ranked_trials, keep, keep_reference)
+    kept = kept_models(ranked_trials, confirm)
     for other in ranked_trials:
         other_record = other.system_attrs.get(MODEL_ATTR)
         if other_record and other.number not in kept:
@@ -213,11 +219,11 @@ def download_model(study: optuna.Study, store: Any, trial_number: int, file_path
     return record
 
 
-def disk_usage(study: optuna.Study, store: Any, *, keep: int = 1, keep_reference: bool = False) -> dict[str, int]:
+def disk_usage(study: optuna.Study, store: Any, confirm: ConfirmSpec | None = None) -> dict[str, int]:
     """``{"artifacts": n, "bytes": total}`` of the study's model files still in the store.
 
     Sizes are read from the filesystem when the store is one; otherwise the recorded sizes of the
-    models that :func:`store_model` keeps (same ``keep`` and ``keep_reference``) are added up.
+    models that :func:`store_model` keeps for the same ``confirm`` are added up.
     """
     if isinstance(store, FileSystemArtifactStore):
         sizes = []
@@ -227,7 +233,7 @@ def disk_usage(study: optuna.Study, store: Any, *, keep: int = 1, keep_reference
                 sizes.append(path.stat().st_size)
         return {"artifacts": len(sizes), "bytes": int(sum(sizes))}
     trials = study.get_trials(deepcopy=False)
-    kept = kept_models(trials, max(1, keep), keep_reference)
+    kept = kept_models(trials, confirm)
     records = [trial.system_attrs[MODEL_ATTR] for trial in trials
                if MODEL_ATTR in trial.system_attrs and (trial.number in kept or not trial.state.is_finished())]
     return {"artifacts": len(records), "bytes": int(sum(record["size_bytes"] for record in records))}

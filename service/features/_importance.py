@@ -75,25 +75,27 @@ def make_evaluator(evaluator: str, *, seed: int = 0) -> optuna.importance.BaseIm
     raise ValueError(f"evaluator must be one of {list(EVALUATORS)}, got {evaluator!r}")
 
 
-def _ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The COMPLETE trials the importances rest on: every one but the confirmation repeats."""
+def _ranked_trials(study: optuna.Study) -> tuple[list[FrozenTrial], bool]:
+    """The COMPLETE trials the importances rest on (every one but the confirmation repeats), and whether
+    any was left out."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [trial for trial in trials if trial.user_attrs.get(STAGE_ATTR) != TrialStage.CONFIRM]
+    ranked = [trial for trial in trials if trial.user_attrs.get(STAGE_ATTR) != TrialStage.CONFIRM]
+    return ranked, len(ranked) < len(trials)
 
 
 def _complete_count(study: optuna.Study) -> int:
-    return len(_ranked_trials(study))
+    return len(_ranked_trials(study)[0])
 
 
 def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials: int = MIN_TRIALS, seed: int = 0) -> Importance:
     """Compute the importances now (blocking). ``TooFewTrials`` below ``min_trials``; ``ValueError`` for a bad evaluator."""
     instance = make_evaluator(evaluator, seed=seed)
-    trials = _ranked_trials(study)
+    trials, left_out = _ranked_trials(study)
     n_trials = len(trials)
     if n_trials < min_trials:
         raise TooFewTrials(study.study_name, n_trials, min_trials)
     ranked = study
-    if n_trials < len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+    if left_out:
         ranked = optuna.create_study(directions=study.directions)  # in memory: the trials without the repeats
         ranked.add_trials(trials)
     with warnings.catch_warnings():

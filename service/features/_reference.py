@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""

@@ -45,7 +45,7 @@ from tests.scale.compose_stack import (
     local_path,
     run_initdb_scripts,
 )
-from tests.support import REGSEARCH, ROOT, LocalPorts, base_env, kill_group, spawn
+from tests.support import REGSEARCH, ROOT, LocalStack, base_env
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES_DIR / "base"
@@ -107,14 +107,13 @@ def compose_service_for_image(image: str) -> dict[str, Any]:
 
 
 @dataclass
-class KubeStack(LocalPorts):
+class KubeStack(LocalStack):
     """The rendered manifests' containers as local processes on ``database_url``."""
 
     resources: list[dict[str, Any]]
     database_url: str
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
-    processes: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
 
     def _blocker_dir(self) -> Path:
         """A sitecustomize.py that makes the API image's missing modules unimportable."""
@@ -206,13 +205,6 @@ class KubeStack(LocalPorts):
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir()), env.get("PYTHONPATH")]))
         return env
 
-    def log_path(self, name: str, index: int) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        return self.workdir / f"{name}-{index}.log"
-
-    def logs(self, tail: int = 4000) -> str:
-        return "\n".join(f"--- {path.name} ---\n{path.read_text(errors='replace')[-tail:]}" for path in sorted(self.workdir.glob("*.log")))
-
     def init_database(self) -> None:
         """What the PostgreSQL pod runs on an empty volume: the scripts of the ConfigMap at /docker-entrypoint-initdb.d."""
         postgres = self.workload("database")
@@ -229,17 +221,7 @@ class KubeStack(LocalPorts):
     def run_job(self, name: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """A Job's pod to completion."""
         assert self.workload(name)["kind"] == "Job", f"{name} is not a Job"
-        result = subprocess.run(self.argv(name), env=self.environment(name), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        self.log_path(name, 0).write_text(result.stdout + result.stderr)
-        assert result.returncode == 0, f"job {name!r} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
-        return result
-
-    def start(self, name: str) -> subprocess.Popen:
-        """One more replica of a Deployment's pod."""
-        index = len(self.processes.get(name, []))
-        process = spawn(self.argv(name), self.environment(name), log_path=self.log_path(name, index))
-        self.processes.setdefault(name, []).append(process)
-        return process
+        return self.run_to_completion(name, 0, timeout)
 
     def probe(self, name: str, kind: str = "readinessProbe") -> str:
         """The URL a container's HTTP probe would request, on the local port."""
@@ -250,13 +232,6 @@ class KubeStack(LocalPorts):
             port = next(entry["containerPort"] for entry in container["ports"] if entry.get("name") == port)
         return f"{self.url(name, port)}{http['path']}"
 
-    def down(self) -> None:
-        import signal
-
-        for processes in self.processes.values():
-            for process in processes:
-                kill_group(process, signal.SIGTERM, timeout=20)
-        self.processes.clear()
 
 
 def grace_seconds(compose_duration: str) -> int:

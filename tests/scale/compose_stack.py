@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from tests.support import REGSEARCH, ROOT, LocalPorts, base_env, kill_group, spawn, wait_until
+from tests.support import REGSEARCH, ROOT, LocalStack, base_env, kill_group, wait_until
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DATABASE_SERVICE = "postgres"
@@ -191,7 +191,7 @@ def is_api_image(service: Mapping[str, Any]) -> bool:
 
 
 @dataclass
-class ComposeStack(LocalPorts):
+class ComposeStack(LocalStack):
     """``docker compose up`` for the tests: one process per container, on ``database_url``."""
 
     database_url: str
@@ -201,7 +201,6 @@ class ComposeStack(LocalPorts):
     #: extra environment every service gets (the tests' data directory).
     extra_env: dict[str, str] = field(default_factory=dict)
     compose: dict[str, Any] = field(default_factory=load_compose)
-    processes: dict[str, list[subprocess.Popen]] = field(default_factory=dict)
     #: one-shot services run to completion so far, in order (compose runs each once per `up`).
     completed: list[str] = field(default_factory=list)
     database_initialized: bool = False  # the postgres service's init scripts have run
@@ -287,30 +286,12 @@ class ComposeStack(LocalPorts):
 
     # --- running it -------------------------------------------------------------------------------
 
-    def log_path(self, name: str, index: int) -> Path:
-        return self.workdir / f"{name}-{index}.log"
-
-    def logs(self, name: str | None = None, tail: int = 4000) -> str:
-        parts = []
-        for path in sorted(self.workdir.glob(f"{name or '*'}-*.log")):
-            parts.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-tail:]}")
-        return "\n".join(parts)
-
     def run(self, name: str, timeout: float = 120.0, _seen: set[str] | None = None) -> subprocess.CompletedProcess:
         """A one-shot service, after its dependencies, to completion (``service_completed_successfully``)."""
         self._dependencies(name, _seen if _seen is not None else set())
-        result = subprocess.run(self.argv(name), env=self.environment(name), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        self.log_path(name, len(self.completed)).write_text(result.stdout + result.stderr)
-        assert result.returncode == 0, f"service {name!r} exited with {result.returncode}:\n{result.stdout}{result.stderr}"
+        result = self.run_to_completion(name, len(self.completed), timeout)
         self.completed.append(name)
         return result
-
-    def start(self, name: str) -> subprocess.Popen:
-        """One more container of ``name`` (compose's ``--scale``)."""
-        index = len(self.processes.get(name, []))
-        process = spawn(self.argv(name), self.environment(name), log_path=self.log_path(name, index))
-        self.processes.setdefault(name, []).append(process)
-        return process
 
     def healthy(self, name: str) -> bool:
         """Run the service's own healthcheck command once."""
@@ -373,14 +354,6 @@ class ComposeStack(LocalPorts):
         self.kill(process, sig)
         self.processes[name].remove(process)
         return self.start(name)
-
-    def down(self) -> None:
-        import signal
-
-        for processes in self.processes.values():
-            for process in processes:
-                kill_group(process, signal.SIGTERM, timeout=15)
-        self.processes.clear()
 
 
 def _depends_on(service: Mapping[str, Any]) -> dict[str, str]:

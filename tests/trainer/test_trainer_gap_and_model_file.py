@@ -7,6 +7,7 @@ import numpy as np
 import optuna
 import pytest
 
+from service.confirmation import ConfirmSpec
 from service.features import (
     MODEL_ATTR,
     NoBestModel,
@@ -71,7 +72,7 @@ def test_keras_file_loads_without_custom_objects_with_the_trials_regularization(
         save_keras_model(result, tmp_path / "model.h5")
 
 
-def _storing_study(storage, name, store, *, keep=1, keep_reference=False):
+def _storing_study(storage, name, store, confirm=None):
     """A study and ``run(value, model)``: one trial that draws its params and stores its model from inside the
     objective, as the worker does; returns what ``store_model`` returned."""
     study = optuna.create_study(direction="maximize", storage=storage, study_name=name, sampler=optuna.samplers.RandomSampler(seed=0))
@@ -82,7 +83,7 @@ def _storing_study(storage, name, store, *, keep=1, keep_reference=False):
         def objective(trial):
             for spec in SEARCH_SPACE:
                 trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log)
-            stored.append(store_model(study, trial, value, model, store, keep=keep, keep_reference=keep_reference))
+            stored.append(store_model(study, trial, value, model, store, confirm))
             return value
 
         study.optimize(objective, n_trials=1)
@@ -124,7 +125,8 @@ def test_the_best_configs_model_is_kept_and_older_ones_removed(result, sqlite_ur
 def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(result, sqlite_url, tmp_path):
     """Any of them can be the best once the confirmation stage has ranked them by their mean."""
     store = make_artifact_store(tmp_path / "artifacts")
-    study, run = _storing_study(sqlite_url, "top", store, keep=2, keep_reference=True)
+    confirm = ConfirmSpec(top_k=2)
+    study, run = _storing_study(sqlite_url, "top", store, confirm)
     enqueue_reference(study)
     reference = run(0.30, result)  # the reference runs first: kept whatever its rank
     first, second = run(0.50, result), run(0.40, result)
@@ -132,7 +134,7 @@ def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(r
     third = run(0.45, result)  # ranks second: trial 2's model goes, the reference's stays
     assert third.trial_number == 3 and run(0.35, result) is None
     assert _files(tmp_path / "artifacts") == sorted(record.artifact_id for record in (reference, first, third))
-    assert disk_usage(study, make_artifact_store(tmp_path / "artifacts"), keep=2, keep_reference=True)["artifacts"] == 3
+    assert disk_usage(study, make_artifact_store(tmp_path / "artifacts"), confirm)["artifacts"] == 3
 
 
 def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
