@@ -29,23 +29,20 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
 from tests.scale.compose_stack import (
     _BLOCKER,
-    DATABASE_SERVICE,
     INITDB_DIR,
     interpolate,
     is_api_image,
     load_compose,
-    local_database_url,
-    local_directory_setting,
+    local_environment,
     local_path,
     run_initdb_scripts,
 )
-from tests.support import REGSEARCH, ROOT, LocalStack, base_env
+from tests.support import ROOT, LocalStack
 
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES_DIR / "base"
@@ -189,21 +186,8 @@ class KubeStack(LocalStack):
         return env
 
     def environment(self, name: str) -> dict[str, str]:
-        declared = self.declared_environment(name)
-        host = urlsplit(declared.get("REGSEARCH_DATABASE_URL", "")).hostname
-        assert host == DATABASE_SERVICE, f"{name}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} Service"
-        env = {key: value for key, value in base_env().items() if not key.startswith("REGSEARCH_")}
-        env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
-        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
-        env.update(declared)
-        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
-        if artifacts:  # the container path -> the claim's directory here, never /artifacts of this machine
-            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
-        env.update(self.extra_env)
-        env["REGSEARCH_DATABASE_URL"] = local_database_url(declared["REGSEARCH_DATABASE_URL"], self.database_url)
-        if is_api_image(compose_service_for_image(self.container(name)["image"])):
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir()), env.get("PYTHONPATH")]))
-        return env
+        api_image = is_api_image(compose_service_for_image(self.container(name)["image"]))
+        return local_environment(self, name, self.declared_environment(name), blocker_dir=self._blocker_dir() if api_image else None)
 
     def init_database(self) -> None:
         """What the PostgreSQL pod runs on an empty volume: the scripts of the ConfigMap at /docker-entrypoint-initdb.d."""

@@ -186,6 +186,32 @@ def local_directory_setting(url: str) -> str | None:
     return None if "://" in url else url
 
 
+def local_environment(stack: Any, name: str, declared: Mapping[str, str], *, blocker_dir: Path | None) -> dict[str, str]:
+    """Container ``name``'s environment as a local process of ``stack`` (a compose or Kubernetes stand-in).
+
+    Only what the file declares (nothing of this machine's REGSEARCH_* setup leaks in), the checkout's
+    ``regsearch`` first on PATH, the stored models' container path mapped to the stack's directory for
+    it, the test's database in place of the ``postgres`` one, and with ``blocker_dir`` (the API image)
+    the modules that image lacks made unimportable.
+    """
+    url = declared.get("REGSEARCH_DATABASE_URL")
+    assert url, f"{name!r} has no REGSEARCH_DATABASE_URL"
+    host = urlsplit(url).hostname
+    assert host == DATABASE_SERVICE, f"{name!r}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} service"
+    env = {key: value for key, value in base_env().items() if not key.startswith("REGSEARCH_")}
+    env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
+    env["REGSEARCH_ARTIFACT_URL"] = str(stack.workdir / "artifacts")  # stored models: a shared store, never the checkout
+    env.update(declared)
+    artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
+    if artifacts:  # the container path -> the volume's (claim's) directory here, never /artifacts of this machine
+        env["REGSEARCH_ARTIFACT_URL"] = str(stack.container_path(name, artifacts))
+    env.update(stack.extra_env)
+    env["REGSEARCH_DATABASE_URL"] = local_database_url(url, stack.database_url)
+    if blocker_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(blocker_dir), env.get("PYTHONPATH")]))
+    return env
+
+
 def is_api_image(service: Mapping[str, Any]) -> bool:
     return dockerfile_of(service).name == "api.Dockerfile"
 
@@ -265,24 +291,7 @@ class ComposeStack(LocalStack):
         if isinstance(declared, list):
             declared = dict(item.split("=", 1) for item in declared)
         declared = {key: "" if value is None else str(value) for key, value in declared.items()}
-        url = declared.get("REGSEARCH_DATABASE_URL")
-        assert url, f"service {name!r} has no REGSEARCH_DATABASE_URL"
-        host = urlsplit(url).hostname
-        assert host == DATABASE_SERVICE, f"service {name!r}: REGSEARCH_DATABASE_URL points at {host!r}, not the {DATABASE_SERVICE!r} service"
-        env = base_env()
-        # Nothing of this machine's REGSEARCH_* setup leaks in: only what the compose file declares.
-        env = {key: value for key, value in env.items() if not key.startswith("REGSEARCH_")}
-        env["PATH"] = os.pathsep.join([str(Path(REGSEARCH).parent), env.get("PATH", "")])
-        env["REGSEARCH_ARTIFACT_URL"] = str(self.workdir / "artifacts")  # stored models: a shared store, never the checkout
-        env.update(declared)
-        artifacts = local_directory_setting(declared.get("REGSEARCH_ARTIFACT_URL", ""))
-        if artifacts:  # the container path -> the volume's directory here, never /artifacts of this machine
-            env["REGSEARCH_ARTIFACT_URL"] = str(self.container_path(name, artifacts))
-        env.update(self.extra_env)
-        env["REGSEARCH_DATABASE_URL"] = local_database_url(url, self.database_url)
-        if is_api_image(service):
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._blocker_dir), env.get("PYTHONPATH")]))
-        return env
+        return local_environment(self, name, declared, blocker_dir=self._blocker_dir if is_api_image(service) else None)
 
     # --- running it -------------------------------------------------------------------------------
 
