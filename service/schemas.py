@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
 from service.confirmation import ConfirmSpec
-from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
+from service._rdb import TRIAL_STATES
+from service.features import BestModel, Margin, Reference, StudyFeatures, WarmStartSummary
 from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
@@ -49,8 +50,6 @@ UtcDateTime = Annotated[
 
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["median", "fair", "hyperband", "none"]
-#: Optuna's trial states, as the API names them (``TrialOut.state`` and the fields of ``TrialCounts``).
-TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-type]
 
 
@@ -205,12 +204,12 @@ class StudyOut(BaseModel):
     )
     best: BestSummary | None
     # -- issue 11 (study features) --
-    reference: ReferenceOut | None = Field(
+    reference: Reference | None = Field(
         None, description="The reference config this study measures (null with reference: false); note says if it was clipped."
     )
-    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (null until both ran).")
-    warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
-    model: ModelInfoOut | None = Field(
+    margin: Margin | None = Field(None, description="The best's margin over the reference config (null until both ran).")
+    warm_start: WarmStartSummary | None = Field(None, description="Trials added from warm_start_from when the study was created.")
+    model: BestModel | None = Field(
         None,
         description="The stored model of the best config's trial (GET .../best/model). The artifact store keeps the "
         "models of the configs the best can be (the confirmation's top_k, or 1, and the reference when it is confirmed).",
@@ -266,4 +265,4 @@ class BestConfigOut(BestConfig):
     trial_number: int
     best_since: UtcDateTime
     direction: Literal["maximize"] = "maximize"
-    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")
+    margin: Margin | None = Field(None, description="The best's margin over the reference config (issue 11).")

@@ -24,14 +24,14 @@ quantile holds less than one trial; Optuna itself then warns that importances "w
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
-import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from service._rdb import quiet
+from service.features._schemas import Importance
 from service.models import STAGE_ATTR, TrialStage
 
 __all__ = ["EVALUATORS", "MIN_TRIALS", "Evaluator", "Importance", "ImportanceCache", "TooFewTrials", "importance"]
@@ -51,19 +51,6 @@ class TooFewTrials(Exception):
         super().__init__(
             f"study {study!r} has {n_trials} complete trial(s); parameter importance needs at least {minimum}"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Importance:
-    """Importances (normalized to sum to 1, most important first) and the trials they rest on."""
-
-    study: str
-    evaluator: str
-    n_trials: int
-    importances: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def make_evaluator(evaluator: str, *, seed: int = 0) -> optuna.importance.BaseImportanceEvaluator:
@@ -98,8 +85,7 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials:
     if left_out:
         ranked = optuna.create_study(directions=study.directions)  # in memory: the trials without the repeats
         ranked.add_trials(trials)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet():  # fANOVA is experimental
         values = optuna.importance.get_param_importances(ranked, evaluator=instance)
     return Importance(study=study.study_name, evaluator=evaluator, n_trials=n_trials, importances=dict(values))
 

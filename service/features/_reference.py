@@ -13,13 +13,14 @@ textbook" when it is over a clipped neighbour of it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from service.features._bounds import search_bounds
+from service.features._constraints import best_feasible
+from service.features._schemas import Margin, Reference
 from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 
@@ -32,25 +33,6 @@ __all__ = [
     "margin_from_trials",
     "reference_config",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""
-
-    params: dict[str, float]
-    clipped: dict[str, tuple[float, float]]
-
-    @property
-    def note(self) -> str | None:
-        """Why the reference differs from the textbook defaults (None when it does not)."""
-        if not self.clipped:
-            return None
-        parts = [f"{name} {default:g} -> {used:g}" for name, (default, used) in self.clipped.items()]
-        return "reference clipped into the study's narrowed search bounds: " + ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": dict(self.params), "clipped": {k: list(v) for k, v in self.clipped.items()}, "note": self.note}
 
 
 def reference_config(space: Any = None) -> Reference:
@@ -67,7 +49,11 @@ def reference_config(space: Any = None) -> Reference:
         params[spec.name] = value
         if value != spec.default:
             clipped[spec.name] = (spec.default, value)
-    return Reference(params=params, clipped=clipped)
+    note = None
+    if clipped:
+        parts = [f"{name} {default:g} -> {used:g}" for name, (default, used) in clipped.items()]
+        note = "reference clipped into the study's narrowed search bounds: " + ", ".join(parts)
+    return Reference(params=params, clipped=clipped, note=note)
 
 
 def enqueue_reference(study: Any, space: Any = None) -> Reference:
@@ -83,22 +69,6 @@ def enqueue_reference(study: Any, space: Any = None) -> Reference:
 def is_reference(trial: Any) -> bool:
     """Whether ``trial`` (Trial or FrozenTrial) is the study's reference run: the worker never prunes it."""
     return trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE
-
-
-@dataclasses.dataclass(frozen=True)
-class Margin:
-    """``best - reference`` in the study's metric; ``low``/``high``: its 95% Welch interval when both have repeats."""
-
-    value: float
-    best: float
-    reference: float
-    n_best: int
-    n_reference: int
-    low: float | None = None
-    high: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def margin(best: float | Sequence[float], reference: float | Sequence[float], *, confidence: float = 0.95) -> Margin | None:
@@ -140,8 +110,6 @@ def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None =
     ``best_value``: the best's value(s) as the service records them; None: the best feasible COMPLETE
     trial the study itself ran (warm-start trials excluded).
     """
-    from service.features._constraints import best_feasible
-
     trials = list(trials)
     reference = [t.value for t in trials if is_reference(t) and t.state.name == "COMPLETE"]
     if best_value is None:

@@ -1,19 +1,23 @@
-"""Response models of the study features, for the routes' ``response_model`` and the OpenAPI schema."""
+"""The study features' result types: each one pydantic model, returned by the feature and answered by the API.
+
+(Their OpenAPI titles keep the names the API has always published: ``MarginOut``, ``ReferenceOut``, ...)"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.features._export import COLUMNS, METRIC_COLUMNS, PARAM_COLUMNS
 from trainer._recipe import TrialMetrics
 
-__all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "TrialRow", "WarmStartOut"]
+__all__ = ["BestModel", "Importance", "Margin", "Reference", "TrialRow", "WarmStartSummary"]
 
 
-class MarginOut(BaseModel):
-    """The best's margin over the reference config, in the study's metric."""
+class Margin(BaseModel):
+    """The best's margin over the reference config, in the study's metric (``best - reference``)."""
+
+    model_config = ConfigDict(title="MarginOut", frozen=True)
 
     value: float = Field(description="mean(best) - mean(reference).")
     best: float
@@ -24,28 +28,44 @@ class MarginOut(BaseModel):
     high: float | None = None
 
 
-class ReferenceOut(BaseModel):
+class Reference(BaseModel):
+    """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""
+
+    model_config = ConfigDict(title="ReferenceOut", frozen=True)
+
     params: dict[str, float]
-    clipped: dict[str, list[float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
-    note: str | None
+    clipped: dict[str, tuple[float, float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
+    note: str | None = Field(description="Why the reference differs from the textbook defaults (null when it does not).")
 
 
-class ImportanceOut(BaseModel):
+class Importance(BaseModel):
+    """Importances (normalized to sum to 1, most important first) and the trials they rest on."""
+
+    model_config = ConfigDict(title="ImportanceOut", frozen=True)
+
     study: str
     evaluator: str = Field(description="ped-anova (Optuna's default) or fanova.")
     n_trials: int = Field(description="Complete trials the importances rest on.")
     importances: dict[str, float] = Field(description="Per parameter, normalized to sum to 1, most important first.")
 
 
-class ModelInfoOut(BaseModel):
+class BestModel(BaseModel):
+    """A trial's stored model (the trial system attribute ``regsearch:model``)."""
+
+    model_config = ConfigDict(title="ModelInfoOut", frozen=True)
+
     artifact_id: str
     trial_number: int
     value: float
     size_bytes: int
-    filename: str
+    filename: str = "model.keras"
 
 
-class WarmStartOut(BaseModel):
+class WarmStartSummary(BaseModel):
+    """What ``warm_start_from`` added (the study system attribute ``regsearch:warm_start``)."""
+
+    model_config = ConfigDict(title="WarmStartOut", frozen=True)
+
     source: str
     trials: int = Field(description="Complete trials added to this study.")
     skipped_out_of_bounds: int

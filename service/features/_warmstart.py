@@ -39,11 +39,13 @@ from optuna.trial import FrozenTrial, TrialState
 from service.features._bounds import search_bounds
 from service.features._constraints import GAP_CONSTRAINT, gap_constraint
 from service.features._reference import reference_config
+from service.features._schemas import WarmStartSummary
 from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME
 
 __all__ = [
     "RECIPE_FIELDS",
+    "WARM_START_ATTR",
     "IncompatibleStudy",
     "WarmStart",
     "check_compatible",
@@ -114,22 +116,16 @@ def enqueue_configs(study: optuna.Study, configs: Sequence[Mapping[str, Any]], s
 # warm start
 
 
+#: The study system attribute recording what ``warm_start_from`` added (a :class:`WarmStartSummary`).
+WARM_START_ATTR = "regsearch:warm_start"
+
+
 @dataclasses.dataclass(frozen=True)
 class WarmStart:
-    """Trials to ``study.add_trials`` and what was left out."""
+    """Trials to ``study.add_trials``, and what was added and left out (stored as :data:`WARM_START_ATTR`)."""
 
-    source: str
     trials: list[FrozenTrial]
-    skipped_out_of_bounds: int = 0
-    skipped_no_gap: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "trials": len(self.trials),
-            "skipped_out_of_bounds": self.skipped_out_of_bounds,
-            "skipped_no_gap": self.skipped_no_gap,
-        }
+    summary: WarmStartSummary
 
 
 def _field(spec: Any, dotted: str) -> Any:
@@ -207,7 +203,8 @@ def warm_start_trials(
                 constraints=constraints,
             )
         )
-    return WarmStart(source=source_name, trials=trials, skipped_out_of_bounds=out_of_bounds, skipped_no_gap=no_gap)
+    summary = WarmStartSummary(source=source_name, trials=len(trials), skipped_out_of_bounds=out_of_bounds, skipped_no_gap=no_gap)
+    return WarmStart(trials=trials, summary=summary)
 
 
 def _check_params(trial: FrozenTrial, source_name: str) -> None:

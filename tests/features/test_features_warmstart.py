@@ -87,7 +87,7 @@ def test_warm_start_seeds_a_compatible_study_with_the_complete_trials():
     recipe = Recipe(width=0.25, epochs=1, data=DataRecipe(train_size=200))
     target_recipe = recipe.model_copy(update={"seed": 7})  # another seed: the same objective
     warm = warm_start_trials(source.trials, recipe, target_recipe, source_name="src", target_space=space())
-    assert len(warm.trials) == 6 and warm.skipped_out_of_bounds == 0
+    assert len(warm.trials) == 6 and warm.summary.skipped_out_of_bounds == 0
     target = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
     target.add_trials(warm.trials)
     assert [t.value for t in target.trials] == [t.value for t in source.trials if t.state == TrialState.COMPLETE]
@@ -104,7 +104,7 @@ def test_warm_start_keeps_only_trials_inside_narrowed_bounds_and_adapts_distribu
     narrowed = space(weight_decay=(1e-4, 1e-2))
     inside = [t for t in source.trials if t.state == TrialState.COMPLETE and t.params["weight_decay"] >= 1e-4]
     warm = warm_start_trials(source.trials, Recipe(), Recipe(), source_name="src", target_space=narrowed)
-    assert len(warm.trials) == len(inside) and warm.skipped_out_of_bounds == 6 - len(inside)
+    assert len(warm.trials) == len(inside) and warm.summary.skipped_out_of_bounds == 6 - len(inside)
     assert all(t.distributions["weight_decay"] == FloatDistribution(1e-4, 1e-2, log=True) for t in warm.trials)
 
 
@@ -113,7 +113,7 @@ def test_warm_start_with_max_gap_carries_the_constraint():
     assert [t.constraints for t in warm.trials][:3] == [{"gap": -0.1}, {"gap": pytest.approx(-0.05)}, {"gap": 0.0}]
     assert warm.trials[5].constraints["gap"] == pytest.approx(0.15)
     no_gaps = warm_start_trials(source_study(gaps=False).trials, Recipe(), Recipe(), source_name="src", target_space=space(), max_gap=0.1)
-    assert no_gaps.trials == [] and no_gaps.skipped_no_gap == 6
+    assert no_gaps.trials == [] and no_gaps.summary.skipped_no_gap == 6
 
 
 @pytest.mark.parametrize(
