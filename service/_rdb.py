@@ -13,7 +13,7 @@ depends on how Optuna stores a study lives in this module:
   :func:`artifact_path`) and the one filter of Optuna's ``ExperimentalWarning`` (:func:`quiet`);
 * the worker role's privileges on Optuna's tables (:data:`WORKER_PRIVILEGES`).
 
-``tests/test_layers.py`` fails when Optuna's table names or private attributes appear outside this module.
+``tests/service/test_service_layers.py`` fails when Optuna's table names or private attributes appear outside this module.
 """
 
 from __future__ import annotations
