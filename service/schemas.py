@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 
 from service.confirmation import ConfirmSpec
 from service._rdb import TRIAL_STATES
-from service.features import BestModel, Margin, Reference, StudyFeatures, WarmStartSummary
+from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
@@ -204,12 +204,12 @@ class StudyOut(BaseModel):
     )
     best: BestSummary | None
     # -- issue 11 (study features) --
-    reference: Reference | None = Field(
+    reference: ReferenceOut | None = Field(
         None, description="The reference config this study measures (null with reference: false); note says if it was clipped."
     )
-    margin: Margin | None = Field(None, description="The best's margin over the reference config (null until both ran).")
-    warm_start: WarmStartSummary | None = Field(None, description="Trials added from warm_start_from when the study was created.")
-    model: BestModel | None = Field(
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (null until both ran).")
+    warm_start: WarmStartOut | None = Field(None, description="Trials added from warm_start_from when the study was created.")
+    model: ModelInfoOut | None = Field(
         None,
         description="The stored model of the best config's trial (GET .../best/model). The artifact store keeps the "
         "models of the configs the best can be (the confirmation's top_k, or 1, and the reference when it is confirmed).",
@@ -265,4 +265,4 @@ class BestConfigOut(BestConfig):
     trial_number: int
     best_since: UtcDateTime
     direction: Literal["maximize"] = "maximize"
-    margin: Margin | None = Field(None, description="The best's margin over the reference config (issue 11).")
+    margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")

@@ -21,7 +21,7 @@ from service import _rdb, features
 from service._optuna import METRIC, retry_of
 from service.confirmation import Confirmation
 from service.coordination import best_record
-from service.features import BestModel, Margin, WarmStartSummary
+from service.features import ModelInfoOut, MarginOut, WarmStartOut
 from service.models import STAGE_ATTR, BestConfigRecord, SearchStudy, TrialStage, as_utc
 from service.schemas import BestConfigOut, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from service.studies import get_study
@@ -143,7 +143,7 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 # -- issue 11: what the study features add to the answers --
 
 
-def margin_out(session: Session, name: str, best: float | list[float] | None, reference: list[float] | None = None) -> Margin | None:
+def margin_out(session: Session, name: str, best: float | list[float] | None, reference: list[float] | None = None) -> MarginOut | None:
     """The best's margin over the reference: ``best`` is the best's value (or its repeats' values);
     ``reference`` the reference's values (default: its single search runs)."""
     if best is None:
@@ -153,7 +153,7 @@ def margin_out(session: Session, name: str, best: float | list[float] | None, re
     return features.margin(best, reference)
 
 
-def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> Margin | None:
+def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> MarginOut | None:
     """The recorded best's margin over the reference. With the confirmation stage (issue 10) the reference
     is confirmed like a top config: the best's runs against the reference's runs (an interval once both
     have two); otherwise the single values."""
@@ -176,8 +176,8 @@ def _features_out(session: Session, name: str, best: BestConfigRecord | None, sp
     return {
         "reference": features.reference_config(spec.search_space) if spec.reference else None,
         "margin": record_margin(session, name, best),
-        "warm_start": WarmStartSummary.model_validate(warm_start) if warm_start else None,
-        "model": BestModel.model_validate(model) if model else None,
+        "warm_start": WarmStartOut.model_validate(warm_start) if warm_start else None,
+        "model": ModelInfoOut.model_validate(model) if model else None,
     }
 
 
@@ -215,14 +215,14 @@ def export_lines(session: Session, storage: Any, name: str, output_format: str) 
 
 
 def importance_out(factory: sessionmaker[Session], storage: Any, cache: features.ImportanceCache, name: str,
-                   evaluator: str) -> features.Importance:
+                   evaluator: str) -> features.ImportanceOut:
     """Each parameter's importance (blocking: call off the event loop); ``TooFewTrials`` below the minimum."""
     with factory() as session:
         get_study(session, name)
     return cache.get(optuna.load_study(study_name=name, storage=storage), evaluator)
 
 
-def best_model_file(session: Session, storage: Any, store: Any, name: str, directory: str) -> tuple[Any, features.BestModel, dict[str, int]]:
+def best_model_file(session: Session, storage: Any, store: Any, name: str, directory: str) -> tuple[Any, features.ModelInfoOut, dict[str, int]]:
     """Download the model of the study's best config into ``directory``: ``(path, record, disk usage)``;
     ``NoBestModel`` if none is stored."""
     row = get_study(session, name)

@@ -12,7 +12,7 @@
 Keras-free at import (the artifact module imports the trainer's Keras code only when saving).
 """
 
-from service.features._schemas import BestModel  # noqa: I001 - the result types first
+from service.features._schemas import ModelInfoOut  # noqa: I001 - the result types first
 from service.features._artifacts import (
     MODEL_ATTR,
     MODEL_FILENAME,
@@ -43,7 +43,7 @@ from service.features._reference import (
     margin_from_trials,
     reference_config,
 )
-from service.features._schemas import EXPORT_COLUMNS_TEXT, Importance, Margin, Reference, TrialRow, WarmStartSummary
+from service.features._schemas import EXPORT_COLUMNS_TEXT, ImportanceOut, MarginOut, ReferenceOut, TrialRow, WarmStartOut
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     RECIPE_FIELDS,
@@ -67,16 +67,16 @@ __all__ = [
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
     "PARAM_COLUMNS",
-    "BestModel",
-    "Importance",
+    "ModelInfoOut",
+    "ImportanceOut",
     "ImportanceCache",
     "IncompatibleStudy",
-    "Margin",
+    "MarginOut",
     "NoBestModel",
-    "Reference",
+    "ReferenceOut",
     "TooFewTrials",
     "WarmStart",
-    "WarmStartSummary",
+    "WarmStartOut",
     "WARM_START_ATTR",
     "best_feasible",
     "check_compatible",

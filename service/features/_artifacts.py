@@ -37,12 +37,12 @@ from optuna.trial import FrozenTrial, TrialState
 from service._rdb import ARTIFACTS_ATTR_PREFIX, artifact_path, storage_of, study_id, trial_id
 from service.confirmation import ConfirmSpec, top_configs
 from service.features._reference import is_reference
-from service.features._schemas import BestModel
+from service.features._schemas import ModelInfoOut
 
 __all__ = [
     "MODEL_ATTR",
     "MODEL_FILENAME",
-    "BestModel",
+    "ModelInfoOut",
     "NoBestModel",
     "PrefixedArtifactStore",
     "disk_usage",
@@ -54,10 +54,10 @@ __all__ = [
     "store_model",
 ]
 
-#: The trial system attribute naming the trial's stored model (a :class:`BestModel` as a dict).
+#: The trial system attribute naming the trial's stored model (a :class:`ModelInfoOut` as a dict).
 MODEL_ATTR = "regsearch:model"
 #: The uploaded file's name (what the dashboard shows and ``Content-Disposition`` suggests).
-MODEL_FILENAME = BestModel.model_fields["filename"].default
+MODEL_FILENAME = "model.keras"
 
 
 class NoBestModel(LookupError):
@@ -102,7 +102,7 @@ def make_artifact_store(url: str | os.PathLike | None, *, default_dir: str | os.
     raise ValueError(f"artifact URL {text!r}: expected s3://bucket/prefix, file:///path or a directory")
 
 
-def model_of(study: optuna.Study, trial_number: int) -> BestModel | None:
+def model_of(study: optuna.Study, trial_number: int) -> ModelInfoOut | None:
     """The model stored for the study's trial ``trial_number``, or None."""
     storage = storage_of(study)
     try:
@@ -110,7 +110,7 @@ def model_of(study: optuna.Study, trial_number: int) -> BestModel | None:
     except KeyError:
         return None
     record = storage.get_trial_system_attrs(key).get(MODEL_ATTR)
-    return BestModel.model_validate(record) if record else None
+    return ModelInfoOut.model_validate(record) if record else None
 
 
 def _model_artifacts(study: optuna.Study) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -150,7 +150,7 @@ def kept_models(trials: list[FrozenTrial], confirm: ConfirmSpec | None = None) -
 
 def store_model(
     study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, confirm: ConfirmSpec | None = None
-) -> BestModel | None:
+) -> ModelInfoOut | None:
     """If the trial ranks among the configs whose models are kept, upload its model; then remove the files
     of finished trials that no longer rank.
 
@@ -174,7 +174,8 @@ def store_model(
         path = save_keras_model(model_or_result, Path(directory) / MODEL_FILENAME)
         size = path.stat().st_size
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, storage=storage)
-    record = BestModel(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size)
+    record = ModelInfoOut(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size,
+                          filename=MODEL_FILENAME)
     storage.set_trial_system_attr(trial_id(trial), MODEL_ATTR, record.model_dump())
     # Every stored model ranked by its value, this one's and those of trials still running included (their
     # records carry their values), so that a displaced config loses its file now; and this trial's own
@@ -194,7 +195,7 @@ def store_model(
     return record if trial.number in kept else None
 
 
-def download_model(study: optuna.Study, store: Any, trial_number: int, file_path: str | os.PathLike) -> BestModel:
+def download_model(study: optuna.Study, store: Any, trial_number: int, file_path: str | os.PathLike) -> ModelInfoOut:
     """Write the model of trial ``trial_number`` (the best config's) to ``file_path`` (which must not exist);
     ``NoBestModel`` if none is stored."""
     record = model_of(study, trial_number)

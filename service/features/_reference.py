@@ -20,13 +20,13 @@ from typing import Any
 
 from service.features._bounds import search_bounds
 from service.features._constraints import best_feasible
-from service.features._schemas import Margin, Reference
+from service.features._schemas import MarginOut, ReferenceOut
 from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 
 __all__ = [
-    "Margin",
-    "Reference",
+    "MarginOut",
+    "ReferenceOut",
     "enqueue_reference",
     "is_reference",
     "margin",
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def reference_config(space: Any = None) -> Reference:
+def reference_config(space: Any = None) -> ReferenceOut:
     """The seed's defaults (``ParamSpec.default``), each clipped into the study's ``[low, high]``.
 
     ``space``: the study's search space in any shape :func:`search_bounds` reads (None: defaults).
@@ -53,10 +53,10 @@ def reference_config(space: Any = None) -> Reference:
     if clipped:
         parts = [f"{name} {default:g} -> {used:g}" for name, (default, used) in clipped.items()]
         note = "reference clipped into the study's narrowed search bounds: " + ", ".join(parts)
-    return Reference(params=params, clipped=clipped, note=note)
+    return ReferenceOut(params=params, clipped=clipped, note=note)
 
 
-def enqueue_reference(study: Any, space: Any = None) -> Reference:
+def enqueue_reference(study: Any, space: Any = None) -> ReferenceOut:
     """Enqueue the reference as the study's next waiting trial (call once, right after creating the study)."""
     reference = reference_config(space)
     user_attrs: dict[str, Any] = {STAGE_ATTR: TrialStage.REFERENCE}
@@ -71,7 +71,7 @@ def is_reference(trial: Any) -> bool:
     return trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE
 
 
-def margin(best: float | Sequence[float], reference: float | Sequence[float], *, confidence: float = 0.95) -> Margin | None:
+def margin(best: float | Sequence[float], reference: float | Sequence[float], *, confidence: float = 0.95) -> MarginOut | None:
     """The best's margin over the reference: mean(best) - mean(reference).
 
     Each side is one value or the values of its repeats (issue 10's confirmation stage). With two or
@@ -93,7 +93,7 @@ def margin(best: float | Sequence[float], reference: float | Sequence[float], *,
             low, high = float(interval.low), float(interval.high)
         else:
             low = high = best_mean - reference_mean
-    return Margin(
+    return MarginOut(
         value=best_mean - reference_mean,
         best=best_mean,
         reference=reference_mean,
@@ -104,7 +104,7 @@ def margin(best: float | Sequence[float], reference: float | Sequence[float], *,
     )
 
 
-def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None = None, *, maximize: bool = True) -> Margin | None:
+def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None = None, *, maximize: bool = True) -> MarginOut | None:
     """The margin from a study's trials: reference = its COMPLETE ``stage="reference"`` trials' values.
 
     ``best_value``: the best's value(s) as the service records them; None: the best feasible COMPLETE

@@ -1,6 +1,5 @@
-"""The study features' result types: each one pydantic model, returned by the feature and answered by the API.
-
-(Their OpenAPI titles keep the names the API has always published: ``MarginOut``, ``ReferenceOut``, ...)"""
+"""The study features' result types: each one pydantic model, returned by the feature and answered by the API
+as is (named as the API publishes them)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from service.features._export import COLUMNS, METRIC_COLUMNS, PARAM_COLUMNS
 from trainer._recipe import TrialMetrics
 
-__all__ = ["BestModel", "Importance", "Margin", "Reference", "TrialRow", "WarmStartSummary"]
+__all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "TrialRow", "WarmStartOut"]
 
 
-class Margin(BaseModel):
+class MarginOut(BaseModel):
     """The best's margin over the reference config, in the study's metric (``best - reference``)."""
 
-    model_config = ConfigDict(title="MarginOut", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     value: float = Field(description="mean(best) - mean(reference).")
     best: float
@@ -28,20 +27,20 @@ class Margin(BaseModel):
     high: float | None = None
 
 
-class Reference(BaseModel):
+class ReferenceOut(BaseModel):
     """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""
 
-    model_config = ConfigDict(title="ReferenceOut", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     params: dict[str, float]
     clipped: dict[str, tuple[float, float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
     note: str | None = Field(description="Why the reference differs from the textbook defaults (null when it does not).")
 
 
-class Importance(BaseModel):
+class ImportanceOut(BaseModel):
     """Importances (normalized to sum to 1, most important first) and the trials they rest on."""
 
-    model_config = ConfigDict(title="ImportanceOut", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     study: str
     evaluator: str = Field(description="ped-anova (Optuna's default) or fanova.")
@@ -49,22 +48,22 @@ class Importance(BaseModel):
     importances: dict[str, float] = Field(description="Per parameter, normalized to sum to 1, most important first.")
 
 
-class BestModel(BaseModel):
+class ModelInfoOut(BaseModel):
     """A trial's stored model (the trial system attribute ``regsearch:model``)."""
 
-    model_config = ConfigDict(title="ModelInfoOut", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     artifact_id: str
     trial_number: int
     value: float
     size_bytes: int
-    filename: str = "model.keras"
+    filename: str
 
 
-class WarmStartSummary(BaseModel):
+class WarmStartOut(BaseModel):
     """What ``warm_start_from`` added (the study system attribute ``regsearch:warm_start``)."""
 
-    model_config = ConfigDict(title="WarmStartOut", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     source: str
     trials: int = Field(description="Complete trials added to this study.")

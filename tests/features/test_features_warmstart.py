@@ -17,7 +17,7 @@ from service.features import (
     warm_start_trials,
 )
 from service.models import STAGE_ATTR
-from trainer import SEARCH_SPACE
+from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME
 from trainer._recipe import DataRecipe, Recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -130,6 +130,15 @@ def test_warm_start_with_max_gap_carries_the_constraint():
 def test_warm_start_from_another_recipe_is_refused_naming_the_field(change, field):
     with pytest.raises(IncompatibleStudy, match=rf"study 'src' trained under another recipe \({field} "):
         warm_start_trials(source_study().trials, Recipe(), Recipe(**change), source_name="src", target_space=space())
+
+
+def test_warm_start_from_a_study_without_a_newer_knob_carries_its_trials_at_the_knobs_default():
+    source = optuna.create_study(direction="maximize")
+    old = {"weight_decay": 1e-3, "l1_ratio": 0.5, "dropout_conv": 0.4}  # searched before dropout_dense existed
+    searched = {name: distribution for name, distribution in distributions(space()).items() if name in old}
+    source.add_trial(optuna.trial.create_trial(params=old, distributions=searched, value=0.5))
+    warm = warm_start_trials(source.trials, Recipe(), Recipe(), source_name="src", target_space=space())
+    assert [trial.params for trial in warm.trials] == [{**old, "dropout_dense": SEARCH_SPACE_BY_NAME["dropout_dense"].default}]
 
 
 def test_warm_start_from_another_search_space_is_refused():

@@ -22,7 +22,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.features import EXPORT_COLUMNS_TEXT, Importance, TrialRow
+from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -98,7 +98,7 @@ def list_trials(
 # -- issue 11: importance and the best trial's model --
 @router.get(
     "/{name}/importance",
-    response_model=Importance,
+    response_model=ImportanceOut,
     summary="Each parameter's importance (PED-ANOVA, or fANOVA), cached per trial count",
     responses={409: {"description": f"Fewer than {features.MIN_TRIALS} complete trials to rest on."}},
 )
@@ -111,7 +111,7 @@ async def get_importance(
         Literal[features.EVALUATORS],  # type: ignore[valid-type]
         Query(description="ped-anova (Optuna's default evaluator) or fanova."),
     ] = "ped-anova",
-) -> Importance:
+) -> ImportanceOut:
     try:
         return await run_in_threadpool(views.importance_out, factory, storage, cache, name, evaluator)
     except features.TooFewTrials as error:
