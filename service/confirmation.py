@@ -51,7 +51,7 @@ from scipy import stats
 from service.models import STAGE_ATTR, TrialStage
 from service.trials import is_feasible, is_search_trial
 from trainer import Integer  # an int that refuses booleans, as every integer of the spec
-from trainer._best import ParamRange  # the best-config file's robust range: one type for both
+from trainer._best import ParamRange, RunStats, TiedConfig, Uncertainty  # the one uncertainty model (trainer owns it)
 
 __all__ = [
     "ALPHA",
@@ -69,6 +69,7 @@ __all__ = [
     "ParamRange",
     "RunStats",
     "Tie",
+    "Uncertainty",
     "confirmation_plan",
     "is_confirmation",
     "mean_interval",
@@ -272,17 +273,6 @@ def missing_items(plan: Sequence[ConfirmationTrial], trials: Iterable[optuna.tri
 # --------------------------------------------------------------------------------------------------
 
 
-class RunStats(BaseModel):
-    """Mean, sample standard deviation and Student-t confidence interval of a few runs."""
-
-    mean: float
-    std: float | None = Field(description="Sample standard deviation (ddof=1); null with one run.")
-    n: int
-    ci_low: float | None = Field(description="Lower end of the confidence interval (Student t, n - 1 df); null with one run.")
-    ci_high: float | None
-    confidence: float = CONFIDENCE
-
-
 def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> RunStats:
     """Mean, std (ddof=1) and the two-sided Student-t interval ``mean +- t(1-(1-c)/2, n-1) * std/sqrt(n)``."""
     data = np.asarray([float(value) for value in values], dtype=np.float64)
@@ -354,13 +344,10 @@ class ConfigResult(RunStats):
     values: dict[int, float] = Field(description="Validation value per repeat; 0 is the search trial.")
 
 
-class Tie(BaseModel):
-    """A config whose paired difference from the best is not significant."""
+class Tie(TiedConfig):
+    """A config whose paired difference from the best is not significant: the best config's
+    :class:`~trainer._best.TiedConfig` plus the whole test (``p_value`` is the test's)."""
 
-    trial_number: int
-    params: dict[str, float]
-    mean: float
-    n: int
     test: PairedTest
 
 
@@ -378,16 +365,19 @@ class Confirmation(BaseModel):
     test: str = TEST_DESCRIPTION
     alpha: float = ALPHA
 
-    def best_fields(self) -> dict[str, Any]:
-        """The uncertainty fields of the best-config JSON (:class:`trainer.BestConfig`): the best's
-        :class:`RunStats`, ``confirmed``, its ties, the robust ranges and the test."""
-        return {
-            "confirmed": self.confirmed,
-            **self.best.model_dump(include=set(RunStats.model_fields) | {"first_value"}),
-            "ties": [tie.model_dump() for tie in self.ties],
-            "robust_ranges": self.robust_ranges,
-            "test": self.test,
-        }
+    def uncertainty(self) -> Uncertainty:
+        """The best's :class:`~trainer._best.Uncertainty` (what the stored best config, ``GET .../best``,
+        the export and the provenance carry): its :class:`RunStats`, ``confirmed``, its ties, the robust
+        ranges and the test."""
+        return Uncertainty.model_validate(
+            {
+                **self.best.model_dump(include=set(Uncertainty.model_fields)),
+                "confirmed": self.confirmed,
+                "ties": [tie.model_dump() for tie in self.ties],
+                "robust_ranges": self.robust_ranges,
+                "test": self.test,
+            }
+        )
 
 
 def _runs(trials: Sequence[optuna.trial.FrozenTrial], candidates: list[optuna.trial.FrozenTrial]) -> dict[int, dict[int, float]]:

@@ -17,7 +17,7 @@ from service.confirmation import ConfirmSpec
 from service._rdb import TRIAL_STATES
 from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
-from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
+from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, Uncertainty, validate_bounds
 
 __all__ = [
     "Bounds",
@@ -180,16 +180,27 @@ class TrialCounts(BaseModel):
     )
 
 
-class BestSummary(BaseModel):
+class _BestSummaryBase(BaseModel):
     value: float = Field(description="Mean over the config's runs (its single value while it has one).")
     metric: str = "val_accuracy"
     trial_number: int
     params: dict[str, float]
     best_since: UtcDateTime
-    n: int | None = Field(None, description="Runs behind value (search trial plus confirmation repeats).")
-    ci_low: float | None = Field(None, description="95% confidence interval of the mean (null with one run).")
-    ci_high: float | None = None
-    confirmed: bool | None = Field(None, description="False for the current leader until confirmation has finished.")
+
+
+#: The fields of :class:`trainer.Uncertainty` the study block's ``best`` publishes (the whole of it is in GET .../best).
+BEST_SUMMARY_UNCERTAINTY = ("n", "ci_low", "ci_high", "confirmed")
+
+BestSummary = create_model(
+    "BestSummary",
+    __base__=_BestSummaryBase,
+    __module__=__name__,
+    **{name: (Uncertainty.model_fields[name].annotation, Uncertainty.model_fields[name]) for name in BEST_SUMMARY_UNCERTAINTY},
+)
+BestSummary.__doc__ = (
+    "The study's best in a study block: its value and params, plus the run count, interval and confirmation of "
+    "its :class:`trainer.Uncertainty` (the one uncertainty model; GET .../best serves the whole of it)."
+)
 
 
 class StudyOut(BaseModel):

@@ -23,7 +23,7 @@ from service.confirmation import Confirmation
 from service.coordination import best_record
 from service.features import ModelInfoOut, MarginOut, WarmStartOut
 from service.models import STAGE_ATTR, BestConfigRecord, SearchStudy, TrialStage, as_utc
-from service.schemas import BestConfigOut, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
+from service.schemas import BEST_SUMMARY_UNCERTAINTY, BestConfigOut, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from service.studies import get_study
 from trainer import TrialMetrics
 
@@ -79,11 +79,10 @@ def _uncertainty(record: BestConfigRecord) -> Confirmation | None:
 
 def _best_summary(record: BestConfigRecord) -> BestSummary:
     summary = _uncertainty(record)
-    best = summary.best if summary is not None else None
+    uncertainty = summary.uncertainty().model_dump(include=set(BEST_SUMMARY_UNCERTAINTY)) if summary is not None else {}
     return BestSummary(
         value=record.value, trial_number=record.trial_number, params=record.params, best_since=as_utc(record.created_at),
-        n=best and best.n, ci_low=best and best.ci_low, ci_high=best and best.ci_high,
-        confirmed=summary and summary.confirmed,
+        **uncertainty,
     )
 
 
@@ -191,7 +190,7 @@ def best_config(session: Session, row: SearchStudy) -> BestConfigOut | None:
     summary = _uncertainty(record)
     return BestConfigOut(
         **spec.recipe().model_dump(),
-        **(summary.best_fields() if summary is not None else {}),
+        **(summary.uncertainty().model_dump() if summary is not None else {}),
         params=record.params,
         study=row.name,
         trial_number=record.trial_number,

@@ -13,7 +13,7 @@ import importlib
 from typing import Any
 
 from trainer._architecture import ARCHITECTURES, MODELS
-from trainer._best import BestConfig
+from trainer._best import BestConfig, Uncertainty
 from trainer._recipe import DataRecipe, Integer, Number, Recipe, TrialMetrics
 from trainer._settings import TrainSettings
 from trainer._space import (
@@ -63,6 +63,7 @@ __all__ = [
     "SEARCH_SPACE",
     "SEARCH_SPACE_BY_NAME",
     "BestConfig",
+    "Uncertainty",
     "ParamSpec",
     "RegularizationConfig",
     "rescale_for_train_size",

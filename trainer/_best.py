@@ -18,7 +18,7 @@ from trainer._architecture import MODELS
 from trainer._recipe import Recipe
 from trainer._space import RegularizationConfig
 
-__all__ = ["BestConfig", "ParamRange", "TiedConfig", "describe"]
+__all__ = ["BestConfig", "ParamRange", "RunStats", "TiedConfig", "Uncertainty", "describe"]
 
 
 class ParamRange(BaseModel):
@@ -44,13 +44,86 @@ class TiedConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _flatten_test(cls, values: Any) -> Any:
-        """The service's summary nests the p-value in ``test``."""
-        if isinstance(values, Mapping) and "p_value" not in values and isinstance(values.get("test"), Mapping):
-            return {**values, "p_value": values["test"].get("p_value")}
+        """The confirmation stage's tie (``service.confirmation.Tie``) nests the p-value in ``test``."""
+        if isinstance(values, Mapping) and "p_value" not in values and values.get("test") is not None:
+            test = values["test"]
+            return {**values, "p_value": test.get("p_value") if isinstance(test, Mapping) else getattr(test, "p_value", None)}
         return values
 
 
-class BestConfig(Recipe):
+class RunStats(BaseModel):
+    """Mean, sample standard deviation and Student-t interval of a config's runs (search trial plus repeats).
+
+    Declared once here (the trainer owns the best-config file): the confirmation stage computes it for
+    every candidate (``service.confirmation.ConfigResult``), :class:`Uncertainty` carries the best's,
+    and the API's best block (``service.schemas.BestSummary``) publishes a subset. A field is None in
+    best-config files written before the confirmation stage (issue 10), so all of them are optional;
+    the confirmation stage always sets ``mean`` and ``n``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    mean: float | None = Field(None, description="Mean of the metric over the config's runs (search trial plus repeats).")
+    std: float | None = Field(None, description="Sample standard deviation of those runs (ddof=1; null with one run).")
+    n: int | None = Field(None, ge=1, description="Number of runs (search trial plus confirmation repeats).")
+    ci_low: float | None = Field(
+        None, description="Lower end of the confidence interval of the mean (Student t, n - 1 df; null with one run)."
+    )
+    ci_high: float | None = Field(None, description="Upper end of that interval (null with one run).")
+    confidence: float | None = Field(None, description="Level of that interval (0.95).")
+
+
+class Uncertainty(RunStats):
+    """How sure a study is of its best: the one uncertainty model.
+
+    The confirmation stage produces it (``service.confirmation.Confirmation.uncertainty()``); the stored
+    best config and the API's ``GET .../best`` inherit it (:class:`BestConfig`, flat in their JSON), the
+    API's study block publishes a subset of its fields, the export (:func:`trainer.keras_settings`'s
+    ``uncertainty``) and the retrain's provenance read it. Every field is optional: files written before
+    issue 10 have none of them.
+    """
+
+    confirmed: bool | None = Field(
+        None, description="True once every repeat of the confirmation stage finished; false for the current leader "
+        "while it runs (or with confirmation off)."
+    )
+    first_value: float | None = Field(None, description="The single-run value the config was first picked on.")
+    ties: list[TiedConfig] = Field(
+        default_factory=list, description="Configs whose paired difference from the best is not significant (see test)."
+    )
+    robust_ranges: dict[str, ParamRange] = Field(
+        default_factory=dict, description="Per parameter, the interval spanned by the best and its ties: as good, within noise."
+    )
+    test: str | None = Field(None, description="The test that decided the ties, and why it suits n = 3.")
+
+    def uncertainty(self) -> "Uncertainty | None":
+        """These fields alone (an :class:`Uncertainty`, whatever subclass self is), or None for a file without them."""
+        if self.mean is None or self.n is None:
+            return None
+        return Uncertainty.model_validate(self.model_dump(include=set(Uncertainty.model_fields)))
+
+    def uncertainty_lines(self, metric: str = "val_accuracy") -> list[str]:
+        """How sure the study is of this best, in a few lines of text (comments, CLI output); none for old files."""
+        if self.mean is None or self.n is None:
+            return []
+        status = "confirmed" if self.confirmed else "unconfirmed (confirmation still running or off)"
+        line = f"{metric} mean {self.mean:.4f} over {self.n} run(s)"
+        if self.ci_low is not None and self.ci_high is not None:
+            line += f", {100 * (self.confidence or 0.95):.0f}% CI [{self.ci_low:.4f}, {self.ci_high:.4f}], std {self.std:.4f}"
+        if self.first_value is not None:
+            line += f"; first picked on {self.first_value:.4f}"
+        lines = [f"{line}; {status}"]
+        if self.ties:
+            lines.append("tied with trial(s) " + ", ".join(f"{tie.trial_number} (mean {tie.mean:.4f})" for tie in self.ties))
+        else:
+            lines.append("no tie: every other candidate is significantly worse")
+        for name, span in self.robust_ranges.items():
+            if span.low != span.high:
+                lines.append(f"robust range {name}: {span.low:.4g} to {span.high:.4g}")
+        return lines
+
+
+class BestConfig(Uncertainty, Recipe):
     """How the study trained (its :class:`Recipe`: model, width, epochs, batch size, learning rate, data,
     seed) and the best regularization it found (``params`` in JSON).
 
@@ -69,26 +142,6 @@ class BestConfig(Recipe):
     value: float | None = Field(None, description="The best config's objective: the mean over its runs (one run: its value).")
     metric: str = "val_accuracy"
     train_size: int | None = Field(None, ge=1, description="Images the trials trained on (after the validation split).")
-    # How sure the study is of this best (issue 10); absent from files written before it: optional.
-    confirmed: bool | None = Field(
-        None, description="True once every repeat of the confirmation stage finished; false for the current leader "
-        "while it runs (or with confirmation off)."
-    )
-    mean: float | None = Field(None, description="Mean of the metric over the config's runs (search trial plus repeats).")
-    std: float | None = Field(None, description="Sample standard deviation of those runs (null with one run).")
-    n: int | None = Field(None, ge=1, description="Number of runs.")
-    ci_low: float | None = Field(None, description="Lower end of the confidence interval of the mean (Student t).")
-    ci_high: float | None = None
-    confidence: float | None = Field(None, description="Level of that interval (0.95).")
-    first_value: float | None = Field(None, description="The single-run value the config was first picked on.")
-    ties: list[TiedConfig] = Field(
-        default_factory=list, description="Configs whose paired difference from the best is not significant (see test)."
-    )
-    robust_ranges: dict[str, ParamRange] = Field(
-        default_factory=dict, description="Per parameter, the interval spanned by the best and its ties: as good, within noise."
-    )
-    test: str | None = Field(None, description="The test that decided the ties, and why it suits n = 3.")
-
     @computed_field  # type: ignore[prop-decorator]
     @property
     def keras(self) -> dict[str, float]:
@@ -127,25 +180,9 @@ class BestConfig(Recipe):
             _check_keras_values(keras_values, values.get("params", values.get("regularization")))
         return values
 
-    def uncertainty_lines(self) -> list[str]:
-        """How sure the study is of this best, in a few lines of text (comments, CLI output); none for old files."""
-        if self.mean is None or self.n is None:
-            return []
-        status = "confirmed" if self.confirmed else "unconfirmed (confirmation still running or off)"
-        line = f"{self.metric} mean {self.mean:.4f} over {self.n} run(s)"
-        if self.ci_low is not None and self.ci_high is not None:
-            line += f", {100 * (self.confidence or 0.95):.0f}% CI [{self.ci_low:.4f}, {self.ci_high:.4f}], std {self.std:.4f}"
-        if self.first_value is not None:
-            line += f"; first picked on {self.first_value:.4f}"
-        lines = [f"{line}; {status}"]
-        if self.ties:
-            lines.append("tied with trial(s) " + ", ".join(f"{tie.trial_number} (mean {tie.mean:.4f})" for tie in self.ties))
-        else:
-            lines.append("no tie: every other candidate is significantly worse")
-        for name, span in self.robust_ranges.items():
-            if span.low != span.high:
-                lines.append(f"robust range {name}: {span.low:.4g} to {span.high:.4g}")
-        return lines
+    def uncertainty_lines(self, metric: str | None = None) -> list[str]:
+        """:meth:`Uncertainty.uncertainty_lines` in this config's metric."""
+        return super().uncertainty_lines(metric or self.metric)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the keys of the service's ``best`` endpoint, less ``best_since`` and ``direction``)."""

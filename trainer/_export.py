@@ -119,11 +119,9 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
 
 
 def _uncertainty(best: BestConfig) -> dict[str, Any] | None:
-    """How sure the study is of this best (mean, interval, ties, robust ranges), or None for old files."""
-    if best.mean is None:
-        return None
-    fields = ("confirmed", "mean", "std", "n", "ci_low", "ci_high", "confidence", "first_value", "ties", "robust_ranges", "test")
-    return best.model_dump(mode="json", include=set(fields))
+    """How sure the study is of this best (its :class:`~trainer._best.Uncertainty`), or None for old files."""
+    uncertainty = best.uncertainty()
+    return None if uncertainty is None else uncertainty.model_dump(mode="json")
 
 
 _TRAIN_SIZE_RULE = (

@@ -213,9 +213,9 @@ def _provenance(
         "study": best.study,
         "trial_number": best.trial_number,
         "study_objective": {
-            "metric": best.metric, "value": best.value, "n": best.n, "ci_low": best.ci_low, "ci_high": best.ci_high,
-            "confirmed": best.confirmed, "ties": [tie.trial_number for tie in best.ties],
-            "robust_ranges": {name: span.model_dump() for name, span in best.robust_ranges.items()},
+            "metric": best.metric, "value": best.value,
+            **best.model_dump(mode="json", include={"n", "ci_low", "ci_high", "confirmed", "robust_ranges"}),
+            "ties": [tie.trial_number for tie in best.ties],
         },
         "model": best.model,
         "width": best.width,
