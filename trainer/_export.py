@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from trainer._architecture import ARCHITECTURES, LayerSpec
 from trainer._best import BestConfig
-from trainer._space import PENALTY_KNOBS, RATE_KNOBS, SEARCH_SPACE_BY_NAME, RegularizationConfig, where
+from trainer._space import PENALTY_KNOBS, RATE_KNOBS, SEARCH_SPACE_BY_NAME, RegularizationConfig, rate_knob_after, where
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -37,6 +37,7 @@ __all__ = [
     "apply_regularization",
     "best_from_dict",
     "dropout_parameter",
+    "feeding_kind",
     "keras_settings",
     "load_best",
     "python_snippet",
@@ -387,14 +388,20 @@ def _feeding_layers(layer: Any) -> list[Any]:
 
 
 def dropout_parameter(dropout: Any) -> str:
-    """``"dropout_conv"`` or ``"dropout_dense"``: which rate a Dropout layer of a built model takes.
+    """The rate knob a Dropout layer of a built model takes (``"dropout_conv"`` or ``"dropout_dense"`` with
+    regsearch's table): :func:`trainer._space.rate_knob_after` of the kind of layer that feeds it
+    (:func:`feeding_kind`), so a rate knob's ``Effect.after`` in the table decides, not this module."""
+    return rate_knob_after(feeding_kind(dropout))
+
+
+def feeding_kind(dropout: Any) -> str:
+    """What feeds a Dropout layer of a built model, as one of :data:`trainer._space.FEEDING_KINDS`.
 
     Decided by the layer that feeds it, looking back through layers that only transform values
-    (activations, normalization, other dropouts, reshapes of the same kind): a Conv or (non-global)
-    pooling layer means the Dropout closes a conv block -> ``dropout_conv``; a Dense layer, Flatten or
-    global pooling means it sits in the classifier head -> ``dropout_dense``. When the look-back ends
-    elsewhere (the model input, a merge such as Add/Concatenate), the rank of the Dropout's input
-    decides: a feature map (batch + 2 or more axes) -> ``dropout_conv``, a flat vector -> ``dropout_dense``.
+    (activations, normalization, other dropouts, reshapes of the same kind): ``dense`` (Dense,
+    EinsumDense), ``flatten``, ``global_pooling``, ``conv`` (any other layer with a kernel) or ``pooling``
+    (non-global). When the look-back ends elsewhere (the model input, a merge such as Add/Concatenate), the
+    rank of the Dropout's input decides: ``feature_map`` (batch + 2 or more axes) or ``vector``.
     """
     import keras
 
@@ -413,15 +420,21 @@ def dropout_parameter(dropout: Any) -> str:
         if len(feeders) != 1:
             break
         layer = feeders[0]
-        if isinstance(layer, (layers.Dense, layers.EinsumDense, layers.Flatten) + global_pooling):
-            return "dropout_dense"
-        if _kernel_regularizer_keys(layer) or isinstance(layer, pooling):
-            return "dropout_conv"
+        if isinstance(layer, (layers.Dense, layers.EinsumDense)):
+            return "dense"
+        if isinstance(layer, layers.Flatten):
+            return "flatten"
+        if isinstance(layer, global_pooling):
+            return "global_pooling"
+        if _kernel_regularizer_keys(layer):
+            return "conv"
+        if isinstance(layer, pooling):
+            return "pooling"
         if isinstance(layer, layers.InputLayer) or isinstance(layer, keras.Model):
             break
     nodes = getattr(dropout, "_inbound_nodes", None) or []
     shape = nodes[0].input_tensors[0].shape if nodes and nodes[0].input_tensors else None
-    return "dropout_conv" if shape is not None and len(shape) > 2 else "dropout_dense"
+    return "feature_map" if shape is not None and len(shape) > 2 else "vector"
 
 
 def _all_layers(model: Any) -> list[Any]:
@@ -443,8 +456,9 @@ def apply_regularization(model: "keras.Model", config: RegularizationConfig | Be
       depthwise kernel of DepthwiseConv) and Dense/EinsumDense kernel gets
       ``keras.regularizers.L1L2(l1=config.l1, l2=config.l2)``, replacing any kernel regularizer it had
       (bias and activity regularizers are left alone).
-    * Every ``keras.layers.Dropout`` (SpatialDropout included) gets ``dropout_conv`` or
-      ``dropout_dense`` by the rule of :func:`dropout_parameter`: after a conv/pooling block ->
+    * Every ``keras.layers.Dropout`` (SpatialDropout included) gets the rate of the knob the table says
+      acts after the layer that feeds it (:func:`dropout_parameter`; ``Effect.after`` in
+      :data:`trainer.SEARCH_SPACE`): with regsearch's knobs, after a conv/pooling block ->
       ``dropout_conv``; after a Dense layer, Flatten or global pooling -> ``dropout_dense``. No Dropout
       layer is added: a model without one gets a warning.
 
@@ -479,9 +493,9 @@ def apply_regularization(model: "keras.Model", config: RegularizationConfig | Be
         raise ValueError(
             f"model {model.name!r} has no Conv or Dense layer to regularize (it has: {', '.join(kinds)})"
         )
-    rates = {"dropout_conv": config.dropout_conv, "dropout_dense": config.dropout_dense}
+    rates = {knob: getattr(config, knob) for knob in RATE_KNOBS}
     dropout_rates = {id(layer): rates[dropout_parameter(layer)] for layer in layers if isinstance(layer, keras.layers.Dropout)}
-    if not dropout_rates and (config.dropout_conv or config.dropout_dense):
+    if not dropout_rates and any(rates.values()):
         warnings.warn(
             f"model {model.name!r} has no Dropout layer; only the L1L2 regularizer was applied "
             "(apply_regularization sets the rates of existing Dropout layers, it does not add any)",

@@ -47,6 +47,7 @@ from trainer._architecture import ARCHITECTURES, MODELS
 
 __all__ = [
     "MODELS",
+    "FEEDING_KINDS",
     "PENALTY_KNOBS",
     "RATE_KNOBS",
     "Effect",
@@ -54,6 +55,7 @@ __all__ = [
     "SEARCH_SPACE",
     "SEARCH_SPACE_BY_NAME",
     "RegularizationConfig",
+    "rate_knob_after",
     "rescale_for_train_size",
     "validate_bounds",
 ]
@@ -68,10 +70,15 @@ class Effect:
     two penalty knobs (``l1 = weight_decay * l1_ratio``, ``l2 = weight_decay * (1 - l1_ratio)``);
     ``rate``: the rate of every Dropout layer the architecture tags with the knob's name, ``where`` saying
     where those sit (an architecture may say it more precisely: ``Architecture.where``).
+
+    ``after`` (rate knobs): in a model regsearch did not build (:func:`trainer.apply_regularization`), the
+    kinds of layer (:data:`FEEDING_KINDS`) after which a Dropout takes this rate; when several rate knobs
+    name a kind, the one naming the fewest kinds wins (:func:`rate_knob_after`).
     """
 
     kind: Literal["penalty", "rate"]
     where: str
+    after: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +162,7 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=False,
         description="Dropout rate after each pooling block of the convnet.",
-        effect=Effect("rate", "after each MaxPooling2D block"),
+        effect=Effect("rate", "after each MaxPooling2D block", after=("conv", "pooling", "feature_map")),
     ),
     ParamSpec(
         name="dropout_dense",
@@ -168,7 +175,7 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=False,
         description="Dropout rate before the classifier (after the dense hidden layer in vgg).",
-        effect=Effect("rate", "before the classifier"),
+        effect=Effect("rate", "before the classifier", after=("dense", "flatten", "global_pooling", "vector")),
     ),
 )
 
@@ -181,6 +188,28 @@ for _architecture in ARCHITECTURES.values():  # every dropout takes a rate knob 
     for _layer in _architecture.layers:
         if _layer.kind == "dropout" and _layer.rate not in RATE_KNOBS:
             raise ValueError(f"{_architecture.name}: dropout {_layer.name!r} takes {_layer.rate!r}, not a rate knob {RATE_KNOBS}")
+
+
+#: What can feed a Dropout of a user's model (trainer._export's dropout look-back): a Conv layer, a (non-global)
+#: pooling layer, a Dense layer, Flatten, global pooling; else the rank of its input: a feature map or a vector.
+FEEDING_KINDS = ("conv", "pooling", "dense", "flatten", "global_pooling", "feature_map", "vector")
+for _spec in SEARCH_SPACE:
+    if not set(_spec.effect.after) <= set(FEEDING_KINDS) or (_spec.effect.after and _spec.effect.kind != "rate"):
+        raise ValueError(f"{_spec.name}: effect.after {_spec.effect.after!r} must be kinds of {FEEDING_KINDS} (rate knobs only)")
+
+
+def rate_knob_after(kind: str) -> str:
+    """The rate knob a Dropout of a user's model takes when a layer of ``kind`` (:data:`FEEDING_KINDS`) feeds it:
+    of the rate knobs whose ``effect.after`` names ``kind``, the one naming the fewest kinds (the most specific),
+    then the first in the table."""
+    claims = [spec for spec in SEARCH_SPACE if kind in spec.effect.after]
+    if not claims:
+        raise ValueError(f"no rate knob acts after {kind!r}; expected one of {FEEDING_KINDS}")
+    return min(claims, key=lambda spec: len(spec.effect.after)).name
+
+
+for _kind in FEEDING_KINDS:  # every Dropout of a user's model gets a rate
+    rate_knob_after(_kind)
 
 
 def where(knob: str, model: str) -> str:

@@ -3,7 +3,7 @@
 No parameter is added to regsearch: a copy of the trainer gets one more row in ``SEARCH_SPACE`` (a rate knob,
 ``dropout_extra``) and one more layer tagged with it in the vgg network (where it acts), and a process importing
 that copy (and the real service) sees the knob in the config, the plain and the search networks, the best-config
-JSON, ``keras_settings``, the snippet, the study spec, the Optuna distributions, the CSV columns and the CLI
+JSON, ``keras_settings``, the snippet, ``apply_regularization`` on a user's model, the study spec, the Optuna distributions, the CSV columns and the CLI
 summary; a stored config without the knob still loads, with its default.
 """
 
@@ -28,7 +28,7 @@ KNOB_ROW = '''    ParamSpec(
         maximum=1.0,
         maximum_inclusive=False,
         description="A throwaway knob of the test.",
-        effect=Effect("rate", "after Flatten"),
+        effect=Effect("rate", "after Flatten", after=("flatten",)),
     ),
 )
 '''
@@ -71,6 +71,22 @@ CHECK = textwrap.dedent(
     namespace = {}
     exec(snippet, namespace)
     assert namespace["model"].get_layer("extra_dropout").rate == 0.15
+
+    # apply_regularization on a user's model: the table's Effect.after gives a Dropout after Flatten the new knob
+    # (it names Flatten more narrowly than dropout_dense does), the others keep theirs
+    from trainer import apply_regularization
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Dropout(0.0, name="after_pool")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dropout(0.0, name="after_flatten")(x)
+    x = keras.layers.Dense(8, name="hidden")(x)
+    x = keras.layers.Dropout(0.0, name="after_dense")(x)
+    user = keras.Model(inputs, keras.layers.Dense(2, name="out")(x), name="user")
+    regularized = apply_regularization(user, best)
+    rates = {name: regularized.get_layer(name).rate for name in ("after_pool", "after_flatten", "after_dense")}
+    assert rates == {"after_pool": 0.3, "after_flatten": 0.15, "after_dense": 0.5}, rates
 
     # the service: the spec, the search model, the export columns, the CLI summary
     from service._optuna import distributions
