@@ -56,6 +56,15 @@ class TrialOutcome:
 
     ``trial_id``: the trial it ran (None if Optuna never created one); ``finished_here``: it completed or
     was pruned here (Optuna then tells that state unless another worker failed the trial meanwhile).
+
+    A holder the worker owns and hands to its :class:`Objective`, which fills it in; the worker then
+    passes it to :func:`settle`. Why a holder rather than a return value: the trial must run inside
+    ``study.optimize`` (Optuna 5 runs the heartbeat thread only there: ``optuna/study/_optimize.py``
+    ``_run_trial``), and ``optimize`` returns nothing; its callbacks get the frozen trial, but they are
+    skipped when the final tell raises, which is exactly the case :func:`settle` must recognize (another
+    worker's heartbeat check failed the trial while it ran here, so the tell finds it finished). So the
+    objective writes the two facts as they happen: the trial id when the trial starts, and whether it
+    finished here.
     """
 
     trial_id: int | None = None
@@ -75,17 +84,17 @@ class WorkerShutdown(Exception):
 
 
 class Objective:
-    """The objective of one ``study.optimize(objective, n_trials=1)`` call; afterwards ``outcome`` is its
-    :class:`TrialOutcome` (Optuna's optimize returns nothing, so the objective keeps it)."""
+    """The objective of one ``study.optimize(objective, n_trials=1)`` call; it fills in ``outcome``, the
+    caller's :class:`TrialOutcome` (why a holder: see there)."""
 
     def __init__(
         self, train: TrainFunction, factory: sessionmaker[Session], row: SearchStudy, spec: StudySpec,
-        worker: str, shutdown: threading.Event, *, artifact_store: Any = None,
+        worker: str, shutdown: threading.Event, *, outcome: TrialOutcome, artifact_store: Any = None,
     ) -> None:
         self.train, self.factory, self.row, self.spec = train, factory, row, spec
         self.worker, self.shutdown = worker, shutdown
+        self.outcome = outcome
         self.artifact_store = artifact_store
-        self.outcome = TrialOutcome()
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.outcome.trial_id = _rdb.trial_id(trial)

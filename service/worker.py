@@ -45,7 +45,7 @@ from service.config import Settings, artifact_location
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import make_artifact_store
 from service.models import SearchStudy, StudyStatus
-from service.objective import Objective, TrainFunction, Trained, settle
+from service.objective import Objective, TrainFunction, Trained, TrialOutcome, settle
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
 from trainer import RegularizationConfig
@@ -223,18 +223,18 @@ class Worker:
         serial = coordination.claim_slot(self._factory, row.id)
         if serial is None:
             return False
-        objective: Objective | None = None
+        outcome = TrialOutcome()  # filled in by the objective: optimize returns nothing (see TrialOutcome)
         try:
             study, spec = self._study(row, serial)
             objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown,
-                                  artifact_store=self._artifact_store)
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+                                  outcome=outcome, artifact_store=self._artifact_store)
+            study.optimize(objective, n_trials=1, catch=(Exception,))  # heartbeats run only inside optimize
         finally:
-            if objective is None or objective.outcome.trial_id is None:
+            if outcome.trial_id is None:
                 coordination.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
             else:
                 self.trials_run += 1
-                settle(objective.outcome, factory=self._factory, storage=self._storage, retry=self._retry, study=study,
+                settle(outcome, factory=self._factory, storage=self._storage, retry=self._retry, study=study,
                        row=row, spec=spec, max_failed_trials=self.settings.max_failed_trials,
                        grace_period_s=self.settings.grace_period)
         return True
