@@ -463,4 +463,5 @@ def best_fields(summary: Mapping[str, Any] | None) -> dict[str, Any]:
         "ties": list(summary.get("ties", [])),
         "robust_ranges": dict(summary.get("robust_ranges", {})),
         "test": summary.get("test"),
+        "candidates": len(summary.get("candidates", [])) or None,
     }

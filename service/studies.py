@@ -44,6 +44,7 @@ __all__ = [
     "has_waiting_trials",
     "is_search_trial",
     "margin_out",
+    "is_reference_best",
     "record_margin",
     "best_model_file",
     "export_lines",
@@ -763,17 +764,24 @@ def margin_out(session: Session, name: str, best: float | list[float] | None, re
     return None if margin is None else MarginOut(**margin.to_dict())
 
 
+def is_reference_best(session: Session, name: str, record: BestConfigRecord | None) -> bool | None:
+    """Whether the recorded best is the study's reference run (the defaults); None before any best."""
+    return None if record is None else record.trial_number in {number for number, _ in _reference_trials(session, name)}
+
+
 def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> MarginOut | None:
     """The recorded best's margin over the reference. With the confirmation stage (issue 10) the reference
     is confirmed like a top config: the best's runs against the reference's runs (an interval once both
     have two); otherwise the single values."""
     if record is None:
         return None
+    references = {number for number, _ in _reference_trials(session, name)}
+    if record.trial_number in references:
+        return None  # the best is the reference itself: no margin of a config over itself (BestConfig.is_reference)
     summary = record.summary or {}
     runs = (summary.get("best") or {}).get("values")
     if not runs:
         return margin_out(session, name, record.value)
-    references = {number for number, _ in _reference_trials(session, name)}
     reference_runs = [
         float(value)
         for candidate in summary.get("candidates", [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ class Page:
     """One headless Chromium with one tab. Use as a context manager."""
 
     def __init__(self, chromium: str, *, offline: bool = True) -> None:
-        self._profile = tempfile.TemporaryDirectory()
+        self._profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)
         to_browser_r, self._to_browser = os.pipe()
         self._from_browser, from_browser_w = os.pipe()
         args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
@@ -38,7 +39,7 @@ class Page:
             os.dup2(write_end, 4)
 
         # close_fds=False: subprocess closes fds above 2 after preexec_fn runs, which would close 3 and 4 again
-        self._process = subprocess.Popen(args + ["about:blank"], preexec_fn=_fds, close_fds=False,
+        self._process = subprocess.Popen(args + ["about:blank"], preexec_fn=_fds, close_fds=False, start_new_session=True,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_browser_r)
         os.close(from_browser_w)
@@ -58,7 +59,10 @@ class Page:
         self.close()
 
     def close(self) -> None:
-        self._process.kill()
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)  # the browser and its renderer, GPU and utility processes
+        except ProcessLookupError:
+            pass
         self._process.wait(10)
         for fd in (self._to_browser, self._from_browser):
             os.close(fd)

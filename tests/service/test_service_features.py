@@ -15,11 +15,12 @@ from pathlib import Path
 
 import httpx
 import keras
+import numpy as np
 import optuna
 import pytest
 
 from service.features import COLUMNS, TrialRow
-from tests.support import LocalService
+from tests.support import CIFAR_DIR, LocalService
 from trainer import RegularizationConfig, regularization_of
 
 pytestmark = pytest.mark.slow
@@ -107,6 +108,16 @@ def test_best_model_downloads_as_a_loadable_keras_file_with_the_best_regularizat
     model = keras.models.load_model(path)
     assert regularization_of(model) == pytest.approx(RegularizationConfig.from_dict(best["params"]).keras_values())
     assert model.output_shape == (None, 10)
+    # Ready to use as loaded: compiled with the study's optimizer (Adam at its learning rate), loss and metric.
+    assert type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate) == pytest.approx(best["learning_rate"])
+    from trainer import load_cifar10
+
+    data = load_cifar10(CIFAR_DIR, train_size=100, val_fraction=0.5, seed=0)
+    evaluated = model.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)
+    assert set(evaluated) >= {"loss", "accuracy"} and 0.0 <= evaluated["accuracy"] <= 1.0
+    fitted = model.fit(data.x_train, data.y_train, epochs=1, batch_size=25, verbose=0)
+    assert np.isfinite(fitted.history["loss"][0]) and "accuracy" in fitted.history
 
     # One model file per study: the study reports it, and its size is the disk its artifacts use.
     study = service.get("/v1/studies/feat-main").json()

@@ -149,7 +149,7 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
     )
 
 
-def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
+def best_config(row: SearchStudy, session: Session, data_dir: str | None = None) -> BestConfigOut | None:
     """The study's recipe and its best regularization so far (with its mean, interval, ties and robust
     ranges; ``confirmed`` false while confirmation runs), or None before any trial completes."""
     record = studies.best_record(session, row.id)
@@ -167,6 +167,8 @@ def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
         margin=studies.record_margin(session, row.name, record),
+        is_reference=studies.is_reference_best(session, row.name, record),
+        data_dir=data_dir,
     )
 
 
@@ -182,13 +184,14 @@ def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
 def get_best(
     name: str,
     session: SessionDep,
+    settings: SettingsDep,
     output_format: Annotated[
         Literal["json", "keras", "python"],
         Query(alias="format", description="json: the best-config JSON; keras: Keras layer arguments; python: a snippet"),
     ] = "json",
 ) -> Any:
     row = studies.get_study(session, name)
-    best = best_config(row, session)
+    best = best_config(row, session, data_dir=settings.data_dir)  # this server's workers' data: retrain finds it
     if best is None:
         counts = studies.trial_counts(session, name)
         raise HTTPException(
