@@ -199,7 +199,20 @@ def trial_counts(session: Session, name: str) -> TrialCounts:
         .group_by(state)
     ).all()
     by_state = {str(name).rsplit(".", 1)[-1]: int(count) for name, count in rows}
-    return TrialCounts(**{field: by_state.get(state, 0) for state, field in TRIAL_STATES.items()})
+    counts = {field: by_state.get(state, 0) for state, field in TRIAL_STATES.items()}
+    if counts["failed"]:  # a trial ended by a stop is not a failure: counted apart
+        stopped = session.scalar(
+            sa.select(sa.func.count())
+            .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
+            .where(OPTUNA_STUDIES.c.study_name == name, _search_trial(OPTUNA_TRIALS.c.trial_id),
+                   sa.cast(OPTUNA_TRIALS.c.state, sa.String).like("%FAIL"),
+                   sa.exists(sa.select(OPTUNA_TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+                       OPTUNA_TRIAL_USER_ATTRS.c.trial_id == OPTUNA_TRIALS.c.trial_id,
+                       OPTUNA_TRIAL_USER_ATTRS.c.key == "fail_reason",
+                       OPTUNA_TRIAL_USER_ATTRS.c.value_json == json.dumps(StudyStatus.STOPPED.value))))
+        ) or 0
+        counts.update(failed=counts["failed"] - stopped, stopped=stopped)
+    return TrialCounts(**counts)
 
 
 def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
