@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import optuna
 import pytest
 
 from service.features import COLUMNS, TrialRow
-from tests.support import CIFAR_DIR, LocalService
+from tests.support import CIFAR_DIR, REGSEARCH, LocalService
 from trainer import RegularizationConfig, regularization_of
 
 pytestmark = pytest.mark.slow
@@ -125,6 +126,19 @@ def test_best_model_downloads_as_a_loadable_keras_file_with_the_best_regularizat
     assert int(response.headers["x-regsearch-disk-bytes"]) == len(response.content)
     model_files = [file for file in service.artifacts.iterdir() if file.is_file()]
     assert [file.name for file in model_files] == [study["model"]["artifact_id"]]  # old bests' files were removed
+
+    # Right after the study, its best config retrains where the server's data was, with no download: no data
+    # directory given, no Keras cache, and every proxied request refused (Keras downloads through urllib).
+    assert best["data_dir"] == str(CIFAR_DIR)
+    assert service.cli("best", "feat-main", "-o", str(tmp_path / "best.json")).returncode == 0
+    offline = {key: value for key, value in service.env.items() if key != "REGSEARCH_DATA_DIR"}
+    offline.update(KERAS_HOME=str(tmp_path / "keras-home"), http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+                   HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    retrained = subprocess.run([REGSEARCH, "retrain", "feat-main", "--config", str(tmp_path / "best.json"), "--epochs", "1",
+                                "--output", str(tmp_path / "retrained")], env=offline, capture_output=True, text=True, timeout=300)
+    assert retrained.returncode == 0, retrained.stdout + retrained.stderr
+    assert f"data: {CIFAR_DIR}" in retrained.stdout and (tmp_path / "retrained" / "model.keras").exists()
+    assert not (tmp_path / "keras-home" / "datasets").exists()  # nothing was downloaded
 
     downloaded = service.cli("best", "feat-main", "--model", str(tmp_path / "cli.keras"))
     assert downloaded.returncode == 0, downloaded.stderr
