@@ -63,7 +63,7 @@ def note_markdown(name: str, best: Any, *, status: str, counts: Any, repeats: in
             robust = f"{_fmt(span.low)} to {_fmt(span.high)}" if span is not None and span.low != span.high else "-"
             lines.append(f"| {parameter} | {_fmt(value)} | {robust} |")
         lines.append("")
-        lines += [f"- {line}" for line in best.uncertainty_lines()]
+        lines += [f"- {line}" for line in best.uncertainty_lines() if not line.startswith("robust range")]  # in the table
         lines.append(f"- {margin_line(best)}")
     lines.append(f"- Status **{status}**: {counts.complete} complete, {counts.pruned} pruned, {counts.running} running, "
                  f"{counts.failed} failed search trials" + (f"; {repeats} confirmation repeats, kept out of this "
