@@ -146,6 +146,12 @@ def test_two_servers_on_two_databases_keep_their_own_tokens(server, tmp_path):
         assert server.request("DELETE", f"/v1/studies/two-servers-{url.rsplit(':', 1)[1]}", server.tokens["admin"]).status_code in (204, 404)
 
 
+def test_the_docs_pages_need_no_token_but_the_api_does(server):
+    for path in ("/docs", "/redoc", "/openapi.json", "/static-offline-docs/swagger-ui-bundle.js", "/healthz"):
+        assert server.request("GET", path).status_code == 200, path
+    assert server.request("GET", "/v1/studies").status_code == 401
+
+
 def test_first_admin_token_is_created_once_when_several_processes_start_together(tmp_path):
     from service.config import Settings
     from service.db import create_engine, migrate, session_factory
