@@ -156,16 +156,15 @@ class ServiceView(BaseStorage):
         return note, best
 
     def _compute(self, study_id: int, name: str) -> tuple[dict[str, Any], tuple[int, float] | None]:
-        from service import studies
-        from service.api.routes.studies import best_config
+        from service import views
         from service.models import SearchStudy
 
         with self._factory() as session:
             row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
             if row is None:  # not a study of the service: left as Optuna has it
                 return {}, None
-            best = best_config(row, session)
-            counts = studies.trial_counts(session, name)
+            best = views.best_config(session, row)
+            counts = views.trial_counts(session, name)
             status = row.status
         repeats = sum(is_confirmation(trial) for trial in self._storage.get_all_trials(study_id, deepcopy=False))
         body = note_markdown(name, best, status=status, counts=counts, repeats=repeats)

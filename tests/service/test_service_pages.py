@@ -18,9 +18,11 @@ from service import studies
 from service.config import Settings
 from service.confirmation import repeat_seed
 from service.db import create_engine, migrate, optuna_storage, session_factory
+from service.objective import Trained
 from service.schemas import StudySpec
 from tests.browser import Page
 from tests.support import LocalService, run_workers
+from trainer import TrialMetrics
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -43,7 +45,7 @@ class Scores:
             value -= 0.02 + 0.03 * config.l1_ratio  # the single runs flattered the high l1 ratios
         for epoch in range(spec.epochs):
             on_epoch_end(epoch, {"val_accuracy": value, "accuracy": value + 0.05, "loss": 1.0, "val_loss": 1.1, "gap": 0.05})
-        return {"val_accuracy": value, "train_accuracy": value + 0.05, "gap": 0.05, "train_size": 270}
+        return Trained(TrialMetrics(val_accuracy=value, train_accuracy=value + 0.05, gap=0.05, train_size=270))
 
 
 @pytest.fixture(scope="module")
