@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from service import _rdb
 from service.confirmation import is_confirmation
 
 __all__ = ["NOTE_TTL_S", "ServiceView", "note_markdown"]
@@ -132,7 +133,7 @@ class ServiceView(BaseStorage):
     def get_all_studies(self) -> list[Any]:
         studies = []
         for study in self._storage.get_all_studies():
-            note = self._answer(study._study_id, study.study_name)[0]
+            note = self._answer(_rdb.study_id(study), study.study_name)[0]  # a FrozenStudy keeps it private too
             if note:
                 study = copy.copy(study)
                 study.system_attrs = {**study.system_attrs, **note}
