@@ -44,6 +44,7 @@ __all__ = [
     "finished_since",
     "has_running_trials",
     "has_stage",
+    "has_user_attr",
     "holds_slot",
     "of_study",
     "optuna_study_id",
@@ -136,6 +137,17 @@ def search_trial(trial_id: Any = TRIALS.c.trial_id) -> sa.ColumnElement[bool]:
         TRIAL_USER_ATTRS.c.value_json.not_in([json.dumps(stage) for stage in SEARCH_STAGES]),
     )
     return ~sa.exists(other_stage)
+
+
+def has_user_attr(key: str, value: Any, trial_id: Any = TRIALS.c.trial_id) -> sa.ColumnElement[bool]:
+    """The trial has the user attribute ``key`` equal to ``value`` (e.g. ``fail_reason == "stopped"``)."""
+    return sa.exists(
+        sa.select(TRIAL_USER_ATTRS.c.trial_user_attribute_id).where(
+            TRIAL_USER_ATTRS.c.trial_id == trial_id,
+            TRIAL_USER_ATTRS.c.key == key,
+            TRIAL_USER_ATTRS.c.value_json == json.dumps(value),
+        )
+    )
 
 
 def has_stage(*stages: str, trial_id: Any = TRIALS.c.trial_id) -> sa.ColumnElement[bool]:

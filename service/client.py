@@ -34,13 +34,14 @@ def error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code} {response.reason_phrase}"
 
 
-def find_token() -> str | None:
-    """The token to send: ``REGSEARCH_TOKEN``, else the token file (``REGSEARCH_TOKEN_FILE``) if readable."""
+def find_token(url: str | None = None) -> str | None:
+    """The token to send to the server at ``url``: ``REGSEARCH_TOKEN``, else the token file's entry for that
+    server (``REGSEARCH_TOKEN_FILE``; the first start of each server writes its own)."""
     from service.config import get_settings
-    from service.tokens import read_token_file
+    from trainer._service_token import token_for
 
     settings = get_settings()
-    return settings.token or read_token_file(settings.token_file)
+    return settings.token or token_for(url or settings.url, settings.token_file)
 
 
 class RegsearchClient:
@@ -52,7 +53,7 @@ class RegsearchClient:
 
             url = get_settings().url
         self.url = url.rstrip("/")
-        token = token or find_token()
+        token = token or find_token(self.url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)

@@ -7,7 +7,6 @@ variables, so a container or a test configures the whole system by setting envir
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -16,10 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = ["Settings", "artifact_location", "default_token_file", "get_settings", "settings_table"]
 
 
-def default_token_file() -> str:
-    """``$XDG_CONFIG_HOME/regsearch/token`` (``~/.config/regsearch/token``): per user, on this machine."""
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return str(Path(config_home) / "regsearch" / "token")
+from trainer._service_token import default_token_file  # the file's format is declared there (load_best reads it too)
 
 
 class Settings(BaseSettings):
@@ -80,7 +76,8 @@ class Settings(BaseSettings):
     token: str | None = Field(None, description="The token the command-line client and load_best send (REGSEARCH_TOKEN).")
     token_file: str = Field(
         default_factory=default_token_file,
-        description="Where the first start writes its admin token (mode 0600), and where the client looks for one.",
+        description="The token file (JSON, mode 0600): the first start of each server writes its admin token there under the "
+        "server's URL, and the client reads the entry of the URL it calls (`regsearch token show`).",
     )
     admin_token: SecretStr | None = Field(
         None, description="An admin token to install when the database has no token yet (e.g. from the Kubernetes "
@@ -127,7 +124,7 @@ def settings_table() -> str:
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if field.default_factory is default_token_file:
-            default = "`~/.config/regsearch/token` (under `$XDG_CONFIG_HOME` when set)"
+            default = "`~/.config/regsearch/tokens.json` (under `$XDG_CONFIG_HOME` when set)"
         else:
             default = "unset" if field.default is None else f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
         rows.append(f"| `REGSEARCH_{name.upper()}` | {default} | {field.description} |")

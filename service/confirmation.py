@@ -376,6 +376,7 @@ class Confirmation(BaseModel):
                 "ties": [tie.model_dump() for tie in self.ties],
                 "robust_ranges": self.robust_ranges,
                 "test": self.test,
+                "candidates": len(self.candidates),  # how many configs the answer compared (the best included)
             }
         )
 

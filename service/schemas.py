@@ -174,6 +174,7 @@ class TrialCounts(BaseModel):
     complete: int = 0
     pruned: int = 0
     failed: int = 0
+    stopped: int = Field(0, description="Trials ended by POST /v1/studies/NAME/stop (not failures; not in failed).")
     running: int = 0
     waiting: int = Field(
         0, description="Trials queued with fixed params: the reference, enqueued configs, retries of failed trials."

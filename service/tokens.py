@@ -5,8 +5,8 @@ short non-secret prefix for listing; the token itself is shown once, when it is 
 hashes the presented token, finds the row by hash and compares the hashes in constant time.
 
 Secure by default: :func:`ensure_admin_token` (called when the API starts with auth on) creates an
-admin token when the table is empty and writes it to ``settings.token_file`` (mode 0600, parent
-0700), so that the first ``regsearch serve`` is never open to whoever reaches its port. Where the operator
+admin token when the table is empty and keeps it in ``settings.token_file`` under the server's URL (mode
+0600, parent 0700; one entry per server, :mod:`trainer._service_token`), so that the first ``regsearch serve`` is never open to whoever reaches its port. Where the operator
 holds the first token (a Kubernetes Secret: ``REGSEARCH_ADMIN_TOKEN``), :func:`install_admin_token`
 stores its hash instead and nothing is written to disk.
 """
@@ -19,7 +19,6 @@ import hmac
 import logging
 import os
 import secrets
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +39,7 @@ __all__ = [
     "has_scope",
     "install_admin_token",
     "list_tokens",
+    "database_label",
     "read_token_file",
     "revoke_token",
     "token_hash",
@@ -142,26 +142,21 @@ def authenticate(factory: sessionmaker[Session], token: str | None) -> ApiToken 
         return row
 
 
-def read_token_file(path: str | os.PathLike[str]) -> str | None:
-    try:
-        text = Path(path).expanduser().read_text().strip()
-    except OSError:
-        return None
-    return text or None
+def read_token_file(path: str | os.PathLike[str], url: str) -> str | None:
+    """The token the token file keeps for the server at ``url`` (see :mod:`trainer._service_token`)."""
+    from trainer._service_token import token_for
+
+    return token_for(url, path)
 
 
-def _write_private(path: Path, token: str) -> None:
-    """Write ``token`` to ``path`` atomically, readable by its owner only (parent directory 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".token-")  # created 0600
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(token + "\n")
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def database_label(database_url: str) -> str:
+    """The database as the token file records it: the URL without its password, a SQLite path made absolute."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        url = url.set(database=str(Path(url.database).resolve()))
+    return url.render_as_string(hide_password=True)
 
 
 def install_admin_token(factory: sessionmaker[Session], token: str) -> bool:
@@ -182,23 +177,24 @@ def install_admin_token(factory: sessionmaker[Session], token: str) -> bool:
     return True
 
 
-def ensure_admin_token(factory: sessionmaker[Session], token_file: str) -> Path | None:
-    """On an empty tokens table, create the admin token and write it to ``token_file``.
+def ensure_admin_token(factory: sessionmaker[Session], token_file: str, url: str = "http://127.0.0.1:8000",
+                       database: str = "") -> Path | None:
+    """On an empty tokens table, create the admin token and keep it in ``token_file`` under the server's ``url``.
 
     Return the file's path when this call created the token, else None. Several processes starting
-    at once on one database are fine: the token's unique name decides which one creates it. A token
-    file that holds a token still valid on this database is never overwritten.
+    at once on one database are fine: the token's unique name decides which one creates it. The other
+    servers' entries are left alone, and so is an entry for ``url`` that is still valid on this database.
     """
+    from trainer._service_token import write_entry
+
     with factory() as session:
         if session.scalar(sa.select(sa.func.count()).select_from(ApiToken)):
             return None
-    path = Path(token_file).expanduser()
     try:
         _row, token = create_token(factory, "admin", BOOTSTRAP_NAME)
     except sa.exc.IntegrityError:
         return None  # another process created it at the same moment (and writes the file)
-    existing = read_token_file(path)
+    existing = read_token_file(token_file, url)
     if existing and authenticate(factory, existing) is not None:
         return None
-    _write_private(path, token)
-    return path
+    return write_entry(token_file, url, token, database)

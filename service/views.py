@@ -22,7 +22,7 @@ from service._optuna import METRIC, retry_of
 from service.confirmation import Confirmation
 from service.coordination import best_record
 from service.features import ModelInfoOut, MarginOut, WarmStartOut
-from service.models import STAGE_ATTR, BestConfigRecord, SearchStudy, TrialStage, as_utc
+from service.models import STAGE_ATTR, BestConfigRecord, SearchStudy, StudyStatus, TrialStage, as_utc
 from service.schemas import BEST_SUMMARY_UNCERTAINTY, BestConfigOut, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
 from service.studies import get_study
 from trainer import TrialMetrics
@@ -32,6 +32,7 @@ __all__ = [
     "best_model_file",
     "export_lines",
     "importance_out",
+    "is_reference_best",
     "margin_out",
     "record_margin",
     "study_out",
@@ -43,7 +44,12 @@ __all__ = [
 def trial_counts(session: Session, name: str) -> TrialCounts:
     """The study's search trials (:func:`service.trials.is_search_trial`) per state."""
     by_state = _rdb.state_counts(session, name, where=_rdb.search_trial())
-    return TrialCounts(**{field: by_state.get(state, 0) for state, field in _rdb.TRIAL_STATES.items()})
+    counts = {field: by_state.get(state, 0) for state, field in _rdb.TRIAL_STATES.items()}
+    if counts["failed"]:  # a trial ended by a stop is not a failure: counted apart
+        stopped_where = sa.and_(_rdb.search_trial(), _rdb.has_user_attr("fail_reason", StudyStatus.STOPPED.value))
+        stopped = _rdb.state_counts(session, name, where=stopped_where).get("FAIL", 0)
+        counts.update(failed=counts["failed"] - stopped, stopped=stopped)
+    return TrialCounts(**counts)
 
 
 def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None) -> StudyOut:
@@ -158,10 +164,12 @@ def record_margin(session: Session, name: str, record: BestConfigRecord | None) 
     have two); otherwise the single values."""
     if record is None:
         return None
+    references = {number for number, _ in _rdb.reference_trials(session, name)}
+    if record.trial_number in references:
+        return None  # the best is the reference itself: no margin of a config over itself (BestConfig.is_reference)
     summary = _uncertainty(record)
     if summary is None or not summary.best.values:
         return margin_out(session, name, record.value)
-    references = {number for number, _ in _rdb.reference_trials(session, name)}
     reference_runs = [
         float(value) for candidate in summary.candidates if candidate.trial_number in references for value in candidate.values.values()
     ]
@@ -180,9 +188,15 @@ def _features_out(session: Session, name: str, best: BestConfigRecord | None, sp
     }
 
 
-def best_config(session: Session, row: SearchStudy) -> BestConfigOut | None:
+def is_reference_best(session: Session, name: str, record: BestConfigRecord | None) -> bool | None:
+    """Whether the recorded best is the study's reference run (the defaults); None before any best."""
+    return None if record is None else record.trial_number in {number for number, _ in _rdb.reference_trials(session, name)}
+
+
+def best_config(session: Session, row: SearchStudy, data_dir: str | None = None) -> BestConfigOut | None:
     """The study's recipe and its best regularization so far (with its mean, interval, ties and robust
-    ranges; ``confirmed`` false while confirmation runs), or None before any trial completes."""
+    ranges; ``confirmed`` false while confirmation runs), or None before any trial completes. ``data_dir``:
+    the server's CIFAR-10 directory, which the answer names (``regsearch retrain`` finds it)."""
     record = best_record(session, row.id)
     if record is None:
         return None
@@ -190,7 +204,7 @@ def best_config(session: Session, row: SearchStudy) -> BestConfigOut | None:
     summary = _uncertainty(record)
     return BestConfigOut(
         **spec.recipe().model_dump(),
-        **(summary.uncertainty().model_dump() if summary is not None else {}),
+        **(summary.uncertainty().model_dump(exclude={"is_reference"}) if summary is not None else {}),
         params=record.params,
         study=row.name,
         trial_number=record.trial_number,
@@ -199,6 +213,8 @@ def best_config(session: Session, row: SearchStudy) -> BestConfigOut | None:
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
         margin=record_margin(session, row.name, record),
+        is_reference=is_reference_best(session, row.name, record),
+        data_dir=data_dir,
     )
 
 

@@ -95,6 +95,13 @@ class Uncertainty(RunStats):
         default_factory=dict, description="Per parameter, the interval spanned by the best and its ties: as good, within noise."
     )
     test: str | None = Field(None, description="The test that decided the ties, and why it suits n = 3.")
+    candidates: int | None = Field(
+        None, ge=1, description="How many configs were compared for this answer (the best included): the top configs "
+        "and the reference. One: there was nothing to tie with."
+    )
+    is_reference: bool | None = Field(
+        None, description="True when the best is the reference config itself (the defaults): the study found nothing better."
+    )
 
     def uncertainty(self) -> "Uncertainty | None":
         """These fields alone (an :class:`Uncertainty`, whatever subclass self is), or None for a file without them."""
@@ -113,10 +120,17 @@ class Uncertainty(RunStats):
         if self.first_value is not None:
             line += f"; first picked on {self.first_value:.4f}"
         lines = [f"{line}; {status}"]
+        if self.is_reference:
+            lines.append("the best is the reference config itself (the defaults): nothing the search tried did better")
         if self.ties:
             lines.append("tied with trial(s) " + ", ".join(f"{tie.trial_number} (mean {tie.mean:.4f})" for tie in self.ties))
+        elif self.candidates == 1:
+            lines.append("no tie possible: no other config was compared")
+        elif self.candidates:
+            others = self.candidates - 1
+            lines.append(f"no tie: the other {others} compared config{'s are' if others > 1 else ' is'} significantly worse")
         else:
-            lines.append("no tie: every other candidate is significantly worse")
+            lines.append("no tie")
         for name, span in self.robust_ranges.items():
             if span.low != span.high:
                 lines.append(f"robust range {name}: {span.low:.4g} to {span.high:.4g}")
@@ -142,6 +156,12 @@ class BestConfig(Uncertainty, Recipe):
     value: float | None = Field(None, description="The best config's objective: the mean over its runs (one run: its value).")
     metric: str = "val_accuracy"
     train_size: int | None = Field(None, ge=1, description="Images the trials trained on (after the validation split).")
+    data_dir: str | None = Field(
+        None, description="Where the study's images came from: the server's CIFAR-10 directory (REGSEARCH_DATA_DIR; "
+        "null: the keras.datasets download). `regsearch retrain` uses it when it exists on this machine and no "
+        "--data-dir or REGSEARCH_DATA_DIR is given."
+    )
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def keras(self) -> dict[str, float]:

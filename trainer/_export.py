@@ -259,23 +259,17 @@ def _service_url(source: str, study: str | None) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, path, "", "")), study
 
 
-def _service_token() -> str | None:
-    """The regsearch service's token: ``REGSEARCH_TOKEN``, else its token file on this machine.
-
-    The same places the service's CLI looks (service/config.py: ``token``, ``token_file``); spelled
-    out here because the trainer never imports the service.
-    """
+def _service_token(url: str) -> str | None:
+    """The regsearch service's token: ``REGSEARCH_TOKEN``, else the token file's entry for the server at ``url``
+    (the same places the service's CLI looks: :mod:`trainer._service_token`)."""
     import os
+
+    from trainer._service_token import token_for
 
     token = os.environ.get("REGSEARCH_TOKEN")
     if token:
         return token.strip()
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    path = os.environ.get("REGSEARCH_TOKEN_FILE") or str(Path(config_home) / "regsearch" / "token")
-    try:
-        return Path(path).expanduser().read_text().strip() or None
-    except OSError:
-        return None
+    return token_for(url)
 
 
 def _fetch(source: str, study: str | None, timeout: float) -> tuple[Any, str]:
@@ -283,7 +277,7 @@ def _fetch(source: str, study: str | None, timeout: float) -> tuple[Any, str]:
 
     url, study = _service_url(source, study)
     try:
-        token = _service_token()
+        token = _service_token(url)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = httpx.get(url, params={"format": "json"}, headers=headers, timeout=timeout, follow_redirects=True)
     except httpx.HTTPError as error:

@@ -178,16 +178,9 @@ def _carry_over(best: BestConfig, n_full: int, rescale: bool) -> tuple[Regulariz
 
 def _test_once(model: Any, data: CifarData, settings: TrainSettings) -> dict[str, float]:
     """Compile with the training's optimizer settings and evaluate once on the test set."""
-    import keras
+    from trainer._train import compile_like_training
 
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    # Build the optimizer's slots now, so the saved file loads without a variable-count mismatch warning
-    # (its state is fresh: fine-tuning from model.keras starts Adam anew).
-    model.optimizer.build(model.trainable_variables)
+    compile_like_training(model, settings.learning_rate)  # fresh optimizer state: fine-tuning starts Adam anew
     evaluation = model.evaluate(make_dataset(data.x_test, data.y_test, settings.batch_size), verbose=0, return_dict=True)
     return {"accuracy": float(evaluation["accuracy"]), "loss": float(evaluation["loss"])}
 

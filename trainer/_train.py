@@ -71,6 +71,18 @@ SPARSITY_THRESHOLD = 1e-3
 BF16_PARITY_SHOWN = False
 
 
+def compile_like_training(model: Any, learning_rate: float) -> Any:
+    """Compile ``model`` as the study trained it: Adam at ``learning_rate``, sparse categorical
+    cross-entropy, accuracy; the optimizer's slots built now (fresh), so a saved file loads without a
+    variable-count warning and ``fit`` goes on under the same penalty, rates and optimizer."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What one training returns. ``history`` holds one dict per epoch (the keys of :meth:`to_dict`'s ``history``).
@@ -113,6 +125,7 @@ class TrainResult:
                 num_classes=self._num_classes,
             )
             model.set_weights(self._weights)
+            compile_like_training(model, self.settings.learning_rate)  # evaluate() and fit() work on it as it is
             self._model = model
         return self._model
 

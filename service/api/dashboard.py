@@ -120,12 +120,15 @@ def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: A
     from service.db import session_factory as make_session_factory
     from service.tokens import authenticate
 
+    from service.api.dashboard_view import ServiceView
+
     if storage is None:
         storage = optuna_storage(settings)
     if session_factory is None:
         session_factory = make_session_factory(create_engine(settings))
     return ReadOnlyDashboard(
-        WSGIMiddleware(optuna_dashboard.wsgi(storage)),
+        # the search without its confirmation repeats, and the service's answer as each study's note
+        WSGIMiddleware(optuna_dashboard.wsgi(ServiceView(storage, session_factory))),
         auth=settings.auth,
         authenticate=lambda token: authenticate(session_factory, token),
         api_routes=api_routes,

@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from service import metrics, studies
 from service.api.deps import require_scope_by_method
+from service.api.docs import STATIC_URL, add_redoc
 from service.api.read_cache import ReadCache, TokenCache
 from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
 from service.api.limits import publish_limits
@@ -47,18 +49,27 @@ def announce_auth(settings: Settings, factory) -> None:
             log.warning("installed the admin token of REGSEARCH_ADMIN_TOKEN (only its hash is stored)")
         log.info("auth on: requests need a token (regsearch token list | create)")
         return
-    path = ensure_admin_token(factory, settings.token_file)
+    from service.tokens import authenticate, database_label, read_token_file
+
+    url = f"http://{settings.host}:{settings.port}"
+    path = ensure_admin_token(factory, settings.token_file, url, database_label(settings.database_url))
     if path is not None:
         log.warning(
-            "created the first admin token and wrote it to %s (readable by you only). Use it with:\n"
-            "    export REGSEARCH_TOKEN=$(cat %s)      # the regsearch CLI also reads that file by itself\n"
-            "    curl -H \"Authorization: Bearer $(cat %s)\" http://%s:%d/v1/studies\n"
+            "created the first admin token and kept it in %s under %s (readable by you only; other servers' "
+            "tokens there are left alone). Use it with:\n"
+            "    export REGSEARCH_TOKEN=$(regsearch token show --url %s)   # the regsearch CLI finds it by itself\n"
+            "    curl -H \"Authorization: Bearer $REGSEARCH_TOKEN\" %s/v1/studies\n"
             "    dashboard: user name anything, password the token\n"
-            "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, path, path,
-            settings.host, settings.port,
+            "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, url, url, url,
         )
+        return
+    kept = read_token_file(settings.token_file, url)
+    if kept and authenticate(factory, kept) is not None:
+        log.info("auth on: the token file %s already holds a valid token for %s; left alone "
+                 "(regsearch token show --url %s)", settings.token_file, url, url)
     else:
-        log.info("auth on: requests need a token (regsearch token list | create; token file %s)", settings.token_file)
+        log.info("auth on: this database already has tokens and the token file %s holds none of them for %s "
+                 "(regsearch token create --scope admin, or REGSEARCH_TOKEN)", settings.token_file, url)
 
 
 def create_app(settings: Settings | None = None, *, dashboard: bool = True, apply_migrations: bool = True) -> FastAPI:
@@ -73,12 +84,20 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
         app.state.engine.dispose()
         app.state.optuna_storage.engine.dispose()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's assets from the fastapi-offline package (under
+    # /static-offline-docs), not a CDN: they work offline (service/api/docs.py). Like /openapi.json they need no
+    # token: the schema holds no data, only the API's shape (README.md). No validator badge: it would call
+    # validator.swagger.io.
+    app = FastAPIOffline(
         lifespan=lifespan,
+        redoc_url=None,
+        static_url=STATIC_URL,
+        swagger_ui_parameters={"validatorUrl": None},
         title="regsearch",
         summary="Search the regularization (L1/L2 weight decay, dropout) of Keras CIFAR-10 convnets with Optuna.",
         version="0.1.0",
     )
+    add_redoc(app)
     engine = create_engine(settings)
     app.state.settings = settings
     app.state.artifact_store = make_artifact_store(artifact_location(settings))  # the best trials' models

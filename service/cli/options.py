@@ -68,7 +68,8 @@ def add_model_options(
             help_text += f" (default: {default})"
         elif default_text:
             help_text += f" (default: {default_text})"
-        kwargs: dict[str, Any] = {"dest": name, "default": default if defaults else None, "help": help_text}
+        # argparse expands %-formats in help texts: a literal % (e.g. "10%") must be doubled.
+        kwargs: dict[str, Any] = {"dest": name, "default": default if defaults else None, "help": help_text.replace("%", "%%")}
         if value_type is bool:
             parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction, **kwargs)
         else:

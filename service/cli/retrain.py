@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--url", help="service URL (default: REGSEARCH_URL, else http://127.0.0.1:8000)")
     source.add_argument("--config", metavar="BEST_JSON", help="a file written by `regsearch best NAME -o BEST_JSON`")
     parser.add_argument("--output", metavar="DIR", help="where model.keras and provenance.json go (default: retrain-NAME)")
-    parser.add_argument("--data-dir", help="CIFAR-10 directory in the official layout (default: REGSEARCH_DATA_DIR, else download)")
+    parser.add_argument("--data-dir", help="CIFAR-10 directory in the official layout (default: REGSEARCH_DATA_DIR, else the "
+                        "study's own data directory when it is on this machine, else download)")
     add_model_options(parser, Recipe, only=_OVERRIDES, defaults=False, default_text="the study's")
     parser.add_argument(
         "--no-rescale",
@@ -71,10 +72,23 @@ def _load(args: argparse.Namespace):
         raise CommandError(str(error)) from None
 
 
+def _data_dir(args: argparse.Namespace, best) -> str | None:
+    """--data-dir, else REGSEARCH_DATA_DIR, else the directory the study's server read (its best config says
+    which) when it exists here (the quick start: `make run` gave its server the shipped subset), else None
+    (the keras.datasets download)."""
+    from service.config import get_settings
+
+    chosen = args.data_dir or get_settings().data_dir
+    if chosen:
+        return chosen
+    if best.data_dir and Path(best.data_dir).expanduser().is_dir():
+        return best.data_dir
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from service.config import get_settings
     from trainer import TrainSettings
     from trainer._best import describe
 
@@ -104,13 +118,15 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    data_dir = _data_dir(args, best)
+    print(f"data: {data_dir or 'keras.datasets CIFAR-10 (download, cached under ~/.keras/datasets)'}", flush=True)
     from trainer._retrain import retrain  # imports TensorFlow
 
     try:
         result = retrain(
             best,
             output=output,
-            data_dir=args.data_dir or get_settings().data_dir,
+            data_dir=data_dir,
             rescale=args.rescale,
             on_epoch_end=report,
             **overrides,

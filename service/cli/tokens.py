@@ -1,4 +1,5 @@
-"""``regsearch token create | list | revoke``: API tokens, managed directly on the database.
+"""``regsearch token create | list | revoke | show``: API tokens, managed directly on the database (``show``
+reads the token file of this machine).
 
 Like ``migrate``, these run where the database is reachable (REGSEARCH_DATABASE_URL); the token is
 printed once, on creation, and only its hash is stored.
@@ -29,6 +30,13 @@ def register(subparsers) -> None:
     revoke = commands.add_parser("revoke", help="revoke a token by id or name (takes effect at once)")
     revoke.add_argument("token", metavar="ID|NAME")
     revoke.set_defaults(func=_revoke)
+    show = commands.add_parser(
+        "show", help="print the token this machine keeps for a server (the one its first start created)",
+        description="Print the token the token file (REGSEARCH_TOKEN_FILE) keeps for the server at --url: the admin "
+        "token that server's first start created. Reads the file only, not the database.",
+    )
+    show.add_argument("--url", default=None, help="server URL (default REGSEARCH_URL or http://127.0.0.1:8000)")
+    show.set_defaults(func=_show)
 
 
 def _factory():
@@ -99,4 +107,25 @@ def _revoke(args) -> int:
     except TokenNotFound as error:
         raise CommandError(str(error)) from None
     print(f"token {row.name!r} (id {row.id}, scope {row.scope}) revoked")
+    return 0
+
+
+def _show(args) -> int:
+    from service.config import get_settings
+    from trainer._service_token import read_entries, server_key
+
+    settings = get_settings()
+    url = args.url or settings.url
+    entries = read_entries(settings.token_file)
+    if isinstance(entries, str):  # a file holding one bare token
+        print(entries)
+        return 0
+    entry = (entries or {}).get(server_key(url))
+    if entry is None:
+        known = ", ".join(sorted(entries or {})) or "none"
+        raise CommandError(f"the token file {settings.token_file} keeps no token for {server_key(url)} (servers in it: "
+                           f"{known}); give --url, or create one: regsearch token create --scope admin")
+    print(entry["token"])
+    print(f"token of {server_key(url)} (database {entry.get('database') or '?'}, created {entry.get('created_at') or '?'})",
+          file=sys.stderr)
     return 0

@@ -20,8 +20,9 @@ objective:
   was before the knob existed). The bounds may differ: trials inside this study's bounds are kept (their distributions replaced by
   this study's, as ``add_trials`` requires), trials outside are dropped and counted.
 
-Only COMPLETE trials with a finite value are carried over, marked ``stage="warm_start"`` and
-``warm_start_from={"study", "number"}``. With ``max_gap`` set, each carries its gap constraint
+Only COMPLETE trials with a finite value are carried over, one row per config, marked ``stage="warm_start"``
+and ``warm_start_from={"study", "number", "runs"}``: a config the source's confirmation stage repeated
+carries the mean of its runs (its search trial and its repeats), never one row per run. With ``max_gap`` set, each carries its gap constraint
 (``gap - max_gap``) so the sampler sees its feasibility; one without a recorded gap is dropped (its
 feasibility here is unknown).
 """
@@ -172,11 +173,22 @@ def warm_start_trials(
     distributions = {
         spec.name: FloatDistribution(bounds[spec.name][0], bounds[spec.name][1], log=spec.log) for spec in SEARCH_SPACE
     }
+    from service.confirmation import CONFIRMS_ATTR
+
+    source_trials = [trial for trial in source_trials
+                     if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value)]
+    # One row per config: a confirmation repeat re-trains a search trial's config with another seed, so its
+    # value joins that trial's (their mean), never a row of its own (the sampler would see one config as several).
+    repeats: dict[int, list[float]] = {}
+    for trial in source_trials:
+        if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM:
+            repeats.setdefault(trial.user_attrs.get(CONFIRMS_ATTR), []).append(float(trial.value))
     trials: list[FrozenTrial] = []
     out_of_bounds = no_gap = 0
     for trial in source_trials:
-        if trial.state != TrialState.COMPLETE or trial.value is None or not math.isfinite(trial.value):
+        if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM:
             continue
+        runs = [float(trial.value), *repeats.get(trial.number, [])]
         _check_params(trial, source_name)
         # A knob the source study did not search (it did not exist then) ran at its default.
         params = {spec.name: trial.params.get(spec.name, spec.default) for spec in SEARCH_SPACE}
@@ -193,12 +205,12 @@ def warm_start_trials(
         user_attrs = {
             **{k: v for k, v in trial.user_attrs.items() if k not in (STAGE_ATTR, "worker")},
             STAGE_ATTR: TrialStage.WARM_START,
-            "warm_start_from": {"study": source_name, "number": trial.number},
+            "warm_start_from": {"study": source_name, "number": trial.number, "runs": len(runs)},
         }
         trials.append(
             optuna.trial.create_trial(
                 state=TrialState.COMPLETE,
-                value=trial.value,
+                value=sum(runs) / len(runs),
                 params=params,
                 distributions=dict(distributions),
                 user_attrs=user_attrs,

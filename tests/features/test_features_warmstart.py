@@ -92,11 +92,26 @@ def test_warm_start_seeds_a_compatible_study_with_the_complete_trials():
     target.add_trials(warm.trials)
     assert [t.value for t in target.trials] == [t.value for t in source.trials if t.state == TrialState.COMPLETE]
     first = target.trials[0]
-    assert first.user_attrs[STAGE_ATTR] == "warm_start" and first.user_attrs["warm_start_from"] == {"study": "src", "number": 0}
+    assert first.user_attrs[STAGE_ATTR] == "warm_start" and first.user_attrs["warm_start_from"] == {"study": "src", "number": 0, "runs": 1}
     assert "worker" not in first.user_attrs
     # The sampler is past its start-up trials: the next point comes from TPE's model of the seeded trials.
     trial = target.ask(distributions(space()))
     assert trial.number == 6 and set(trial.params) == {spec.name for spec in SEARCH_SPACE}
+
+
+def test_warm_start_carries_one_row_per_config_with_the_mean_of_its_repeats():
+    source = source_study(n=4)
+    best = max(source.trials, key=lambda trial: trial.value or 0)
+    for repeat, value in ((1, 0.20), (2, 0.26)):  # the confirmation stage re-ran the best config twice
+        source.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE, value=value, params=best.params, distributions=best.distributions,
+            user_attrs={STAGE_ATTR: "confirm", "confirms": best.number, "repeat": repeat}))
+    recipe = Recipe(width=0.25, epochs=1, data=DataRecipe(train_size=200))
+    warm = warm_start_trials(source.trials, recipe, recipe, source_name="src", target_space=space())
+    assert len(warm.trials) == 4  # the four configs, not six rows
+    carried = next(trial for trial in warm.trials if trial.user_attrs["warm_start_from"]["number"] == best.number)
+    assert carried.value == pytest.approx((best.value + 0.20 + 0.26) / 3)
+    assert carried.user_attrs["warm_start_from"]["runs"] == 3
 
 
 def test_warm_start_keeps_only_trials_inside_narrowed_bounds_and_adapts_distributions():

@@ -44,7 +44,7 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     assert body["status"] == "queued"
     assert body["n_trials"] == 3 and body["trials_finished"] == 0
     # The reference config is queued as the first trial (issue 11).
-    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "running": 0, "waiting": 1}
+    assert body["counts"] == {"complete": 0, "pruned": 0, "failed": 0, "stopped": 0, "running": 0, "waiting": 1}
     assert body["best"] is None
     # Defaults come from the trainer's declaration of the search space.
     assert body["spec"]["search_space"]["dropout_conv"] == {"low": 0.3, "high": 0.5}

@@ -22,8 +22,8 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from service.tokens import create_token, revoke_token
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy
+from service.tokens import create_token, read_token_file, revoke_token
+from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
 
 SPEC = {"name": "auth-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
 
@@ -60,7 +60,7 @@ def _factory(server: Server):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
-    token_file = root / "config" / "regsearch" / "token"
+    token_file = root / "config" / "regsearch" / "tokens.json"
     env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}", REGSEARCH_AUTH="true",
                    REGSEARCH_TOKEN_FILE=str(token_file))
     port = free_port()
@@ -68,7 +68,7 @@ def server(tmp_path_factory):
     srv = Server(root=root, env=env, url=f"http://127.0.0.1:{port}", process=process, tokens={})
     try:
         wait_healthy(srv.url, timeout=90)
-        srv.tokens["admin"] = token_file.read_text().strip()
+        srv.tokens["admin"] = read_token_file(token_file, srv.url)
         created = srv.cli("token", "create", "--scope", "write", "--name", "test-write")
         assert created.returncode == 0, created.stderr
         srv.tokens["write"] = created.stdout.strip()
@@ -86,7 +86,8 @@ def test_first_start_writes_an_owner_only_admin_token_file_and_says_how_to_use_i
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(token_file.parent.stat().st_mode) == 0o700
     log = server.log()
-    assert f"wrote it to {token_file}" in log and "Authorization: Bearer" in log and "REGSEARCH_TOKEN" in log
+    assert f"kept it in {token_file} under {server.url}" in log and "Authorization: Bearer" in log
+    assert f"REGSEARCH_TOKEN=$(regsearch token show --url {server.url})" in log
     assert f"{server.url}/v1/studies" in log  # the hint names where this server listens
     assert server.tokens["admin"] not in log  # the token itself is never logged
     listing = server.cli("token", "list")
@@ -98,7 +99,7 @@ def test_first_start_writes_an_owner_only_admin_token_file_and_says_how_to_use_i
     assert server.tokens["admin"] not in stored  # hashed
 
 
-def test_a_second_start_keeps_the_token_file(server):
+def test_a_second_start_keeps_the_token_file_and_says_so(server):
     before = Path(server.env["REGSEARCH_TOKEN_FILE"]).read_text()
     port = free_port()
     second = spawn([REGSEARCH, "serve", "--port", str(port), "--workers", "0"], server.env, server.root / "second.log")
@@ -107,6 +108,48 @@ def test_a_second_start_keeps_the_token_file(server):
     finally:
         kill_group(second)
     assert Path(server.env["REGSEARCH_TOKEN_FILE"]).read_text() == before
+    restarted = spawn([REGSEARCH, "serve", "--port", server.url.rsplit(":", 1)[1], "--workers", "0"], server.env,
+                      server.root / "restart.log")  # a server on this URL already runs: the log is all we need
+    try:
+        wait_until(lambda: "left alone" in (server.root / "restart.log").read_text(), timeout=90, what="the restart's log")
+    finally:
+        kill_group(restarted)
+    assert Path(server.env["REGSEARCH_TOKEN_FILE"]).read_text() == before
+
+
+def test_two_servers_on_two_databases_keep_their_own_tokens(server, tmp_path):
+    """Another checkout's server (its own database, its own port) starts on the same machine: each quick
+    start goes on working with the token of the server it calls."""
+    token_file = Path(server.env["REGSEARCH_TOKEN_FILE"])
+    env = {**server.env, "REGSEARCH_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"}
+    port = free_port()
+    other = spawn([REGSEARCH, "serve", "--port", str(port), "--workers", "0"], env, tmp_path / "other.log")
+    other_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(other_url, timeout=90)
+        other_token = read_token_file(token_file, other_url)
+        assert other_token and other_token != server.tokens["admin"]
+        assert read_token_file(token_file, server.url) == server.tokens["admin"]  # the first server's entry kept
+        for url, token in ((server.url, server.tokens["admin"]), (other_url, other_token)):
+            shown = server.cli("token", "show", "--url", url)
+            assert (shown.returncode, shown.stdout.strip()) == (0, token), shown.stderr
+            submitted = server.cli("submit", "--name", f"two-servers-{url.rsplit(':', 1)[1]}", "--n-trials", "1", "--url", url)
+            assert submitted.returncode == 0, submitted.stderr  # the CLI picks the token of the URL it calls
+            curl = httpx.get(f"{url}/v1/studies", headers={"Authorization": f"Bearer {shown.stdout.strip()}"}, timeout=30)
+            assert curl.status_code == 200 and len(curl.json()["studies"]) >= 1
+        assert httpx.get(f"{other_url}/v1/studies", headers={"Authorization": f"Bearer {server.tokens['admin']}"},
+                         timeout=30).status_code == 401  # the tokens are the servers' own
+        assert server.cli("token", "show", "--url", "http://127.0.0.1:1").returncode == 1
+    finally:
+        kill_group(other)
+    for url in (server.url, other_url):
+        assert server.request("DELETE", f"/v1/studies/two-servers-{url.rsplit(':', 1)[1]}", server.tokens["admin"]).status_code in (204, 404)
+
+
+def test_the_docs_pages_need_no_token_but_the_api_does(server):
+    for path in ("/docs", "/redoc", "/openapi.json", "/static-offline-docs/swagger-ui-bundle.js", "/healthz"):
+        assert server.request("GET", path).status_code == 200, path
+    assert server.request("GET", "/v1/studies").status_code == 401
 
 
 def test_first_admin_token_is_created_once_when_several_processes_start_together(tmp_path):
@@ -114,10 +157,10 @@ def test_first_admin_token_is_created_once_when_several_processes_start_together
     from service.db import create_engine, migrate, session_factory
     from service.tokens import authenticate, ensure_admin_token, list_tokens
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'race.db'}", token_file=str(tmp_path / "token"))
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'race.db'}", token_file=str(tmp_path / "tokens.json"))
     migrate(settings)
     factory = session_factory(create_engine(settings))
-    (tmp_path / "token").write_text("rgs_stale-token-of-another-database\n")
+    (tmp_path / "tokens.json").write_text("rgs_stale-token-of-another-database\n")  # a bare token of an earlier version
     results: list = []
     threads = [threading.Thread(target=lambda: results.append(ensure_admin_token(factory, settings.token_file))) for _ in range(4)]
     for thread in threads:
@@ -127,7 +170,7 @@ def test_first_admin_token_is_created_once_when_several_processes_start_together
     with factory() as session:
         assert [row.name for row in list_tokens(session)] == ["admin"]
     assert sum(result is not None for result in results) == 1
-    assert authenticate(factory, (tmp_path / "token").read_text().strip()).scope == "admin"
+    assert authenticate(factory, read_token_file(settings.token_file, "http://127.0.0.1:8000")).scope == "admin"
     assert ensure_admin_token(factory, settings.token_file) is None  # not empty any more: nothing written
 
 

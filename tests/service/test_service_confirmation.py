@@ -194,7 +194,9 @@ def test_the_reference_is_confirmed_like_a_top_config_so_the_margin_has_an_inter
     settings, factory, storage = database
     spec = StudySpec(name="yardstick", n_trials=4, epochs=1, pruner="none", seed=7, confirm={"top_k": 1, "repeats": 2})
     studies.submit_study(factory, storage, spec)
-    run_workers(settings, KnownScores(spec.seed), count=1)
+    honest = KnownScores(spec.seed)
+    honest.lucky = -1.0  # no config's repeats fall behind: the top config stays ahead of the reference
+    run_workers(settings, honest, count=1)
 
     trials = [trial for trial in trials_of(storage, "yardstick") if trial.state.name == "COMPLETE"]
     search = [trial for trial in trials if is_search_trial(trial)]
@@ -212,6 +214,15 @@ def test_the_reference_is_confirmed_like_a_top_config_so_the_margin_has_an_inter
     assert margin == study["margin"] and (margin["n_best"], margin["n_reference"]) == (3, 3)
     assert margin["value"] == pytest.approx(np.mean(runs[best["trial_number"]]) - np.mean(runs[reference.number]))
     assert margin["low"] is not None and margin["low"] <= margin["value"] <= margin["high"]
+    assert best["is_reference"] is False and best["candidates"] == 2
+
+    # When the reference itself is the best (the lucky top config's repeats fall behind), there is no margin of
+    # a config over itself: the answer says the best is the defaults.
+    studies.submit_study(factory, storage, spec.model_copy(update={"name": "yardstick-defaults"}))
+    run_workers(settings, KnownScores(spec.seed), count=1)
+    best, study = best_json(settings, "yardstick-defaults")
+    assert best["trial_number"] == 0 and best["is_reference"] is True
+    assert best["margin"] is None and study["margin"] is None
 
 
 def test_top_k_zero_skips_confirmation(database):

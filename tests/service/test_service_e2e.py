@@ -172,7 +172,9 @@ def test_stop_ends_running_trials_within_an_epoch_and_starts_no_more(service):
     assert all(len(trial["intermediate_values"]) < 30 for trial in trials)
     time.sleep(2)  # four poll intervals: nothing new starts
     assert len(service.get("/v1/studies/e2e-stop/trials").json()["trials"]) == len(trials)
-    assert service.get("/v1/studies/e2e-stop").json()["status"] == "stopped"
+    study = service.get("/v1/studies/e2e-stop").json()
+    assert study["status"] == "stopped"
+    assert (study["counts"]["stopped"], study["counts"]["failed"]) == (len(trials), 0)  # a stop is not a failure
     worker_logs = "".join(log.read_text() for log in service.root.glob("worker*.log"))
     assert "Traceback" not in worker_logs and "StudyStopped" in worker_logs  # one line per stopped trial
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
 import keras
+import numpy as np
 import optuna
 import pytest
 
 from service.features import COLUMNS, TrialRow
-from tests.support import LocalService
+from tests.support import CIFAR_DIR, REGSEARCH, LocalService
 from trainer import RegularizationConfig, regularization_of
 
 pytestmark = pytest.mark.slow
@@ -107,6 +109,16 @@ def test_best_model_downloads_as_a_loadable_keras_file_with_the_best_regularizat
     model = keras.models.load_model(path)
     assert regularization_of(model) == pytest.approx(RegularizationConfig.from_dict(best["params"]).keras_values())
     assert model.output_shape == (None, 10)
+    # Ready to use as loaded: compiled with the study's optimizer (Adam at its learning rate), loss and metric.
+    assert type(model.optimizer).__name__ == "Adam"
+    assert float(model.optimizer.learning_rate) == pytest.approx(best["learning_rate"])
+    from trainer import load_cifar10
+
+    data = load_cifar10(CIFAR_DIR, train_size=100, val_fraction=0.5, seed=0)
+    evaluated = model.evaluate(data.x_val, data.y_val, verbose=0, return_dict=True)
+    assert set(evaluated) >= {"loss", "accuracy"} and 0.0 <= evaluated["accuracy"] <= 1.0
+    fitted = model.fit(data.x_train, data.y_train, epochs=1, batch_size=25, verbose=0)
+    assert np.isfinite(fitted.history["loss"][0]) and "accuracy" in fitted.history
 
     # One model file per study: the study reports it, and its size is the disk its artifacts use.
     study = service.get("/v1/studies/feat-main").json()
@@ -114,6 +126,19 @@ def test_best_model_downloads_as_a_loadable_keras_file_with_the_best_regularizat
     assert int(response.headers["x-regsearch-disk-bytes"]) == len(response.content)
     model_files = [file for file in service.artifacts.iterdir() if file.is_file()]
     assert [file.name for file in model_files] == [study["model"]["artifact_id"]]  # old bests' files were removed
+
+    # Right after the study, its best config retrains where the server's data was, with no download: no data
+    # directory given, no Keras cache, and every proxied request refused (Keras downloads through urllib).
+    assert best["data_dir"] == str(CIFAR_DIR)
+    assert service.cli("best", "feat-main", "-o", str(tmp_path / "best.json")).returncode == 0
+    offline = {key: value for key, value in service.env.items() if key != "REGSEARCH_DATA_DIR"}
+    offline.update(KERAS_HOME=str(tmp_path / "keras-home"), http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+                   HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    retrained = subprocess.run([REGSEARCH, "retrain", "feat-main", "--config", str(tmp_path / "best.json"), "--epochs", "1",
+                                "--output", str(tmp_path / "retrained")], env=offline, capture_output=True, text=True, timeout=300)
+    assert retrained.returncode == 0, retrained.stdout + retrained.stderr
+    assert f"data: {CIFAR_DIR}" in retrained.stdout and (tmp_path / "retrained" / "model.keras").exists()
+    assert not (tmp_path / "keras-home" / "datasets").exists()  # nothing was downloaded
 
     downloaded = service.cli("best", "feat-main", "--model", str(tmp_path / "cli.keras"))
     assert downloaded.returncode == 0, downloaded.stderr

@@ -158,13 +158,14 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
 def get_best(
     name: str,
     session: SessionDep,
+    settings: SettingsDep,
     output_format: Annotated[
         Literal["json", "keras", "python"],
         Query(alias="format", description="json: the best-config JSON; keras: Keras layer arguments; python: a snippet"),
     ] = "json",
 ) -> Any:
     row = studies.get_study(session, name)
-    best = views.best_config(session, row)
+    best = views.best_config(session, row, data_dir=settings.data_dir)  # this server's workers' data: retrain finds it
     if best is None:
         counts = views.trial_counts(session, name)
         raise HTTPException(
