@@ -158,15 +158,16 @@ class _Figures(html.parser.HTMLParser):
             self._current.pop()
 
 
-def open_in_chromium(chromium: str, target: str, proxy: RefusingProxy) -> tuple[_Figures, str, list[str]]:
-    """Chromium renders ``target`` (a URL or a file): the figures' drawn points, the DOM, the console lines."""
+def open_in_chromium(chromium: str, target: str, proxy: RefusingProxy, width: int = 1200) -> tuple[_Figures, str, list[str]]:
+    """Chromium renders ``target`` (a URL or a file) ``width`` pixels wide: the figures' drawn points, the DOM,
+    the console lines."""
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--disable-quic", "--disable-extensions",
              "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate", "--no-pings",
              f"--proxy-server=http://127.0.0.1:{proxy.port}", f"--user-data-dir={profile}", "--enable-logging=stderr",
-             "--v=0", "--virtual-time-budget=15000", "--window-size=1200,1600", "--dump-dom", target],
+             "--v=0", "--virtual-time-budget=15000", f"--window-size={width},1600", "--dump-dom", target],
             capture_output=True, text=True, timeout=120,
         )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -278,8 +279,12 @@ def test_a_known_study_s_report_draws_pruned_trials_importance_and_how_sure_in_w
 def test_a_running_study_s_report_is_live(service, seeded, chromium, proxy):
     study = service.get("/v1/studies/report-running").json()
     assert study["status"] == "running" and study["counts"]["complete"] == 1
-    figures, dom, console = open_in_chromium(chromium, f"{service.url}/v1/studies/report-running/report", proxy)
+    # At a narrow width (500 px: headless Chromium's narrowest window), every plot fits and the two dropout plots stack.
+    figures, dom, console = open_in_chromium(chromium, f"{service.url}/v1/studies/report-running/report", proxy, width=500)
     assert console == [] and proxy.page_requests() == []
+    widths = {name: int(width) for name, width in re.findall(r'id="(fig-[a-z-]+)".*?<svg class="main-svg"[^>]* width="(\d+)"', dom)}
+    assert set(widths) >= {"fig-weight-decay", "fig-dropout-conv", "fig-dropout-dense"} and max(widths.values()) <= 500 - 2 * 6
+    assert widths["fig-dropout-conv"] == widths["fig-dropout-dense"] == widths["fig-weight-decay"]
     assert "Live:" in dom and "1 of 2 search trials finished" in dom
     assert figures.points["fig-weight-decay"] == 1 and figures.points["fig-gap"] == 1  # the reference, so far
     assert "The best is the defaults themselves" in dom
