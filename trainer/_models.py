@@ -4,7 +4,7 @@ Why two builds of one declaration: :func:`build_model` gives plain Keras layers
 (``keras.regularizers.L1L2``, ``keras.layers.Dropout``) for export and production. The search
 (:mod:`trainer._train`) instead builds the *same* graph with :class:`TunableL1L2` and
 :class:`TunableDropout`, whose coefficients and rates are backend variables: one compiled train step
-then serves every trial of a worker, and a new trial only assigns four numbers and re-initialises
+then serves every trial of a worker, and a new trial only assigns its knobs and re-initialises
 the weights. Both compute exactly the same function (same penalty, inverted dropout with the same
 rate); the layer and weight order are identical, so weights move freely between the two.
 """
@@ -31,26 +31,20 @@ __all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_searc
 
 
 class Knobs:
-    """The four searchable numbers of one search model, as non-trainable backend variables.
+    """The Keras values of one search model (``l1``, ``l2`` and every rate knob: :meth:`RegularizationConfig.keras_values`),
+    as non-trainable backend variables.
 
     Kept outside the layers (a plain object, which Keras does not track) so the search model has
     exactly the weights of the plain model.
     """
 
     def __init__(self, config: RegularizationConfig) -> None:
-        def variable(name: str, value: float) -> keras.Variable:
-            return keras.Variable(value, dtype="float32", trainable=False, name=name)
-
-        self.l1 = variable("l1", config.l1)
-        self.l2 = variable("l2", config.l2)
-        self.dropout_conv = variable("dropout_conv", config.dropout_conv)
-        self.dropout_dense = variable("dropout_dense", config.dropout_dense)
+        for name, value in config.keras_values().items():
+            setattr(self, name, keras.Variable(value, dtype="float32", trainable=False, name=name))
 
     def assign(self, config: RegularizationConfig) -> None:
-        self.l1.assign(config.l1)
-        self.l2.assign(config.l2)
-        self.dropout_conv.assign(config.dropout_conv)
-        self.dropout_dense.assign(config.dropout_dense)
+        for name, value in config.keras_values().items():
+            getattr(self, name).assign(value)
 
 
 class TunableL1L2(keras.regularizers.Regularizer):
@@ -71,7 +65,7 @@ class TunableDropout(keras.layers.Layer):
     """Inverted dropout (as ``keras.layers.Dropout``) whose rate is a backend variable.
 
     Keeps a unit when a uniform draw is >= rate and scales kept units by 1/(1 - rate); identity at
-    inference. ``which`` names the knob (``"dropout_conv"`` or ``"dropout_dense"``).
+    inference. ``which`` names the knob (a rate knob: ``"dropout_conv"``, ``"dropout_dense"``).
     """
 
     def __init__(self, knobs: Knobs, which: str, seed: int | None = None, **kwargs: Any) -> None:
@@ -189,7 +183,7 @@ def build_model(
     """
     regularization, model, width = _resolve(config, model, width)
     _check_shape(model, width, input_shape, num_classes)
-    rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
+    rates = regularization.keras_values()
     parts = _Parts(
         regularizer=lambda: keras.regularizers.L1L2(l1=regularization.l1, l2=regularization.l2),
         dropout=lambda which, name: keras.layers.Dropout(rates[which], name=name),
