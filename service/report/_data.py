@@ -1,8 +1,8 @@
 """What the report shows, gathered through the service's own functions (no statistic is recomputed here).
 
-* the study as the API shows it: :func:`service.studies.study_out` (status, counts, best, margin, reference);
-* the best config and how sure it is: the best-config JSON of ``GET .../best`` (the route's
-  ``best_config``: mean, interval, ties, robust ranges from :mod:`service.confirmation`) and the stored
+* the study as the API shows it: :func:`service.views.study_out` (status, counts, best, margin, reference);
+* the best config and how sure it is: the best-config JSON of ``GET .../best`` (:func:`service.views.best_config`:
+  mean, interval, ties, robust ranges from :mod:`service.confirmation`) and the stored
   :class:`~service.confirmation.Confirmation` summary (every candidate's runs);
 * the trials as the export's flat rows (:func:`service.features.trial_row`) plus their per-epoch values;
 * the importances of ``GET .../importance`` (same evaluator, same cache, same trials);
@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import features, studies
+from service import features, studies, views
 from service.confirmation import CONFIRMS_ATTR, REPEAT_ATTR
+from service.coordination import best_record
 from service.models import ACTIVE_STATUSES, SEARCH_STAGES, TrialStage
 from service.schemas import StudyOut, StudySpec
 
@@ -146,18 +147,16 @@ def _carry_over(best: Any) -> dict[str, Any] | None:
 
 
 def gather(session: Session, factory: sessionmaker[Session], storage: Any, cache: features.ImportanceCache, name: str,
-           *, base_url: str = "", best_config: Any = None) -> ReportData:
-    """Read everything the report of study ``name`` shows (``StudyNotFound`` for an unknown name).
-
-    ``best_config(row, session)``: the best-config JSON as ``GET .../best`` builds it (None before a trial completed).
-    """
+           *, base_url: str = "") -> ReportData:
+    """Read everything the report of study ``name`` shows (``StudyNotFound`` for an unknown name)."""
     row = studies.get_study(session, name)
-    study = studies.study_out(session, row)
-    record = studies.best_record(session, row.id)
-    best = best_config(row, session) if best_config is not None else None
+    spec = StudySpec.model_validate(row.spec)
+    study = views.study_out(session, row, spec)
+    record = best_record(session, row.id)
+    best = views.best_config(session, row)
     importance, note = None, None
     try:
-        importance = studies.importance_out(factory, storage, cache, name, EVALUATOR)
+        importance = views.importance_out(factory, storage, cache, name, EVALUATOR)
     except features.TooFewTrials as error:
         note = str(error)
     keras = None
@@ -167,7 +166,7 @@ def gather(session: Session, factory: sessionmaker[Session], storage: Any, cache
         keras = keras_settings(best)
     return ReportData(
         study=study,
-        spec=study.spec,
+        spec=spec,
         trials=_points(storage, name),
         best=best,
         summary=None if record is None else record.summary,

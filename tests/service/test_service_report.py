@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from service.objective import Trained
 from service.worker import KerasTraining, Worker
 from tests.support import CIFAR_DIR, LocalService, run_workers
+from trainer import TrialMetrics
 
 pytestmark = pytest.mark.slow
 
@@ -99,8 +101,8 @@ class ScriptedTraining:
             value = 0.3 + 0.1 * epoch - (0.25 if weak else 0.0)
             on_epoch_end(epoch, {"val_accuracy": value, "accuracy": value, "loss": 1.0, "val_loss": 1.1, "gap": 0.05})
         gap = 0.02 + 1e4 * config.weight_decay * 0.001
-        return {"val_accuracy": quality, "train_accuracy": quality + gap, "gap": gap, "sparsity": 0.01 + 0.3 * config.l1_ratio,
-                "train_size": 180, "epochs_run": spec.epochs}
+        return Trained(TrialMetrics(val_accuracy=quality, train_accuracy=quality + gap, gap=gap, sparsity=0.01 + 0.3 * config.l1_ratio,
+                                    train_size=180, epochs_run=spec.epochs))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from fastapi.security import HTTPAuthorizationCredentials
 from service import report
 from service.api.dashboard import BASIC_CHALLENGE, token_from_headers
 from service.api.deps import ImportanceCacheDep, SessionDep, SessionFactoryDep, StorageDep, TokenInfo, require_read
-from service.api.routes.studies import best_config
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -42,7 +41,7 @@ async def read_access(request: Request) -> TokenInfo | None:
 )
 def get_report(name: str, request: Request, session: SessionDep, factory: SessionFactoryDep, storage: StorageDep,
                cache: ImportanceCacheDep, _access: Annotated[TokenInfo | None, Depends(read_access)]) -> Response:
-    data = report.gather(session, factory, storage, cache, name, base_url=str(request.base_url), best_config=best_config)
+    data = report.gather(session, factory, storage, cache, name, base_url=str(request.base_url))
     page = report.render(data).encode("utf-8")
     headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
     if "gzip" in request.headers.get("accept-encoding", ""):
