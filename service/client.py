@@ -1,4 +1,4 @@
-"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance``)."""
+"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance|report``)."""
 
 from __future__ import annotations
 
@@ -135,6 +135,10 @@ class RegsearchClient:
         with open(path, "wb") as file:
             file.write(response.content)
         return dict(response.headers)
+
+    def report(self, name: str) -> str:
+        """The study's report page (``GET /v1/studies/NAME/report``): one self-contained HTML document."""
+        return self._request("GET", f"/v1/studies/{name}/report", expect="text/html").text
 
     def importance(self, name: str, evaluator: str = "ped-anova") -> dict[str, Any]:
         return self._request("GET", f"/v1/studies/{name}/importance", params={"evaluator": evaluator}).json()

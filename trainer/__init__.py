@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "measure_gap": "trainer._gap",
     "regularization_of": "trainer._keras_file",
     "save_keras_model": "trainer._keras_file",
+    "sparsity": "trainer._sparsity",
     # production hand-off
     "load_best": "trainer._export",
     "apply_regularization": "trainer._export",

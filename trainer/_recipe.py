@@ -94,6 +94,10 @@ class TrialMetrics(BaseModel):
     gap: float | None = Field(
         None, description="train_accuracy - val_accuracy after the last epoch (both in inference mode): the generalization gap."
     )
+    sparsity: float | None = Field(
+        None, description="Share of the trained network's penalized (Conv2D/Dense) kernel weights with |w| < 1e-3, "
+        "measured once at the end of the trial (trainer/_sparsity.py).",
+    )
     images_per_second: float | None = None
     wall_time_s: float | None = None
     epochs_run: int | None = None

@@ -52,6 +52,7 @@ from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._best import BestConfig
 from trainer._space import RegularizationConfig
+from trainer._sparsity import SPARSITY_THRESHOLD, weight_stats
 
 __all__ = [
     "PRECISIONS",
@@ -62,8 +63,6 @@ __all__ = [
     "resolve_precision",
     "train",
 ]
-
-SPARSITY_THRESHOLD = 1e-3
 
 #: Whether benchmarks/trainer_throughput.py has shown mixed_bfloat16 within 1 point of float32
 #: validation accuracy (mean of 3 seeds). Until it has, ``auto`` keeps float32 on CPUs even where
@@ -297,9 +296,8 @@ class _SearchModel:
         self._precise_bn_fn()(sample.astype(np.float32))
 
     def weight_stats(self) -> tuple[float, float, float]:
-        """(sum |w|, sqrt(sum w**2), share of |w| < 1e-3) over the penalized kernels."""
-        values = np.concatenate([np.abs(np.asarray(kernel.numpy(), dtype=np.float64)).ravel() for kernel in self.kernels])
-        return float(values.sum()), float(np.sqrt(np.square(values).sum())), float(np.mean(values < SPARSITY_THRESHOLD))
+        """(sum |w|, sqrt(sum w**2), share of |w| < 1e-3) over the penalized kernels (:mod:`trainer._sparsity`)."""
+        return weight_stats(self.kernels)
 
 
 _CACHE: collections.OrderedDict[tuple, _SearchModel] = collections.OrderedDict()

@@ -1,4 +1,4 @@
-"""``regsearch submit | watch | best | studies | trials | importance``: the command-line client of the HTTP API."""
+"""``regsearch submit | watch | best | studies | trials | importance | report``: the command-line client of the HTTP API."""
 
 from __future__ import annotations
 
@@ -69,6 +69,18 @@ def register(subparsers) -> None:
     importance.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_url(importance)
     importance.set_defaults(func=_importance)
+
+    # -- issue 19 --
+    report = subparsers.add_parser(
+        "report", help="a study's regularization report: one HTML page that works offline",
+        description="Save the study's regularization report (GET /v1/studies/NAME/report): accuracy against weight decay "
+        "and dropout, the generalization gap, sparsity, learning curves, how sure the best is, importance and the hand-off, "
+        "in one self-contained HTML file (plotly.js inlined) to open in any browser, offline.",
+    )
+    report.add_argument("name")
+    report.add_argument("-o", "--output", default=None, help="the HTML file to write (default NAME-report.html)")
+    _add_url(report)
+    report.set_defaults(func=_report)
 
 
 def _client(args):
@@ -283,4 +295,14 @@ def _importance(args) -> int:
     print(f"study {result['study']}: parameter importance ({result['evaluator']}, {result['n_trials']} complete trials)")
     for name, value in result["importances"].items():
         print(f"  {name:<14} {value:6.3f}")
+    return 0
+
+
+# -- issue 19 --
+def _report(args) -> int:
+    output = args.output or f"{args.name}-report.html"
+    with _client(args) as client:
+        page = _call(client.report, args.name)
+    Path(output).write_text(page, encoding="utf-8")
+    print(f"wrote {output} ({len(page.encode('utf-8')) / 1e6:.1f} MB): open it in a browser; it works offline")
     return 0

@@ -276,6 +276,20 @@ def test_dashboard_needs_a_read_token_by_basic_auth_or_bearer(server):
     assert with_curl_u.status_code == 200 and "study_summaries" in with_curl_u.json()
 
 
+def test_report_takes_a_read_token_by_bearer_or_basic_auth(server):
+    """The report page (issue 19) is opened from the dashboard's link by a browser: Basic auth works as there."""
+    assert server.request("POST", "/v1/studies", server.tokens["admin"], json=SPEC).status_code in (200, 201)
+    anonymous = server.request("GET", "/v1/studies/auth-demo/report")
+    assert anonymous.status_code == 401 and anonymous.headers["www-authenticate"].startswith("Basic")
+    assert server.request("GET", "/v1/studies/auth-demo/report", headers=_basic(server.tokens["revoked"])).status_code == 401
+    for headers in (_basic(server.tokens["read"]), {"Authorization": f"Bearer {server.tokens['read']}"}):
+        response = server.request("GET", "/v1/studies/auth-demo/report", headers=headers)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert response.headers["content-encoding"] == "gzip" and "Regularization report: auth-demo" in response.text
+    saved = server.cli("report", "auth-demo", "-o", str(server.root / "auth-demo.html"), REGSEARCH_TOKEN=server.tokens["read"])
+    assert saved.returncode == 0 and "Regularization report: auth-demo" in (server.root / "auth-demo.html").read_text()
+
+
 def test_dashboard_writes_are_refused_for_everyone_and_the_study_stays_intact(server):
     admin = server.tokens["admin"]
     assert server.request("POST", "/v1/studies", admin, json=SPEC).status_code in (200, 201)
