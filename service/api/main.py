@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from service import metrics, studies
 from service.api.deps import require_scope_by_method
 from service.api.read_cache import ReadCache, TokenCache
-from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
+from service.api.hardening import COMMON_RESPONSES, ERROR_RESPONSES, ErrorGuard, InputGuard, validation_error_handler
 from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import studies as studies_routes
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
         title="regsearch",
         summary="Search the regularization (L1/L2 weight decay, dropout) of Keras CIFAR-10 convnets with Optuna.",
         version="0.1.0",
+        responses=COMMON_RESPONSES,
     )
     engine = create_engine(settings)
     app.state.settings = settings
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.state.token_cache = TokenCache(settings.auth_cache_s)
     app.add_middleware(ReadCache, ttl=settings.read_cache_s, tokens=app.state.token_cache, auth=settings.auth)
-    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # outermost: before anything reads
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # before anything reads
+    app.add_middleware(ErrorGuard)  # outermost: HEAD as GET; an escaped error a 500 that closes its connection
 
     app.include_router(health.router)
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,28 @@ def _load_spec(path: str) -> dict[str, Any]:
         raise CommandError(f"cannot parse spec file {path}: {error}".splitlines()[0]) from None
     if not isinstance(spec, dict):
         raise CommandError(f"spec file {path} must hold a mapping of study fields")
+    problem = _not_json(spec)
+    if problem:
+        raise CommandError(f"spec file {path}: {problem}")
     return spec
+
+
+def _not_json(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (a parsed spec) is not plain JSON, naming the field; None when it is. YAML also
+    parses .nan/.inf, dates and !!binary, which a study spec cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _not_json(item, f"{where}.{key}" if where else str(key))
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        return next((problem for index, item in enumerate(value) if (problem := _not_json(item, f"{where}[{index}]"))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} must be a finite number, got {value}"
+    if value is None or isinstance(value, str | int | float):
+        return None
+    return f"{where} must be a number, a string, a list or a mapping, got a YAML {type(value).__name__}"
 
 
 def _submit(args) -> int:
@@ -190,7 +212,10 @@ def _best(args) -> int:
     else:
         text = json.dumps(best, indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as error:
+            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
         print(f"wrote {args.output}")
         return 0
     if args.json or args.format:
@@ -267,7 +292,10 @@ def _trials_table(client, args) -> int:
         lines.append("  ".join(cells))
     text = "\n".join(lines) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as error:
+            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

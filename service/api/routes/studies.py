@@ -23,7 +23,8 @@ from service.api.deps import (
     StorageDep,
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
-from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
+from service.api.hardening import ErrorOut
+from service.schemas import BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -148,11 +149,13 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
 
 @router.get(
     "/{name}/best",
-    response_model=BestConfigOut,
+    response_model=BestConfigOut | KerasSettingsOut,
     summary="The best config so far",
     responses={
         404: {"description": "Unknown study, or no trial has completed yet."},
-        200: {"content": {"text/x-python": {}}, "description": "format=python returns a Python snippet."},
+        200: {"content": {"text/x-python": {"schema": {"type": "string"}}},
+              "description": "format=json: BestConfigOut; format=keras: KerasSettingsOut; format=python: a Python snippet."},
+        501: {"model": ErrorOut, "description": "This build of the server cannot render format=keras or python."},
     },
 )
 def get_best(
@@ -180,7 +183,7 @@ def get_best(
     except ImportError:
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"format={output_format} is not available in this build") from None
     if output_format == "keras":
-        return JSONResponse(keras_settings(best))
+        return KerasSettingsOut.model_validate(keras_settings(best))
     return PlainTextResponse(python_snippet(best), media_type="text/x-python")
 
 
