@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.tokens import create_token, revoke_token
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy
+from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy
 
 SPEC = {"name": "auth-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
 
@@ -273,23 +273,27 @@ def test_a_study_created_in_optuna_outside_the_service_is_never_adopted(server):
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, tmp_path):
-    """Every operation, every check, bounded: about 500 cases in well under a minute."""
+    """Every operation, every check, every phase (stateful included), bounded: about 700 cases in well under a
+    minute. best (each format), best/model and importance run on a study with complete trials
+    (tests/service/schemathesis.toml)."""
     try:
         import schemathesis  # noqa: F401 - run below through this interpreter, whatever venv holds it
     except ImportError:
         pytest.fail("schemathesis is missing: pip install -e '.[dev]'")
+    assert server.request("POST", "/v1/studies", server.tokens["admin"],
+                          json={**SPEC, "name": "schema-best", "n_trials": 20}).status_code == 201
+    seed_trials(server.env["REGSEARCH_DATABASE_URL"], "schema-best", [0.30 + 0.01 * index for index in range(10)])
     st = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"]
     result = subprocess.run(
-        [*st, "run", f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {server.tokens['admin']}",
-         "--checks", "all",  # positive_data_acceptance included: the schema states the bounds the server enforces
-         # A study's best, best/model and importance answer 404 until its trials have run: by design,
-         # not a resource the POST failed to create (schemathesis' ensure_resource_availability).
-         "--exclude-checks", "ensure_resource_availability",
+        [*st, "--config-file", str(ROOT / "tests" / "service" / "schemathesis.toml"),
+         "run", f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {server.tokens['admin']}",
+         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
          "--max-examples", "15", "--seed", "1", "--no-color", "--request-timeout", "20"],
         env={**server.env, "SCHEMATHESIS_HOOKS": "tests.service.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Stateful" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1], result.stdout[-3000:]
     assert " 500 " not in server.log() and "Traceback" not in server.log()
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import REGSEARCH, base_env, free_port, kill_group, spawn, wait_healthy
+from service.features import MIN_TRIALS
+from tests.support import REGSEARCH, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy
 
 SPEC = {"name": "guard-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
 JSON = {"Content-Type": "application/json"}
@@ -146,29 +147,9 @@ def _raw(url: str, request: bytes, timeout: float = 30.0) -> bytes:
     return b"".join(chunks)
 
 
-def _seed_flat_study(server, name: str, n: int) -> None:
-    """``n`` complete trials that all scored the same, written through Optuna's storage as a worker writes them."""
-    import optuna
-
-    from service._optuna import distributions
-    from service.config import Settings
-    from service.db import create_engine, session_factory
-    from service.schemas import StudySpec
-    from tests.support import seed_leader
-
-    assert server.request("POST", "/v1/studies", json={**SPEC, "name": name, "n_trials": n + 1}).status_code == 201
-    url = f"sqlite:///{server.root / 'regsearch.db'}"
-    storage = optuna.storages.RDBStorage(url)
-    study = optuna.load_study(study_name=name, storage=storage)
-    space = distributions(StudySpec.model_validate({**SPEC, "name": name}))
-    for trial in [study.ask(space) for _ in range(n - 1)]:
-        study.tell(trial, 0.5)
-    seed_leader(session_factory(create_engine(Settings(database_url=url))), storage, name, 0.5,
-                study.trials[-1].params)  # the n-th, and the best-config row a worker writes
-
-
 def test_fanova_on_constant_values_answers_200_with_zero_importances_and_says_why(server):
-    _seed_flat_study(server, "flat", 10)
+    assert server.request("POST", "/v1/studies", json={**SPEC, "name": "flat", "n_trials": 20}).status_code == 201
+    seed_trials(f"sqlite:///{server.root / 'regsearch.db'}", "flat", [0.5] * MIN_TRIALS)
     answers = [server.request("GET", "/v1/studies/flat/importance", params={"evaluator": "fanova"}) for _ in range(2)]
     for response in answers:
         assert response.status_code == 200, response.text
