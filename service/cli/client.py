@@ -199,11 +199,14 @@ def _watch(args) -> int:
 
 def _best(args) -> int:
     output_format = args.format or "json"
+    if args.model:  # refused before anything is downloaded
+        if not args.model.endswith(".keras"):
+            raise CommandError(f"--model must name a .keras file, got {args.model!r}")
+        if not Path(args.model).absolute().parent.is_dir():
+            raise CommandError(f"cannot write {args.model}: no directory {str(Path(args.model).parent)!r}")
     with _client(args) as client:
         best = _call(client.best, args.name, output_format)
         if args.model:
-            if not args.model.endswith(".keras"):
-                raise CommandError(f"--model must name a .keras file, got {args.model!r}")
             headers = _call(client.best_model, args.name, args.model)
             print(f"wrote {args.model} (trial {headers.get('x-regsearch-trial')}; the study's stored models take "
                   f"{int(headers.get('x-regsearch-disk-bytes', 0)) / 1e6:.1f} MB)", file=sys.stderr)

@@ -200,6 +200,32 @@ def test_cli_client_errors_are_one_line_and_exit_1(server, url, says):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"regsearch studies: {says}"), result.stderr
 
 
+@pytest.mark.parametrize("case", ["width-nan", "learning-rate-inf", "train-width-nan", "yaml-nan", "yaml-inf", "yaml-date",
+                                  "yaml-binary", "token-non-ascii", "token-newline", "model-missing-dir"])
+def test_cli_bad_input_is_one_line_and_exit_1(server, tmp_path, case):
+    """Issue 17: each of these printed a traceback (or, for a token with a line break, 'cannot reach the server')."""
+    yaml_values = {"yaml-nan": "width: .nan", "yaml-inf": "learning_rate: -.inf", "yaml-date": "seed: 2026-12-04",
+                   "yaml-binary": "name: !!binary aGVsbG8="}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: cli-bad\n{yaml_values.get(case, '')}\n".replace("name: cli-bad\nname:", "name:"))
+    args, env, says = {
+        "width-nan": (("submit", "--name", "cli-bad", "--width", "nan"), {}, "--width must be a finite number, got nan"),
+        "learning-rate-inf": (("submit", "--name", "cli-bad", "--learning-rate", "inf"), {}, "--learning-rate must be a finite number, got inf"),
+        "train-width-nan": (("train", "--width", "nan"), {}, "--width must be a finite number, got nan"),
+        "yaml-nan": (("submit", str(spec)), {}, "width must be a finite number, got nan"),
+        "yaml-inf": (("submit", str(spec)), {}, "learning_rate must be a finite number, got -inf"),
+        "yaml-date": (("submit", str(spec)), {}, "seed must be a number, a string, a list or a mapping, got a YAML date"),
+        "yaml-binary": (("submit", str(spec)), {}, "name must be a number, a string, a list or a mapping, got a YAML bytes"),
+        "token-non-ascii": (("studies",), {"REGSEARCH_TOKEN": "rgs_tökén"}, "the token (REGSEARCH_TOKEN or the token file) holds"),
+        "token-newline": (("studies",), {"REGSEARCH_TOKEN": server.tokens["read"] + "\nX-Injected: 1"}, "the token (REGSEARCH_TOKEN"),
+        "model-missing-dir": (("best", "auth-demo", "--model", str(tmp_path / "missing" / "best.keras")), {}, "cannot write"),
+    }[case]
+    result = server.cli(*args, **env)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "cannot reach" not in result.stderr
+
+
 def test_cli_not_a_regsearch_server_is_one_line(server):
     result = server.cli("studies", "--url", f"{server.url}/dashboard")  # HTML, not the API
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
