@@ -245,3 +245,18 @@ def test_an_unexpected_error_is_a_short_500_that_closes_its_connection_and_the_n
     finally:
         uv.should_exit = True
         thread.join(10)
+
+
+def test_every_error_answer_keeps_or_closes_its_connection_so_the_next_request_works(server):
+    """One kept-alive client: after each error the next request on the pool succeeds (a 413 closes, saying so)."""
+    errors = [("GET", "/v1/nothing", {}, 404), ("PUT", "/v1/studies/x", {"json": {}}, 405),
+              ("POST", "/v1/studies", {"content": b"a=1", "headers": {"Content-Type": "text/plain"}}, 415),
+              ("POST", "/v1/studies", {"json": {"name": "Not A Slug"}}, 422),
+              ("POST", "/v1/studies", {"content": b"x" * 2_000_000, "headers": JSON}, 413),
+              ("POST", "/v1/studies", {"content": b"[NaN]", "headers": JSON}, 422)]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for method, path, kwargs, code in errors:
+            response = client.request(method, path, **kwargs)
+            assert response.status_code == code, (path, response.text[:200])
+            assert (response.headers.get("connection") == "close") == (code == 413), (code, response.headers)
+            assert client.get("/healthz").status_code == 200
