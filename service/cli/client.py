@@ -263,7 +263,11 @@ def _trials(args) -> int:
         if output_format is None:
             return _trials_table(client, args)
         if args.output:
-            with open(args.output, "w", newline="") as out:
+            try:
+                out = open(args.output, "w", newline="")
+            except OSError as error:
+                raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
+            with out:
                 _call(client.export_trials, args.name, output_format, out)
             print(f"wrote {args.output}", file=sys.stderr)
         else:

@@ -201,7 +201,7 @@ def test_cli_client_errors_are_one_line_and_exit_1(server, url, says):
 
 
 @pytest.mark.parametrize("case", ["width-nan", "learning-rate-inf", "train-width-nan", "yaml-nan", "yaml-inf", "yaml-date",
-                                  "yaml-binary", "token-non-ascii", "token-newline", "model-missing-dir"])
+                                  "yaml-binary", "token-non-ascii", "token-newline", "model-missing-dir", "output-missing-dir"])
 def test_cli_bad_input_is_one_line_and_exit_1(server, tmp_path, case):
     """Issue 17: each of these printed a traceback (or, for a token with a line break, 'cannot reach the server')."""
     yaml_values = {"yaml-nan": "width: .nan", "yaml-inf": "learning_rate: -.inf", "yaml-date": "seed: 2026-12-04",
@@ -219,6 +219,7 @@ def test_cli_bad_input_is_one_line_and_exit_1(server, tmp_path, case):
         "token-non-ascii": (("studies",), {"REGSEARCH_TOKEN": "rgs_tökén"}, "the token (REGSEARCH_TOKEN or the token file) holds"),
         "token-newline": (("studies",), {"REGSEARCH_TOKEN": server.tokens["read"] + "\nX-Injected: 1"}, "the token (REGSEARCH_TOKEN"),
         "model-missing-dir": (("best", "auth-demo", "--model", str(tmp_path / "missing" / "best.keras")), {}, "cannot write"),
+        "output-missing-dir": (("trials", "auth-demo", "--csv", "-o", str(tmp_path / "missing" / "t.csv")), {}, "cannot write"),
     }[case]
     result = server.cli(*args, **env)
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
