@@ -92,13 +92,15 @@ class ReadOnlyDashboard:
         await self.app(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> set[str]:
-        """The methods the API's own routes serve at this path (empty: not an API path)."""
-        return {
+        """The methods the API's own routes serve at this path (empty: not an API path); HEAD wherever GET is
+        (service.api.hardening.ErrorGuard)."""
+        allowed = {
             method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
             for route in self.api_routes
             if not isinstance(route, Mount)
             and route.matches({**scope, "method": method, "root_path": ""})[0] is Match.FULL
         }
+        return allowed | {"HEAD"} if "GET" in allowed else allowed
 
     async def _api_miss(self, scope: Scope, receive: Receive, send: Send) -> None:
         allowed = self._allowed(scope)
