@@ -54,6 +54,9 @@ class RegsearchClient:
             url = get_settings().url
         self.url = url.rstrip("/")
         token = token or find_token(self.url)
+        if token and not (token.isascii() and token.isprintable() and " " not in token):
+            raise ClientError("the token (REGSEARCH_TOKEN or the token file) holds a space, a line break or a "
+                              "non-ASCII character; a regsearch token is one word of ASCII letters, digits, _ and -")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
@@ -132,8 +135,11 @@ class RegsearchClient:
     def best_model(self, name: str, path: str) -> dict[str, str]:
         """Download the best trial's ``.keras`` file to ``path``; return the response headers."""
         response = self._request("GET", f"/v1/studies/{name}/best/model", expect="application/octet-stream")
-        with open(path, "wb") as file:
-            file.write(response.content)
+        try:
+            with open(path, "wb") as file:
+                file.write(response.content)
+        except OSError as error:
+            raise ClientError(f"cannot write {path}: {error.strerror}") from None
         return dict(response.headers)
 
     def report(self, name: str) -> str:

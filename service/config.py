@@ -89,6 +89,10 @@ class Settings(BaseSettings):
         "alone (docs/kubernetes.md, \"Metrics\"); otherwise a scrape needs a read token like every read.",
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond it).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection may take to send a request's headers, counted from when it "
+        "opens or its previous answer ends; then it is closed (slow or idle clients hold no connection)."
+    )
     auth_cache_s: float = Field(
         2.0, ge=0, description="Seconds the API trusts a token it has checked (a revoked token stops working within twice this)."
     )

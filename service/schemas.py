@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
@@ -24,6 +24,8 @@ __all__ = [
     "BestConfigOut",
     "BestSummary",
     "Health",
+    "KerasDropoutOut",
+    "KerasSettingsOut",
     "Links",
     "SearchSpace",
     "StudyList",
@@ -278,3 +280,28 @@ class BestConfigOut(BestConfig):
     best_since: UtcDateTime
     direction: Literal["maximize"] = "maximize"
     margin: MarginOut | None = Field(None, description="The best's margin over the reference config (issue 11).")
+
+
+class KerasDropoutOut(BaseModel):
+    rate: float
+    where: str = Field(description="Where the architecture puts this rate.")
+    layers: list[str] = Field(description="The Dropout layers of the network that take it.")
+
+
+class KerasSettingsOut(BaseModel):
+    """``best?format=keras``: the best config as layer-level Keras arguments (:func:`trainer._export.keras_settings`)."""
+
+    study: str
+    trial_number: int
+    model: str
+    width: float
+    kernel_regularizer: dict[str, Any] = Field(
+        description="keras.regularizers.serialize(L1L2(l1, l2)); keras.regularizers.deserialize() rebuilds it.")
+    regularized: str = Field(description="Which layers' kernels take the regularizer.")
+    dropout: dict[str, KerasDropoutOut] = Field(description="Per dropout parameter: its rate, where it goes, its layers.")
+    layers: dict[str, dict[str, Any]] = Field(
+        description="Per layer name of trainer.build_model's network: its class and settings (the regularizer for "
+        "every Conv2D/Dense kernel, the rate for every Dropout).")
+    train_size: int | None
+    train_size_rule: str
+    uncertainty: dict[str, Any] | None = Field(description="How sure the study is of this best (null for old studies).")

@@ -35,7 +35,8 @@ __all__ = [
 
 class StudyNotFound(LookupError):
     def __init__(self, name: str) -> None:
-        super().__init__(f"study {name!r} not found")
+        shown = name if len(name) <= 80 else name[:80] + "..."  # a 404 never echoes a long path in full
+        super().__init__(f"study {shown!r} not found")
         self.name = name
 
 

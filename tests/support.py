@@ -227,3 +227,25 @@ def seed_leader(factory, storage, name: str, value: float, params: Mapping[str, 
     study.add_trial(optuna.trial.create_trial(params=dict(params), distributions=distributions(spec), value=value,
                                               user_attrs={"train_size": train_size}))
     return coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm)
+
+
+def seed_trials(database_url: str, name: str, values: Sequence[float]) -> None:
+    """Complete trials of the existing study ``name`` with these values (params drawn by its sampler, the
+    queued reference first) and its best-config row, written as workers write them (Optuna's storage, then
+    :func:`service.coordination.record_leader`)."""
+    import optuna
+
+    from service import coordination, studies
+    from service._optuna import distributions
+    from service.config import Settings
+    from service.db import create_engine, session_factory
+    from service.schemas import StudySpec
+
+    factory = session_factory(create_engine(Settings(database_url=database_url)))
+    with factory() as session:
+        row = studies.get_study(session, name)
+    spec = StudySpec.model_validate(row.spec)
+    study = optuna.load_study(study_name=name, storage=optuna.storages.RDBStorage(database_url))
+    for value in values:
+        study.tell(study.ask(distributions(spec)), value)
+    coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm)

@@ -202,7 +202,7 @@ def _provenance(
     ]
     return {
         "provenance_version": PROVENANCE_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "study": best.study,
         "trial_number": best.trial_number,
         "study_objective": {

@@ -22,7 +22,7 @@ import anyio.to_thread
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.hardening import json_error
+from service.api.hardening import excerpt, json_error
 from service.config import Settings
 
 __all__ = ["ReadOnlyDashboard", "dashboard_app", "standalone_dashboard", "token_from_headers"]
@@ -86,16 +86,21 @@ class ReadOnlyDashboard:
                     headers={"WWW-Authenticate": BASIC_CHALLENGE},
                 )(scope, receive, send)
                 return
+        if not any(key.lower() == b"accept-encoding" for key, _ in scope.get("headers", ())):
+            # optuna-dashboard's /static and /favicon.ico read this header unguarded (a KeyError, a 500 without it)
+            scope = {**scope, "headers": [*scope.get("headers", ()), (b"accept-encoding", b"identity")]}
         await self.app(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> set[str]:
-        """The methods the API's own routes serve at this path (empty: not an API path)."""
-        return {
+        """The methods the API's own routes serve at this path (empty: not an API path); HEAD wherever GET is
+        (service.api.hardening.ErrorGuard)."""
+        allowed = {
             method for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
             for route in self.api_routes
             if not isinstance(route, Mount)
             and route.matches({**scope, "method": method, "root_path": ""})[0] is Match.FULL
         }
+        return allowed | {"HEAD"} if "GET" in allowed else allowed
 
     async def _api_miss(self, scope: Scope, receive: Receive, send: Send) -> None:
         allowed = self._allowed(scope)
@@ -103,7 +108,7 @@ class ReadOnlyDashboard:
             await json_error(405, f"method {scope['method']} not allowed here; allowed: {', '.join(sorted(allowed))}",
                              headers={"Allow": ", ".join(sorted(allowed))})(scope, receive, send)
         else:
-            await json_error(404, f"no such endpoint: {scope['path']} (see /docs)")(scope, receive, send)
+            await json_error(404, f"no such endpoint: {excerpt(scope['path'])} (see /docs)")(scope, receive, send)
 
 
 def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: Any = None,
@@ -141,10 +146,10 @@ def standalone_dashboard(settings: Settings, storage: Any = None) -> ASGIApp:
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
 
-    from service.api.hardening import InputGuard
+    from service.api.hardening import ErrorGuard, InputGuard
 
     async def healthz(_request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     app = Starlette(routes=[Route("/healthz", healthz), Mount("/", dashboard_app(settings, storage))])
-    return InputGuard(app, settings.max_body_bytes)
+    return ErrorGuard(InputGuard(app, settings.max_body_bytes))

@@ -10,9 +10,13 @@ anything, even with auth off), and refuses NaN and Infinity anywhere in a JSON b
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import math
 from typing import Any
+
+import h11
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -20,11 +24,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["ERROR_RESPONSES", "ErrorOut", "InputGuard", "ValidationErrorOut", "excerpt", "json_error", "validation_error_handler"]
+__all__ = ["COMMON_RESPONSES", "ERROR_RESPONSES", "ErrorGuard", "ErrorOut", "HeaderTimeoutH11", "InputGuard", "http_protocol", "ValidationErrorOut", "excerpt", "json_error", "validation_error_handler"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 EXCERPT_CHARS = 80
+MAX_ERRORS_SHOWN = 10  # a 422 quotes at most this many errors and counts the rest
+MAX_MSG_CHARS = 400
+
+log = logging.getLogger("regsearch")
 
 
 class ErrorOut(BaseModel):
@@ -47,13 +56,20 @@ class ValidationErrorOut(BaseModel):
     detail: list[ValidationErrorItem]
 
 
-#: documented on every /v1 operation (``include_router(..., responses=ERROR_RESPONSES)``)
+#: what every route can answer, documented on every operation (``FastAPI(responses=COMMON_RESPONSES)``)
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut, "description": "A malformed request (e.g. an invalid Content-Length header)."},
+    405: {"model": ErrorOut, "description": "The path exists, the method does not; the Allow header lists those that do."},
+    413: {"model": ErrorOut, "description": "The request body is larger than the server's limit."},
+    500: {"model": ErrorOut, "description": "An unexpected error, logged on the server; the connection is closed (Connection: close)."},
+}
+
+#: documented on every /v1 operation besides COMMON_RESPONSES (``include_router(..., responses=ERROR_RESPONSES)``)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No token, or an unknown or revoked one."},
     403: {"model": ErrorOut, "description": "The token's scope is too small (read < write < admin)."},
     404: {"model": ErrorOut, "description": "No such study (or no best config yet)."},
     409: {"model": ErrorOut, "description": "Conflicts with the study's state or an existing study."},
-    413: {"model": ErrorOut, "description": "The request body is larger than the server's limit."},
     415: {"model": ErrorOut, "description": "A request body that is not application/json."},
     422: {"model": ValidationErrorOut, "description": "Invalid input: each error names the field and the reason."},
 }
@@ -85,14 +101,20 @@ def _clean_ctx(ctx: Any) -> dict[str, Any] | None:
 async def validation_error_handler(_request: Request, error: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, but never echoing more than a short excerpt of the input (nor failing on NaN)."""
     items = []
-    for item in error.errors():
-        out = {"loc": [part if isinstance(part, int) else str(part) for part in item.get("loc", ())],
-               "msg": str(item.get("msg", "invalid")), "type": str(item.get("type", "value_error"))}
+    errors = error.errors()
+    for item in errors[:MAX_ERRORS_SHOWN]:
+        msg = str(item.get("msg", "invalid"))
+        out = {"loc": [excerpt(part) if isinstance(part, int) else excerpt(str(part)) for part in item.get("loc", ())],
+               "msg": msg if len(msg) <= MAX_MSG_CHARS else msg[:MAX_MSG_CHARS] + "...",
+               "type": str(item.get("type", "value_error"))}
         if "input" in item:
             out["input"] = excerpt(item["input"])
         if item.get("ctx"):
             out["ctx"] = _clean_ctx(item["ctx"])
         items.append(out)
+    if len(errors) > MAX_ERRORS_SHOWN:  # e.g. many unknown keys: a few are quoted, the rest counted
+        items.append({"loc": ["body"], "type": "too_many_errors",
+                      "msg": f"and {len(errors) - MAX_ERRORS_SHOWN} more error(s) not shown ({len(errors)} in all)"})
     return JSONResponse({"detail": items}, status_code=422)
 
 
@@ -222,6 +244,89 @@ class InputGuard:
             return await receive()
 
         return replay
+
+
+class ErrorGuard:
+    """The outermost layer of the app: HEAD on every GET route, and never an error that breaks the next request.
+
+    HEAD is served as the GET it stands for with the body left out (so every GET route, the
+    dashboard's included, answers it, headers and all). An exception that escapes the app before the
+    answer started becomes a short JSON 500 with ``Connection: close`` (the traceback goes to the log,
+    not to the client): the client then knows the connection ends and opens a new one. Without it the
+    server dropped the kept-alive connection after its own 500, and the client's next request failed.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        head = scope["method"] == "HEAD"
+        if head:
+            scope = {**scope, "method": "GET"}
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            elif head and message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, guarded)
+        except Exception:
+            if started:
+                raise  # the server closes the connection: nothing else can end a half-sent answer
+            log.exception("unhandled error in %s %s", scope["method"], excerpt(scope.get("path", "")))
+            await json_error(500, "internal error (logged on the server); the request may be retried",
+                             headers={"Connection": "close"})(scope, receive, guarded)
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request's headers within
+    ``header_timeout_s`` of opening or of its previous answer (uvicorn has no such timeout: its
+    ``timeout_keep_alive`` ends once any byte arrives, so a client that never finishes its headers held
+    the connection for ever). Build one with :func:`http_protocol`."""
+
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._header_timer = None if self.transport.is_closing() else \
+            self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():  # no whole request yet
+            self.logger.info("closing a connection that sent no complete request headers within %ss", self.header_timeout_s)
+            self.conn.send(h11.ConnectionClosed())
+            self.transport.close()
+
+
+def http_protocol(header_timeout_s: float) -> type[HeaderTimeoutH11]:
+    """uvicorn's ``http=`` for this server (REGSEARCH_HEADER_TIMEOUT_S)."""
+    return type("HeaderTimeoutH11", (HeaderTimeoutH11,), {"header_timeout_s": header_timeout_s})
 
 
 def _finite_int(text: str) -> int:

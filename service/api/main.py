@@ -21,7 +21,7 @@ from service import metrics, studies
 from service.api.deps import require_scope_by_method
 from service.api.docs import STATIC_URL, add_redoc
 from service.api.read_cache import ReadCache, TokenCache
-from service.api.hardening import ERROR_RESPONSES, InputGuard, validation_error_handler
+from service.api.hardening import COMMON_RESPONSES, ERROR_RESPONSES, ErrorGuard, InputGuard, validation_error_handler
 from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import report as report_routes
@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
         title="regsearch",
         summary="Search the regularization (L1/L2 weight decay, dropout) of Keras CIFAR-10 convnets with Optuna.",
         version="0.1.0",
+        responses=COMMON_RESPONSES,
     )
     add_redoc(app)
     engine = create_engine(settings)
@@ -115,13 +116,15 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.state.token_cache = TokenCache(settings.auth_cache_s)
     app.add_middleware(ReadCache, ttl=settings.read_cache_s, tokens=app.state.token_cache, auth=settings.auth)
-    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # outermost: before anything reads
+    app.add_middleware(InputGuard, max_body_bytes=settings.max_body_bytes)  # before anything reads
+    app.add_middleware(ErrorGuard)  # outermost: HEAD as GET; an escaped error a 500 that closes its connection
 
     app.include_router(health.router)
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     app.include_router(report_routes.router, responses=ERROR_RESPONSES)  # its own read check: bearer or Basic (a browser)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
     publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
+    studies_routes.publish_links(app)  # what a client can follow once a POST created a study
 
     if dashboard:
         from service.api.dashboard import dashboard_app

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    from pydantic import ValidationError
+
     from service.client import ClientError
 
     try:
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, ClientError) as error:
         print(f"regsearch {args.command}: {error}", file=sys.stderr)
         return getattr(error, "code", 1)
+    except ValidationError as error:  # a value a model refused (a flag, a file): the first reason, on one line
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or error.title
+        print(f"regsearch {args.command}: invalid {where}: {first['msg']}".splitlines()[0], file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -115,7 +116,28 @@ def _load_spec(path: str) -> dict[str, Any]:
         raise CommandError(f"cannot parse spec file {path}: {error}".splitlines()[0]) from None
     if not isinstance(spec, dict):
         raise CommandError(f"spec file {path} must hold a mapping of study fields")
+    problem = _not_json(spec)
+    if problem:
+        raise CommandError(f"spec file {path}: {problem}")
     return spec
+
+
+def _not_json(value: Any, where: str = "") -> str | None:
+    """Why ``value`` (a parsed spec) is not plain JSON, naming the field; None when it is. YAML also
+    parses .nan/.inf, dates and !!binary, which a study spec cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _not_json(item, f"{where}.{key}" if where else str(key))
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        return next((problem for index, item in enumerate(value) if (problem := _not_json(item, f"{where}[{index}]"))), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} must be a finite number, got {value}"
+    if value is None or isinstance(value, str | int | float):
+        return None
+    return f"{where} must be a number, a string, a list or a mapping, got a YAML {type(value).__name__}"
 
 
 def _submit(args) -> int:
@@ -189,11 +211,14 @@ def _watch(args) -> int:
 
 def _best(args) -> int:
     output_format = args.format or "json"
+    if args.model:  # refused before anything is downloaded
+        if not args.model.endswith(".keras"):
+            raise CommandError(f"--model must name a .keras file, got {args.model!r}")
+        if not Path(args.model).absolute().parent.is_dir():
+            raise CommandError(f"cannot write {args.model}: no directory {str(Path(args.model).parent)!r}")
     with _client(args) as client:
         best = _call(client.best, args.name, output_format)
         if args.model:
-            if not args.model.endswith(".keras"):
-                raise CommandError(f"--model must name a .keras file, got {args.model!r}")
             headers = _call(client.best_model, args.name, args.model)
             print(f"wrote {args.model} (trial {headers.get('x-regsearch-trial')}; the study's stored models take "
                   f"{int(headers.get('x-regsearch-disk-bytes', 0)) / 1e6:.1f} MB)", file=sys.stderr)
@@ -202,7 +227,10 @@ def _best(args) -> int:
     else:
         text = json.dumps(best, indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as error:
+            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
         print(f"wrote {args.output}")
         return 0
     if args.json or args.format:
@@ -247,7 +275,11 @@ def _trials(args) -> int:
         if output_format is None:
             return _trials_table(client, args)
         if args.output:
-            with open(args.output, "w", newline="") as out:
+            try:
+                out = open(args.output, "w", newline="")
+            except OSError as error:
+                raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
+            with out:
                 _call(client.export_trials, args.name, output_format, out)
             print(f"wrote {args.output}", file=sys.stderr)
         else:
@@ -279,7 +311,10 @@ def _trials_table(client, args) -> int:
         lines.append("  ".join(cells))
     text = "\n".join(lines) + "\n"
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as error:
+            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -9,6 +9,7 @@ command's defaults and bounds are the model's by construction.
 from __future__ import annotations
 
 import argparse
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -83,6 +84,10 @@ def values_from_args(args: argparse.Namespace, model: type[BaseModel], **kwargs:
         value = getattr(args, path[-1], None)
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            from service.cli import CommandError
+
+            raise CommandError(f"--{path[-1].replace('_', '-')} must be a finite number, got {value}")
         target = values
         for key in path[:-1]:
             target = target.setdefault(key, {})

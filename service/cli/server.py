@@ -114,6 +114,7 @@ def _serve(args) -> int:
     import sqlalchemy as sa
     import uvicorn
 
+    from service.api.hardening import http_protocol
     from service.api.main import create_app
 
     # uvicorn re-raises the signal that stopped it once it has shut down; turn SIGTERM into an
@@ -134,7 +135,8 @@ def _serve(args) -> int:
     pool.start()
     log.info("regsearch API on http://%s:%d (docs /docs%s)", host, port, "" if args.no_dashboard else ", dashboard /dashboard")
     try:
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                      http=http_protocol(settings.header_timeout_s))).run()
     finally:
         pool.stop()
     return 0
@@ -181,8 +183,10 @@ def _dashboard(args) -> int:
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
     from service.api.dashboard import standalone_dashboard  # read-only, behind a read token
+    from service.api.hardening import http_protocol
 
-    uvicorn.run(standalone_dashboard(settings, storage), host=args.host or settings.host, port=args.port, log_level="info")
+    uvicorn.run(standalone_dashboard(settings, storage), host=args.host or settings.host, port=args.port, log_level="info",
+                http=http_protocol(settings.header_timeout_s))
     return 0
 
 

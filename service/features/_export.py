@@ -24,7 +24,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from service.features._constraints import is_feasible
-from service.models import STAGE_ATTR, TrialStage
+from service.models import STAGE_ATTR, TrialStage, iso_utc
 from trainer import SEARCH_SPACE
 from trainer._recipe import TrialMetrics
 
@@ -66,7 +66,8 @@ def _number(value: Any) -> Any:
 
 
 def _time(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    """Optuna stores naive local times; every export, like every answer, is in UTC with a ``Z``."""
+    return iso_utc(value.astimezone(dt.timezone.utc)) if value is not None else None
 
 
 def trial_params(trial: FrozenTrial) -> dict[str, float]:

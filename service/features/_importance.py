@@ -18,7 +18,9 @@ processes.
 
 Below :data:`MIN_TRIALS` complete trials the answer would rest on nothing (PED-ANOVA's top-10%
 quantile holds less than one trial; Optuna itself then warns that importances "will be equal"), so
-:class:`TooFewTrials` is raised (a 409 at the API) with the count and the minimum.
+:class:`TooFewTrials` is raised (a 409 at the API) with the count and the minimum. When every ranked
+trial scored the same there is no variance to explain (fANOVA's forest raises "zero total variance"):
+the answer is then every importance 0 with a ``note`` saying why, cached like any other.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ __all__ = ["EVALUATORS", "MIN_TRIALS", "Evaluator", "ImportanceOut", "Importance
 
 Evaluator = Literal["ped-anova", "fanova"]
 EVALUATORS: tuple[str, ...] = ("ped-anova", "fanova")
+
+#: ``ImportanceOut.note`` when every ranked trial scored the same (no variance for any parameter to explain).
+CONSTANT_NOTE = "all {n} complete trials scored the same value: no parameter explains any difference, so every importance is 0"
 
 #: The fewest COMPLETE trials importance is computed on (PED-ANOVA's top 10% then holds one trial).
 MIN_TRIALS = 10
@@ -85,6 +90,10 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials:
     if left_out:
         ranked = optuna.create_study(directions=study.directions)  # in memory: the trials without the repeats
         ranked.add_trials(trials)
+    if len({tuple(trial.values) for trial in trials}) == 1:  # nothing to explain: fANOVA's forest would fail on it
+        names = sorted(set.intersection(*(set(trial.distributions) for trial in trials)))
+        return ImportanceOut(study=study.study_name, evaluator=evaluator, n_trials=n_trials,
+                             importances=dict.fromkeys(names, 0.0), note=CONSTANT_NOTE.format(n=n_trials))
     with quiet():  # fANOVA is experimental
         values = optuna.importance.get_param_importances(ranked, evaluator=instance)
     return ImportanceOut(study=study.study_name, evaluator=evaluator, n_trials=n_trials, importances=dict(values))

@@ -45,7 +45,9 @@ class ImportanceOut(BaseModel):
     study: str
     evaluator: str = Field(description="ped-anova (Optuna's default) or fanova.")
     n_trials: int = Field(description="Complete trials the importances rest on.")
-    importances: dict[str, float] = Field(description="Per parameter, normalized to sum to 1, most important first.")
+    importances: dict[str, float] = Field(description="Per parameter, normalized to sum to 1, most important first "
+                                          "(all 0 when every trial scored the same: see note).")
+    note: str | None = Field(default=None, description="Why the importances say nothing (null when they do).")
 
 
 class ModelInfoOut(BaseModel):

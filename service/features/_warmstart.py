@@ -90,7 +90,9 @@ def fill_config(partial: Mapping[str, Any], space: Any = None, *, what: str = "c
         raise ValueError(f"{what} must be an object of parameter values, got {type(partial).__name__}")
     unknown = sorted(set(partial) - set(SEARCH_SPACE_BY_NAME))
     if unknown:
-        raise ValueError(f"{what} has unknown parameter(s) {', '.join(unknown)}; expected some of {[s.name for s in SEARCH_SPACE]}")
+        shown = ", ".join(name if len(name) <= 40 else name[:40] + "..." for name in unknown[:3])
+        more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""  # an answer never echoes a whole body
+        raise ValueError(f"{what} has unknown parameter(s) {shown}{more}; expected some of {[s.name for s in SEARCH_SPACE]}")
     bounds = search_bounds(space)
     params = dict(reference_config(bounds).params)
     for name, value in partial.items():

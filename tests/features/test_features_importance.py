@@ -95,3 +95,22 @@ def test_cache_computes_once_per_trial_count_even_under_concurrent_requests(sqli
     cache.forget("imp")
     cache.get(study)
     assert cache.computed == 4
+
+
+def test_constant_values_give_zero_importances_with_a_note_computed_once():
+    """Every trial scored the same: fANOVA's forest raises 'zero total variance'; the answer says so instead."""
+    def flat(trial: optuna.Trial) -> float:
+        for spec in SEARCH_SPACE:
+            trial.suggest_float(spec.name, spec.low, spec.high, log=spec.log)
+        return 0.5
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=3), study_name="flat")
+    study.optimize(flat, n_trials=MIN_TRIALS)
+    cache = ImportanceCache()
+    for evaluator in ("fanova", "ped-anova"):
+        for _ in range(2):
+            flat = cache.get(study, evaluator)
+            assert flat.importances == {name: 0.0 for name in sorted(spec.name for spec in SEARCH_SPACE)}
+            assert f"all {MIN_TRIALS} complete trials scored the same value" in flat.note
+    assert cache.computed == 2  # once per evaluator: cached like any other answer
+    assert importance(make_study(MIN_TRIALS)).note is None

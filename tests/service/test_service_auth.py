@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.tokens import create_token, read_token_file, revoke_token
-from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, spawn, wait_healthy, wait_until
+from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy, wait_until
 
 SPEC = {"name": "auth-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
 
@@ -243,6 +243,33 @@ def test_cli_client_errors_are_one_line_and_exit_1(server, url, says):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"regsearch studies: {says}"), result.stderr
 
 
+@pytest.mark.parametrize("case", ["width-nan", "learning-rate-inf", "train-width-nan", "yaml-nan", "yaml-inf", "yaml-date",
+                                  "yaml-binary", "token-non-ascii", "token-newline", "model-missing-dir", "output-missing-dir"])
+def test_cli_bad_input_is_one_line_and_exit_1(server, tmp_path, case):
+    """Issue 17: each of these printed a traceback (or, for a token with a line break, 'cannot reach the server')."""
+    yaml_values = {"yaml-nan": "width: .nan", "yaml-inf": "learning_rate: -.inf", "yaml-date": "seed: 2026-12-04",
+                   "yaml-binary": "name: !!binary aGVsbG8="}
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: cli-bad\n{yaml_values.get(case, '')}\n".replace("name: cli-bad\nname:", "name:"))
+    args, env, says = {
+        "width-nan": (("submit", "--name", "cli-bad", "--width", "nan"), {}, "--width must be a finite number, got nan"),
+        "learning-rate-inf": (("submit", "--name", "cli-bad", "--learning-rate", "inf"), {}, "--learning-rate must be a finite number, got inf"),
+        "train-width-nan": (("train", "--width", "nan"), {}, "--width must be a finite number, got nan"),
+        "yaml-nan": (("submit", str(spec)), {}, "width must be a finite number, got nan"),
+        "yaml-inf": (("submit", str(spec)), {}, "learning_rate must be a finite number, got -inf"),
+        "yaml-date": (("submit", str(spec)), {}, "seed must be a number, a string, a list or a mapping, got a YAML date"),
+        "yaml-binary": (("submit", str(spec)), {}, "name must be a number, a string, a list or a mapping, got a YAML bytes"),
+        "token-non-ascii": (("studies",), {"REGSEARCH_TOKEN": "rgs_tökén"}, "the token (REGSEARCH_TOKEN or the token file) holds"),
+        "token-newline": (("studies",), {"REGSEARCH_TOKEN": server.tokens["read"] + "\nX-Injected: 1"}, "the token (REGSEARCH_TOKEN"),
+        "model-missing-dir": (("best", "auth-demo", "--model", str(tmp_path / "missing" / "best.keras")), {}, "cannot write"),
+        "output-missing-dir": (("trials", "auth-demo", "--csv", "-o", str(tmp_path / "missing" / "t.csv")), {}, "cannot write"),
+    }[case]
+    result = server.cli(*args, **env)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr.count("\n") == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert "cannot reach" not in result.stderr
+
+
 def test_cli_not_a_regsearch_server_is_one_line(server):
     result = server.cli("studies", "--url", f"{server.url}/dashboard")  # HTML, not the API
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
@@ -330,23 +357,27 @@ def test_a_study_created_in_optuna_outside_the_service_is_never_adopted(server):
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, tmp_path):
-    """Every operation, every check, bounded: about 500 cases in well under a minute."""
+    """Every operation, every check, every phase (stateful included), bounded: about 700 cases in well under a
+    minute. best (each format), best/model and importance run on a study with complete trials
+    (tests/service/schemathesis.toml)."""
     try:
         import schemathesis  # noqa: F401 - run below through this interpreter, whatever venv holds it
     except ImportError:
         pytest.fail("schemathesis is missing: pip install -e '.[dev]'")
+    assert server.request("POST", "/v1/studies", server.tokens["admin"],
+                          json={**SPEC, "name": "schema-best", "n_trials": 20}).status_code == 201
+    seed_trials(server.env["REGSEARCH_DATABASE_URL"], "schema-best", [0.30 + 0.01 * index for index in range(10)])
     st = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())"]
     result = subprocess.run(
-        [*st, "run", f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {server.tokens['admin']}",
-         "--checks", "all",  # positive_data_acceptance included: the schema states the bounds the server enforces
-         # A study's best, best/model and importance answer 404 until its trials have run: by design,
-         # not a resource the POST failed to create (schemathesis' ensure_resource_availability).
-         "--exclude-checks", "ensure_resource_availability",
+        [*st, "--config-file", str(ROOT / "tests" / "service" / "schemathesis.toml"),
+         "run", f"{server.url}/openapi.json", "--header", f"Authorization: Bearer {server.tokens['admin']}",
+         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
          "--max-examples", "15", "--seed", "1", "--no-color", "--request-timeout", "20"],
         env={**server.env, "SCHEMATHESIS_HOOKS": "tests.service.schemathesis_hooks", "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=240, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Stateful" in result.stdout and "failed" not in result.stdout.split("SUMMARY")[-1], result.stdout[-3000:]
     assert " 500 " not in server.log() and "Traceback" not in server.log()
 
 

@@ -8,6 +8,8 @@ order and each uses its own study.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import signal
@@ -213,7 +215,7 @@ def _timestamps(value, key=""):
     elif isinstance(value, list):
         for item in value:
             yield from _timestamps(item, key)
-    elif value is not None and (key.endswith("_at") or key.startswith("datetime_") or key == "best_since"):
+    elif value not in (None, "") and (key.endswith("_at") or key.startswith("datetime_") or key == "best_since"):
         yield key, value
 
 
@@ -223,8 +225,10 @@ def test_every_timestamp_the_api_returns_has_one_format(service):
         service.wait_status("e2e-times", ("completed",))
     listing = service.get("/v1/studies").json()
     named = [study for study in listing["studies"] if study["best"]]
-    documents = [listing, service.get(f"/v1/studies/{named[0]['name']}/trials").json(),
-                 service.get(f"/v1/studies/{named[0]['name']}/best").json()]
+    trials = f"/v1/studies/{named[0]['name']}/trials"
+    documents = [listing, service.get(trials).json(), service.get(f"/v1/studies/{named[0]['name']}/best").json(),
+                 service.get(trials, params={"format": "json"}).json(),  # the export too, in both forms
+                 list(csv.DictReader(io.StringIO(service.get(trials, params={"format": "csv"}).text)))]
     found = [pair for document in documents for pair in _timestamps(document)]
     assert {key for key, _ in found} >= {"created_at", "started_at", "best_since", "datetime_start", "datetime_complete"}
     assert [pair for pair in found if not TIMESTAMP.match(pair[1])] == []

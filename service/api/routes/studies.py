@@ -6,10 +6,11 @@ import shutil
 import tempfile
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 
 from service import features, studies, views
@@ -23,7 +24,8 @@ from service.api.deps import (
     StorageDep,
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
-from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
+from service.api.hardening import ErrorOut
+from service.schemas import BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -148,11 +150,13 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
 
 @router.get(
     "/{name}/best",
-    response_model=BestConfigOut,
+    response_model=BestConfigOut | KerasSettingsOut,
     summary="The best config so far",
     responses={
         404: {"description": "Unknown study, or no trial has completed yet."},
-        200: {"content": {"text/x-python": {}}, "description": "format=python returns a Python snippet."},
+        200: {"content": {"text/x-python": {"schema": {"type": "string"}}},
+              "description": "format=json: BestConfigOut; format=keras: KerasSettingsOut; format=python: a Python snippet."},
+        501: {"model": ErrorOut, "description": "This build of the server cannot render format=keras or python."},
     },
 )
 def get_best(
@@ -181,7 +185,7 @@ def get_best(
     except ImportError:
         raise HTTPException(status.HTTP_501_NOT_IMPLEMENTED, f"format={output_format} is not available in this build") from None
     if output_format == "keras":
-        return JSONResponse(keras_settings(best))
+        return KerasSettingsOut.model_validate(keras_settings(best))
     return PlainTextResponse(python_snippet(best), media_type="text/x-python")
 
 
@@ -206,3 +210,29 @@ def delete_study(name: str, factory: SessionFactoryDep, storage: StorageDep, sto
     studies.delete_study(factory, storage, name, store)
     cache.forget(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+#: The operations that answer as soon as a POST created the study (best and best/model answer 404 until a
+#: trial completes, by design), published as OpenAPI links of the POST's 200 and 201 answers.
+LINKED_FROM_SUBMIT = (get_study, list_trials, get_importance, stop_study, delete_study)
+
+
+def publish_links(app: FastAPI) -> None:
+    """Add :data:`LINKED_FROM_SUBMIT` to the OpenAPI schema as links of ``POST /v1/studies`` (what the
+    stateful schema test follows)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        ids = {route.endpoint: schema["paths"][route.path][method.lower()]["operationId"]
+               for route in router.routes if isinstance(route, APIRoute) for method in route.methods}
+        links = {endpoint.__name__: {"operationId": ids[endpoint], "parameters": {"name": "$response.body#/name"}}
+                 for endpoint in LINKED_FROM_SUBMIT}
+        for code in ("200", "201"):
+            schema["paths"]["/v1/studies"]["post"]["responses"][code]["links"] = links
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
