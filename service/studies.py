@@ -30,6 +30,7 @@ __all__ = [
     "get_study",
     "list_studies",
     "list_trash",
+    "trashed_names",
     "purge_expired",
     "purge_study",
     "restore_study",
@@ -158,6 +159,12 @@ def list_studies(session: Session) -> list[SearchStudy]:
     """The studies, oldest first; those in the trash are not listed (:func:`list_trash`)."""
     return list(session.scalars(
         sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None)).order_by(SearchStudy.created_at, SearchStudy.id)))
+
+
+def trashed_names(factory: sessionmaker[Session]) -> set[str]:
+    """The names of the studies in the trash."""
+    with factory() as session:
+        return set(session.scalars(sa.select(SearchStudy.name).where(SearchStudy.deleted_at.is_not(None))))
 
 
 def list_trash(session: Session) -> list[SearchStudy]:

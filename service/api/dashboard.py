@@ -106,6 +106,25 @@ class ReadOnlyDashboard:
             await json_error(404, f"no such endpoint: {scope['path']} (see /docs)")(scope, receive, send)
 
 
+def _without_trash(storage: Any, session_factory: Any) -> Any:
+    """``storage`` as the dashboard sees it: the studies in the trash are neither listed nor shown (the
+    dashboard finds a study's page through the list), as in the API. Every other call goes to ``storage``."""
+    from optuna.storages import BaseStorage
+
+    from service.studies import trashed_names
+
+    class WithoutTrash(BaseStorage):
+        def get_all_studies(self) -> list[Any]:
+            hidden = trashed_names(session_factory)
+            return [study for study in storage.get_all_studies() if study.study_name not in hidden]
+
+    for name, member in vars(BaseStorage).items():
+        if callable(member) and not name.startswith("__") and name != "get_all_studies":
+            setattr(WithoutTrash, name, lambda _self, *args, _name=name, **kwargs: getattr(storage, _name)(*args, **kwargs))
+    WithoutTrash.__abstractmethods__ = frozenset()
+    return WithoutTrash()
+
+
 def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: Any = None,
                   api_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
     """optuna-dashboard on the service's storage, read-only and behind a read token.
@@ -125,7 +144,7 @@ def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: A
     if session_factory is None:
         session_factory = make_session_factory(create_engine(settings))
     return ReadOnlyDashboard(
-        WSGIMiddleware(optuna_dashboard.wsgi(storage)),
+        WSGIMiddleware(optuna_dashboard.wsgi(_without_trash(storage, session_factory))),
         auth=settings.auth,
         authenticate=lambda token: authenticate(session_factory, token),
         api_routes=api_routes,

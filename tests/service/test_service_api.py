@@ -247,3 +247,18 @@ def test_train_size_beyond_the_servers_data_is_422_and_the_schema_says_so(tmp_pa
         assert schema["WeightDecayBounds"]["properties"]["high"]["maximum"] == 1.0
         assert schema["WeightDecayBounds"]["properties"]["low"]["exclusiveMinimum"] == 0.0
     app.state.engine.dispose()
+
+
+def test_the_dashboard_lists_no_study_in_the_trash(sqlite_url):
+    app = create_app(Settings(database_url=sqlite_url), dashboard=True)
+    with TestClient(app) as client:
+        for name in ("kept", "binned"):
+            assert client.post("/v1/studies", json={**SPEC, "name": name}).status_code == 201
+        listed = lambda: sorted(study["study_name"] for study in client.get("/api/studies").json()["study_summaries"])  # noqa: E731
+        assert listed() == ["binned", "kept"]
+        assert client.delete("/v1/studies/binned").status_code == 204
+        assert listed() == ["kept"]
+        assert client.post("/v1/trash/binned/restore").status_code == 200
+        assert listed() == ["binned", "kept"]
+    app.state.engine.dispose()
+    app.state.optuna_storage.engine.dispose()

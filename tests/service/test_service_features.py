@@ -230,11 +230,12 @@ def test_a_deleted_study_comes_back_whole_and_a_purge_removes_its_stored_model(s
     trials = service.get("/v1/studies/feat-warm/trials").json()
     model_file = service.artifacts / study["model"]["artifact_id"]
     assert model_file.exists()
-    assert httpx.delete(f"{service.url}/v1/studies/feat-warm", timeout=30).status_code == 204
+    deleted = service.cli("studies", "delete", "feat-warm")
+    assert deleted.returncode == 0 and "moved to the trash" in deleted.stdout, deleted.stderr
     assert model_file.exists() and service.get("/v1/studies/feat-warm/best").status_code == 404  # in the trash
-    assert "feat-warm" not in [row["name"] for row in service.get("/v1/studies").json()["studies"]]
-    restored = httpx.post(f"{service.url}/v1/trash/feat-warm/restore", timeout=30)
-    assert restored.status_code == 200 and restored.json()["status"] == study["status"] == "completed"
+    assert "feat-warm" not in service.cli("studies").stdout and "feat-warm" in service.cli("studies", "trash").stdout
+    restored = service.cli("studies", "restore", "feat-warm", "--json")
+    assert restored.returncode == 0 and json.loads(restored.stdout)["status"] == study["status"] == "completed"
     assert service.get("/v1/studies/feat-warm/best").json() == best
     assert service.get("/v1/studies/feat-warm/best/model").content == model
     assert service.get("/v1/studies/feat-warm/trials").json() == trials
