@@ -59,6 +59,7 @@ __all__ = [
     "storage_of",
     "study_id",
     "study_system_attrs",
+    "take_waiting",
     "trial_id",
     "trial_system_attr",
     "unsettled_failures",
@@ -220,6 +221,25 @@ def reference_trials(session: Session, name: str) -> list[tuple[int, float]]:
         .order_by(TRIALS.c.number)
     )
     return [(int(number), float(value)) for number, value in session.execute(query)]
+
+
+# -- taking a queued trial ------------------------------------------------------------------------
+
+
+def take_waiting(engine: sa.Engine, trial_id: int) -> bool:
+    """Move a WAITING trial to RUNNING in one conditional ``UPDATE``; True for the one caller whose statement matched.
+
+    Optuna's ``Study.ask`` pops a queued trial by reading it, then setting it RUNNING under ``SELECT ... FOR
+    UPDATE``: a row lock on PostgreSQL, nothing on SQLite (two workers could both read WAITING and both run
+    the trial). One statement is atomic on both: SQLite serializes writers (waiting up to its busy timeout),
+    PostgreSQL re-checks the condition on the row it waited for. ``datetime_start`` is set as Optuna does.
+    """
+    with engine.begin() as connection:
+        taken = connection.execute(
+            sa.update(TRIALS).where(TRIALS.c.trial_id == trial_id, _state() == "WAITING")
+            .values(state="RUNNING", datetime_start=dt.datetime.now())  # Optuna's naive local time
+        )
+    return taken.rowcount == 1
 
 
 # -- the settle writes, beside Optuna's retry callback -------------------------------------------------

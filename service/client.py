@@ -154,3 +154,12 @@ class RegsearchClient:
 
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/v1/studies/{name}")
+
+    def trash(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/trash").json()["studies"]
+
+    def restore(self, name: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/trash/{name}/restore").json()
+
+    def purge(self, name: str) -> None:
+        self._request("DELETE", f"/v1/trash/{name}")

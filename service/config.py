@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         60, ge=1, description="Seconds without a heartbeat after which a running trial counts as dead: "
         "it is failed and retried with the same params by the next worker that looks."
     )
+    trash_days: float = Field(
+        7.0, ge=0, description="Days a deleted study stays in the trash (restorable) before it is purged for good."
+    )
     max_retries: int = Field(2, ge=0, description="How many times a failed trial is re-run with the same params.")
     max_failed_trials: int = Field(
         5, ge=1, description="A study whose trials raised this many times is marked failed (e.g. a bad data dir)."

@@ -117,6 +117,8 @@ class SearchStudy(Base):
     #: for the grace period (see :func:`service.coordination.reclaim_leaked_slots`).
     last_claim_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+    #: when the study was deleted: it is in the trash (hidden, restorable) until purged.
+    deleted_at: Mapped[dt.datetime | None]
 
     best_history: Mapped[list["BestConfigRecord"]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True, order_by="BestConfigRecord.id"

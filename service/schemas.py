@@ -234,6 +234,7 @@ class StudyOut(BaseModel):
     created_at: UtcDateTime
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
+    deleted_at: UtcDateTime | None = Field(None, description="When it was moved to the trash (null unless it is there).")
     links: Links
 
 

@@ -9,6 +9,7 @@ before those trials are queued. The invariants that workers race on live in
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import optuna
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import _rdb, coordination, features
 from service._optuna import METRIC, open_study
 from service.db import session_scope
-from service.models import BestConfigRecord, SearchStudy, StudyStatus, utc_now
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, utc_now
 from service.schemas import StudySpec
 
 __all__ = [
@@ -28,15 +29,20 @@ __all__ = [
     "delete_study",
     "get_study",
     "list_studies",
+    "list_trash",
+    "trashed_names",
+    "purge_expired",
+    "purge_study",
+    "restore_study",
     "stop_study",
     "submit_study",
 ]
 
 
 class StudyNotFound(LookupError):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, where: str = "") -> None:
         shown = name if len(name) <= 80 else name[:80] + "..."  # a 404 never echoes a long path in full
-        super().__init__(f"study {shown!r} not found")
+        super().__init__(f"study {shown!r} not found{where}")
         self.name = name
 
 
@@ -49,7 +55,7 @@ class StudyAlreadyEnded(ValueError):
 class StudyConflict(ValueError):
     def __init__(self, name: str, reason: str = "") -> None:
         super().__init__(
-            f"a study named {name!r} already exists with a different spec; choose another name or DELETE it first"
+            f"a study named {name!r} already exists with a different spec; choose another name, or POST with ?replace=true"
             if not reason else f"a study named {name!r} already exists ({reason}); choose another name"
         )
         self.name = name
@@ -59,7 +65,9 @@ def _spec_dict(spec: StudySpec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
 
-def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -> tuple[SearchStudy, bool]:
+def submit_study(
+    factory: sessionmaker[Session], storage: Any, spec: StudySpec, *, replace: bool = False, artifact_store: Any = None
+) -> tuple[SearchStudy, bool]:
     """Create the study (and its Optuna study); return ``(row, created)``.
 
     An identical spec under an existing name returns the existing row (``created=False``); a
@@ -77,6 +85,11 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     wanted = _spec_dict(spec)
     with factory() as session:
         existing = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == spec.name))
+    if existing is not None and replace and (existing.spec != wanted or existing.deleted_at is not None):
+        purge_study(factory, storage, spec.name, artifact_store, trashed_only=False)  # the old study is gone for good
+        existing = None
+    if existing is not None and existing.deleted_at is not None:
+        raise StudyConflict(spec.name, "it is in the trash: restore it, purge it, or POST with ?replace=true")
     if existing is not None:
         if existing.spec != wanted:
             raise StudyConflict(spec.name)
@@ -113,7 +126,7 @@ def submit_study(factory: sessionmaker[Session], storage: Any, spec: StudySpec) 
     try:
         _set_up_optuna_study(storage, spec, warm_start)
     except BaseException:
-        delete_study(factory, storage, spec.name)
+        purge_study(factory, storage, spec.name, trashed_only=False)
         raise
     coordination.release_creation_slots(factory, row.id)
     row.claimed, row.last_claim_at = 0, None
@@ -136,14 +149,29 @@ def _set_up_optuna_study(storage: Any, spec: StudySpec, warm_start: features.War
 
 
 def get_study(session: Session, name: str) -> SearchStudy:
-    row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
+    """The study named ``name``; :class:`StudyNotFound` if there is none or it is in the trash."""
+    row = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_(None)))
     if row is None:
         raise StudyNotFound(name)
     return row
 
 
 def list_studies(session: Session) -> list[SearchStudy]:
-    return list(session.scalars(sa.select(SearchStudy).order_by(SearchStudy.created_at, SearchStudy.id)))
+    """The studies, oldest first; those in the trash are not listed (:func:`list_trash`)."""
+    return list(session.scalars(
+        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None)).order_by(SearchStudy.created_at, SearchStudy.id)))
+
+
+def trashed_names(factory: sessionmaker[Session]) -> set[str]:
+    """The names of the studies in the trash."""
+    with factory() as session:
+        return set(session.scalars(sa.select(SearchStudy.name).where(SearchStudy.deleted_at.is_not(None))))
+
+
+def list_trash(session: Session) -> list[SearchStudy]:
+    """The deleted studies still in the trash, most recently deleted first."""
+    return list(session.scalars(
+        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_not(None)).order_by(SearchStudy.deleted_at.desc(), SearchStudy.id)))
 
 
 def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
@@ -160,14 +188,60 @@ def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
     return row
 
 
-def delete_study(factory: sessionmaker[Session], storage: Any, name: str, artifact_store: Any = None) -> None:
-    """Delete the study, its best-config history, its Optuna study (trials included) and its artifacts."""
+def delete_study(factory: sessionmaker[Session], name: str) -> None:
+    """Move the study to the trash: hidden from every list and lookup, its name still taken, everything
+    kept (trials, best-config history, models) until :func:`restore_study` or :func:`purge_study`. An
+    active study is stopped first (workers stop its running trials within one epoch)."""
     with session_scope(factory) as session:
-        # Write first, read nothing: of concurrent deletes exactly one deletes the row (the others 404).
+        # Write first, read nothing: of concurrent deletes exactly one matches (the others 404).
+        now = utc_now()
+        trashed = session.execute(
+            sa.update(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_(None))
+            .values(deleted_at=now,
+                    status=sa.case((SearchStudy.status.in_(ACTIVE_STATUSES), StudyStatus.STOPPED.value), else_=SearchStudy.status),
+                    finished_at=sa.func.coalesce(SearchStudy.finished_at, now))
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if trashed != 1:
+        raise StudyNotFound(name)
+
+
+def restore_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
+    """Bring a study back from the trash, whole (a study that was running comes back stopped)."""
+    with session_scope(factory) as session:
+        restored = session.execute(
+            sa.update(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_not(None))
+            .values(deleted_at=None).execution_options(synchronize_session=False)
+        ).rowcount
+        if restored != 1:
+            raise StudyNotFound(name, " in the trash")
+        return get_study(session, name)
+
+
+def purge_expired(factory: sessionmaker[Session], storage: Any, artifact_store: Any, days: float) -> list[str]:
+    """Purge the studies that have been in the trash longer than ``days``; return their names."""
+    cutoff = utc_now() - dt.timedelta(days=days)
+    with factory() as session:
+        names = list(session.scalars(sa.select(SearchStudy.name).where(SearchStudy.deleted_at < cutoff)))
+    for name in names:
+        try:
+            purge_study(factory, storage, name, artifact_store)
+        except StudyNotFound:
+            pass  # purged (or restored) meanwhile
+    return names
+
+
+def purge_study(factory: sessionmaker[Session], storage: Any, name: str, artifact_store: Any = None, *,
+                trashed_only: bool = True) -> None:
+    """Delete for good a study in the trash (any study with ``trashed_only=False``): its row, its best-config
+    history, its Optuna study (trials included) and its stored models."""
+    in_scope = sa.and_(SearchStudy.name == name, SearchStudy.deleted_at.is_not(None) if trashed_only else sa.true())
+    with session_scope(factory) as session:
+        # Write first, read nothing: of concurrent purges exactly one deletes the row (the others 404).
         session.execute(sa.delete(BestConfigRecord).where(
-            BestConfigRecord.study_id.in_(sa.select(SearchStudy.id).where(SearchStudy.name == name))))
-        if session.execute(sa.delete(SearchStudy).where(SearchStudy.name == name)).rowcount != 1:
-            raise StudyNotFound(name)
+            BestConfigRecord.study_id.in_(sa.select(SearchStudy.id).where(in_scope))))
+        if session.execute(sa.delete(SearchStudy).where(in_scope)).rowcount != 1:
+            raise StudyNotFound(name, " in the trash" if trashed_only else "")
     try:
         if artifact_store is not None:
             features.remove_study_artifacts(optuna.load_study(study_name=name, storage=storage), artifact_store)
@@ -180,7 +254,7 @@ def _warm_start(factory: sessionmaker[Session], storage: Any, spec: StudySpec) -
     """The source study's trials ready for ``add_trials``; ``StudyNotFound`` (404) or ``IncompatibleStudy`` (422)."""
     name = spec.warm_start_from
     with factory() as session:
-        source = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name))
+        source = session.scalar(sa.select(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_(None)))
     if source is None:
         raise StudyNotFound(name)  # 404: the request is valid, the study it names does not exist
     try:

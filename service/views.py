@@ -74,6 +74,7 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
         created_at=as_utc(row.created_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
+        deleted_at=as_utc(row.deleted_at),
         links=_links(session, row.name),
     )
 

@@ -11,6 +11,7 @@ the service's storage for the dashboard alone (the API and the workers use the s
   lucky single run in the "Best Trial" card. The dashboard's importance thus rests on the trials the API's
   ``/importance`` uses (every complete trial but the repeats, :mod:`service.features._importance`) with
   the same evaluator (PED-ANOVA).
+* **Studies in the trash are not listed** (nor shown: the dashboard finds a study's page through the list).
 * **"Best Trial" is the service's best**: the trial of ``GET /v1/studies/NAME/best``, its value the mean
   over its runs (the API's ``value``), not the highest single run.
 * **The study's note is the service's answer**, derived when the page is read (optuna-dashboard renders
@@ -36,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import _rdb
 from service.confirmation import is_confirmation
+from service.studies import trashed_names
 
 __all__ = ["NOTE_TTL_S", "ServiceView", "note_markdown"]
 
@@ -131,8 +133,11 @@ class ServiceView(BaseStorage):
         return (max if maximize else min)(complete, key=lambda trial: trial.value)
 
     def get_all_studies(self) -> list[Any]:
+        hidden = trashed_names(self._factory)  # the trash is neither listed nor shown, as in the API
         studies = []
         for study in self._storage.get_all_studies():
+            if study.study_name in hidden:
+                continue
             note = self._answer(_rdb.study_id(study), study.study_name)[0]  # a FrozenStudy keeps it private too
             if note:
                 study = copy.copy(study)

@@ -49,7 +49,10 @@ def register(subparsers) -> None:
     _add_url(best)
     best.set_defaults(func=_best)
 
-    listing = subparsers.add_parser("studies", help="list the studies")
+    listing = subparsers.add_parser("studies", help="list the studies; delete, restore or purge one; list the trash")
+    listing.add_argument("action", nargs="?", default="list", choices=("list", "delete", "trash", "restore", "purge"),
+                         help="list (default); delete NAME (to the trash); trash (list it); restore NAME; purge NAME (admin)")
+    listing.add_argument("target", nargs="?", metavar="NAME", help="the study to delete, restore or purge")
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_url(listing)
     listing.set_defaults(func=_studies)
@@ -252,13 +255,26 @@ def _best(args) -> int:
 
 
 def _studies(args) -> int:
+    if args.action in ("delete", "restore", "purge"):
+        if not args.target:
+            print(f"regsearch studies {args.action}: give the study's NAME", file=sys.stderr)
+            return 1
+        with _client(args) as client:
+            result = _call(getattr(client, args.action), args.target)
+        if args.json and result is not None:
+            print(json.dumps(result, indent=2))
+        else:
+            done = {"delete": "moved to the trash (regsearch studies restore NAME brings it back)",
+                    "restore": "restored", "purge": "purged for good"}[args.action]
+            print(f"study {args.target!r} {done}")
+        return 0
     with _client(args) as client:
-        rows = _call(client.studies)
+        rows = _call(client.trash if args.action == "trash" else client.studies)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("no studies")
+        print("the trash is empty" if args.action == "trash" else "no studies")
         return 0
     width = max(4, *(len(row["name"]) for row in rows))
     print(f"{'NAME':<{width}}  {'STATUS':<9}  {'TRIALS':>9}  {'RUNNING':>7}  BEST")

@@ -81,12 +81,35 @@ def test_submit_read_repeat_conflict_stop_delete(client):
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
     assert client.post("/v1/studies/api-demo/stop").json()["status"] == "stopped"  # idempotent
 
+    # A delete moves the study to the trash: hidden, its name taken, everything kept until purged.
     assert client.delete("/v1/studies/api-demo").status_code == 204
     assert client.get("/v1/studies/api-demo").status_code == 404
-    with pytest.raises(KeyError):  # the Optuna study went with it
+    assert client.delete("/v1/studies/api-demo").status_code == 404
+    assert [study["name"] for study in client.get("/v1/studies").json()["studies"]] == []
+    trashed, narrow = client.get("/v1/trash").json()["studies"]  # most recently deleted first
+    assert (trashed["name"], narrow["name"]) == ("api-demo", "api-narrow")
+    assert trashed["status"] == "stopped" and trashed["deleted_at"].endswith("Z")
+    taken = client.post("/v1/studies", json={**SPEC, "n_trials": 4})
+    assert taken.status_code == 409 and "in the trash" in taken.json()["detail"]
+    restored = client.post("/v1/trash/api-demo/restore")
+    assert restored.status_code == 200 and restored.json()["deleted_at"] is None
+    assert restored.json()["created_at"] == body["created_at"]
+    assert [study["name"] for study in client.get("/v1/trash").json()["studies"]] == ["api-narrow"]
+    assert client.post("/v1/trash/api-demo/restore").status_code == 404  # not in the trash any more
+    # Purge: only from the trash, for good (the Optuna study too); the name is free again.
+    assert client.delete("/v1/trash/api-demo").status_code == 404
+    assert client.delete("/v1/studies/api-demo").status_code == 204
+    assert client.delete("/v1/trash/api-demo").status_code == 204
+    with pytest.raises(KeyError):
         client.app.state.optuna_storage.get_study_id_from_name("api-demo")
-    # The same name starts afresh.
     assert client.post("/v1/studies", json={**SPEC, "n_trials": 4}).status_code == 201
+    # ?replace deletes for good a study of the name with another spec (or in the trash) and creates the new one.
+    assert client.post("/v1/studies", json={**SPEC, "n_trials": 5}).status_code == 409
+    replaced = client.post("/v1/studies", params={"replace": "true"}, json={**SPEC, "n_trials": 5})
+    assert replaced.status_code == 201 and replaced.json()["n_trials"] == 5
+    assert client.delete("/v1/studies/api-demo").status_code == 204
+    assert client.post("/v1/studies", params={"replace": "true"}, json={**SPEC, "n_trials": 5}).status_code == 201
+    assert [study["name"] for study in client.get("/v1/trash").json()["studies"]] == ["api-narrow"]
 
 
 @pytest.mark.parametrize(
@@ -224,3 +247,18 @@ def test_train_size_beyond_the_servers_data_is_422_and_the_schema_says_so(tmp_pa
         assert schema["WeightDecayBounds"]["properties"]["high"]["maximum"] == 1.0
         assert schema["WeightDecayBounds"]["properties"]["low"]["exclusiveMinimum"] == 0.0
     app.state.engine.dispose()
+
+
+def test_the_dashboard_lists_no_study_in_the_trash(sqlite_url):
+    app = create_app(Settings(database_url=sqlite_url), dashboard=True)
+    with TestClient(app) as client:
+        for name in ("kept", "binned"):
+            assert client.post("/v1/studies", json={**SPEC, "name": name}).status_code == 201
+        listed = lambda: sorted(study["study_name"] for study in client.get("/api/studies").json()["study_summaries"])  # noqa: E731
+        assert listed() == ["binned", "kept"]
+        assert client.delete("/v1/studies/binned").status_code == 204
+        assert listed() == ["kept"]
+        assert client.post("/v1/trash/binned/restore").status_code == 200
+        assert listed() == ["binned", "kept"]
+    app.state.engine.dispose()
+    app.state.optuna_storage.engine.dispose()

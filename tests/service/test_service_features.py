@@ -248,11 +248,24 @@ def test_an_infeasible_trial_is_never_the_best(service):
     assert too_few.status_code == 409 and "needs at least 10" in too_few.json()["detail"]
 
 
-def test_delete_removes_the_studys_stored_model(service):
+def test_a_deleted_study_comes_back_whole_and_a_purge_removes_its_stored_model(service):
     study = service.get("/v1/studies/feat-warm").json()
+    best = service.get("/v1/studies/feat-warm/best").json()
+    model = service.get("/v1/studies/feat-warm/best/model").content
+    trials = service.get("/v1/studies/feat-warm/trials").json()
     model_file = service.artifacts / study["model"]["artifact_id"]
     assert model_file.exists()
+    deleted = service.cli("studies", "delete", "feat-warm")
+    assert deleted.returncode == 0 and "moved to the trash" in deleted.stdout, deleted.stderr
+    assert model_file.exists() and service.get("/v1/studies/feat-warm/best").status_code == 404  # in the trash
+    assert "feat-warm" not in service.cli("studies").stdout and "feat-warm" in service.cli("studies", "trash").stdout
+    restored = service.cli("studies", "restore", "feat-warm", "--json")
+    assert restored.returncode == 0 and json.loads(restored.stdout)["status"] == study["status"] == "completed"
+    assert service.get("/v1/studies/feat-warm/best").json() == best
+    assert service.get("/v1/studies/feat-warm/best/model").content == model
+    assert service.get("/v1/studies/feat-warm/trials").json() == trials
     assert httpx.delete(f"{service.url}/v1/studies/feat-warm", timeout=30).status_code == 204
+    assert httpx.delete(f"{service.url}/v1/trash/feat-warm", timeout=30).status_code == 204  # purged for good
     assert not model_file.exists()
     assert (service.artifacts / service.get("/v1/studies/feat-main").json()["model"]["artifact_id"]).exists()
     gone = service.get("/v1/studies/feat-warm/best/model")

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
@@ -22,6 +22,7 @@ from service.api.deps import (
     SessionFactoryDep,
     SettingsDep,
     StorageDep,
+    require_admin,
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.api.hardening import ErrorOut
@@ -37,17 +38,23 @@ router = APIRouter(prefix="/v1/studies", tags=["studies"])
     summary="Submit a study",
     responses={
         200: {"description": "An identical study with this name already exists: it is returned unchanged.", "model": StudyOut},
-        409: {"description": "A study with this name exists with a different spec."},
+        409: {"description": "A study with this name exists with a different spec, or is in the trash (see ?replace)."},
         422: {"description": "Invalid spec: the error names the field and the reason."},
     },
 )
 def submit_study(
-    spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep
+    spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep,
+    store: ArtifactStoreDep, cache: ImportanceCacheDep,
+    replace: Annotated[bool, Query(description="Delete for good a study of this name (live with another spec, or in "
+                                               "the trash) and create this one in its place.")] = False,
 ) -> StudyOut:
     """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
     check_server_limits(spec, settings)  # n_trials and train_size within this server's limits (422)
+    studies.purge_expired(factory, storage, store, settings.trash_days)  # frees the names of expired studies
+    if replace:
+        cache.forget(spec.name)
     try:
-        row, created = studies.submit_study(factory, storage, spec)
+        row, created = studies.submit_study(factory, storage, spec, replace=replace, artifact_store=store)
     except studies.StudyConflict as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except features.IncompatibleStudy as error:
@@ -204,10 +211,36 @@ def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
         return views.study_out(session, row)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials, its Optuna study and its stored models")
-def delete_study(name: str, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
-                 cache: ImportanceCacheDep) -> Response:
-    studies.delete_study(factory, storage, name, store)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="Move a study to the trash: hidden, stopped if active, restorable until purged")
+def delete_study(name: str, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep) -> Response:
+    studies.delete_study(factory, name)
+    studies.purge_expired(factory, storage, store, settings.trash_days)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+trash = APIRouter(prefix="/v1/trash", tags=["trash"])
+
+
+@trash.get("", response_model=StudyList, summary="The deleted studies still in the trash, most recently deleted first")
+def list_trash(settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep) -> StudyList:
+    studies.purge_expired(factory, storage, store, settings.trash_days)
+    with factory() as session:
+        return StudyList(studies=[views.study_out(session, row) for row in studies.list_trash(session)])
+
+
+@trash.post("/{name}/restore", response_model=StudyOut, summary="Bring a study back from the trash, whole")
+def restore_study(name: str, factory: SessionFactoryDep) -> StudyOut:
+    row = studies.restore_study(factory, name)
+    with factory() as session:
+        return views.study_out(session, row)
+
+
+@trash.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Depends(require_admin)],
+              summary="Purge a study from the trash for good (admin): trials, best-config history, models")
+def purge_study(name: str, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
+                cache: ImportanceCacheDep) -> Response:
+    studies.purge_study(factory, storage, name, store)
     cache.forget(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
