@@ -170,7 +170,8 @@ def test_gap_can_be_measured_on_the_search_model_at_each_epoch_end(data):
     after = measure_gap(trained.model, data, sample_size=100)  # the plain model with the same weights
     assert during.train_accuracy == pytest.approx(after.train_accuracy, abs=1e-6)
     assert during.val_accuracy == pytest.approx(after.val_accuracy, abs=1e-6) == pytest.approx(trained.val_accuracy, abs=1e-6)
-    # trainer.train reports exactly this gap (its default sample, seeded by the recipe's seed) for every trial.
-    reported = measure_gap(trained.model, data, seed=1)
+    # trainer.train reports exactly this gap (its sample: as many images as validation has, seeded by the
+    # recipe's seed) for every trial.
+    reported = measure_gap(trained.model, data, sample_size=len(data.y_val), seed=1)
     assert trained.gap == pytest.approx(reported.gap, abs=1e-6) and trained.train_accuracy == pytest.approx(reported.train_accuracy, abs=1e-6)
     assert trained.history[-1]["gap"] == pytest.approx(trained.gap)
