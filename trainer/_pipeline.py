@@ -70,7 +70,7 @@ def augment(images: Any, layers: list[keras.layers.Layer], seed: int) -> Any:
     for offset, layer in enumerate(layers):
         transformation = layer.get_random_transformation(images, training=True, seed=seed + offset)
         images = layer.transform_images(images, transformation, training=True)
-    return images
+    return keras.ops.clip(images, 0.0, 255.0)  # interpolation may overshoot the pixel range by a rounding error
 
 
 class Batches(keras.utils.PyDataset):

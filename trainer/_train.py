@@ -49,7 +49,7 @@ import numpy as np
 from trainer import _backend
 from trainer._data import CifarData
 from trainer._gap import train_sample_indices
-from trainer._models import Knobs, build_model, build_search_model
+from trainer._models import Knobs, build_model, build_search_model, plain_weights
 from trainer._pipeline import make_dataset, on_device, take
 from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
@@ -234,7 +234,7 @@ class _SearchModel:
         self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         optimizer.build(self.model.trainable_variables)
         self.optimizer = optimizer
-        self._optimizer_start = [np.array(variable.numpy()) for variable in optimizer.variables]
+        self._optimizer_start = [keras.ops.convert_to_numpy(variable.value).copy() for variable in optimizer.variables]
         self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
         self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         self.dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
@@ -473,7 +473,7 @@ def train(
         reporter = _epoch_reporter(searchable, data, settings, config, history, on_epoch_end)
         try:
             searchable.model.fit(train_batches, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[reporter, *callbacks])
-            weights = searchable.model.get_weights()
+            weights = plain_weights(searchable.model)
         finally:
             if not settings.reuse_compiled:
                 clear_compiled_cache()
