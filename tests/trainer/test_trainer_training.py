@@ -108,6 +108,7 @@ def test_reused_compiled_model_gives_a_fresh_models_results(data):
         assert reused.history[0][key] == pytest.approx(fresh.history[0][key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.one_backend  # another graph (vgg) to compile: the default backend's run is enough
 def test_l1_raises_sparsity(data):
     settings = TrainSettings(model="vgg", width=0.25, epochs=1, batch_size=32, seed=0)
     pure_l2 = train(RegularizationConfig(weight_decay=1e-2, l1_ratio=0.0), data, settings)
@@ -116,6 +117,7 @@ def test_l1_raises_sparsity(data):
     assert pure_l1.weight_norms["l1"] < pure_l2.weight_norms["l1"]
 
 
+@pytest.mark.one_backend  # twenty trainings: the default backend's run is enough
 def test_twenty_trainings_keep_resident_memory_bounded(cifar_dir):
     """Workers train trial after trial in one process, on the one compiled model."""
     small = load_cifar10(cifar_dir, train_size=100, val_fraction=0.2, seed=1)
