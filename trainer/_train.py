@@ -19,15 +19,20 @@ Three choices shape this module:
   (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's ``update_bn_stats``): a forward
   pass in inference mode except that each BN layer normalizes with its batch's moments, whose
   per-batch means and variances are averaged and written into ``moving_mean``/``moving_variance``.
-  The pass is one traced call over all sampled images (BN normalizes each batch-sized group with its
-  own moments), so it costs one forward pass and no per-batch Python. The architecture keeps the
-  book's BN layers and momentum.
+  The pass is one compiled call over all sampled images (BN normalizes each batch-sized group with
+  its own moments), a small Keras model over the search model's layers, so each backend compiles
+  it: one forward pass and no per-batch Python. The architecture keeps the book's BN layers and
+  momentum.
 
 * **Metrics that explain regularization.** Each epoch records train/val loss and accuracy, the
   generalization gap (``train_accuracy - val_accuracy``, both in inference mode, the training side on
   a fixed sample: :mod:`trainer._gap`; ``accuracy`` stays Keras' running training-mode mean), the L1 and L2 norms of the penalized kernels and
   their sparsity (share of |w| < 1e-3, which L1 raises), the epoch's wall time and images/s.
-  Losses include the regularization penalty (Keras adds it to both).
+  Losses include the regularization penalty (Keras adds it to both). Validation and the gap's
+  training side are compiled inference passes (``predict_on_batch``), scored on the host.
+
+Everything here is ``keras``/``keras.ops`` and runs on any Keras backend; what differs between
+backends lives in :mod:`trainer._backend`.
 """
 
 from __future__ import annotations
