@@ -64,7 +64,7 @@ def test_search_model_computes_the_same_function_and_penalty(model_name):
     assert penalty(searchable) == pytest.approx(penalty(plain), rel=1e-5)
     assert [w.path for w in network] == [w.path for w in plain.weights]
     # The knobs are the model's state too (the compiled step reads them on every backend), and nothing else is.
-    assert [w.path for w in searchable.weights][len(network):] == ["knobs/l1", "knobs/l2", "knobs/dropout_conv", "knobs/dropout_dense"]
+    assert [w.path for w in searchable.weights][len(network):] == [f"knobs/{name}" for name in CONFIG.keras_values()]
 
 
 @pytest.mark.parametrize(("l1_ratio", "pure"), [(0.0, "l2"), (1.0, "l1")])
