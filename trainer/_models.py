@@ -45,6 +45,7 @@ class Knobs(keras.layers.Layer):
         super().__init__(name="knobs", dtype="float32", trainable=False)
         for name, value in config.keras_values().items():
             setattr(self, name, self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False, name=name))
+        self.built = True
         self.assign(config)
 
     def assign(self, config: RegularizationConfig) -> None:
