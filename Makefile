@@ -39,7 +39,10 @@ test-tools:
 	    echo "test-tools: apt-get could not install" $$missing; }; \
 	fi
 
+# The trainer runs on any Keras backend: its tests run on JAX first (all but those marked one_backend),
+# then the whole suite on TensorFlow, the default (its summary is the last line).
 test: install test-tools
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -ra -m "not one_backend" tests/trainer
 	$(BIN)/python -m pytest -q -ra
 
 bench: install

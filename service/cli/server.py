@@ -68,14 +68,17 @@ def _database_error(error: Exception) -> CommandError:
 class WorkerPool:
     """N ``regsearch worker`` subprocesses, restarted if one dies, stopped with the server."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, memory_fraction: float | None = None) -> None:
         self.count = count
+        self.memory_fraction = memory_fraction
         self.processes: list[subprocess.Popen] = []
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
 
     def _spawn(self) -> subprocess.Popen:
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+        if self.memory_fraction is not None:
+            env["REGSEARCH_GPU_MEMORY_FRACTION"] = f"{self.memory_fraction:.3f}"  # N workers share one card
         return subprocess.Popen([sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "worker"], env=env)
 
     def start(self) -> None:
@@ -131,7 +134,9 @@ def _serve(args) -> int:
         app = create_app(settings, dashboard=not args.no_dashboard)
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
-    pool = WorkerPool(args.workers)
+    # Several local workers share the GPU: each gets an equal part of its memory unless the setting says otherwise.
+    fraction = settings.gpu_memory_fraction or (0.9 / args.workers if args.workers > 1 else None)
+    pool = WorkerPool(args.workers, fraction)
     pool.start()
     log.info("regsearch API on http://%s:%d (docs /docs%s)", host, port, "" if args.no_dashboard else ", dashboard /dashboard")
     try:
@@ -144,11 +149,13 @@ def _serve(args) -> int:
 
 def _worker(args) -> int:
     from service.worker import Worker
-    from service.worker_logs import install_quiet_graceful_stops, start_tensorflow
+    from service.worker_logs import install_quiet_graceful_stops, start_backend
 
     _logging()
     settings = _settings()
-    start_tensorflow()  # one line naming the devices instead of TensorFlow's CUDA noise
+    # One line naming the backend, its devices and the worker's lanes (issue 16's lanes setting, where
+    # there is one) instead of the backends' CUDA noise; the GPU memory cap is applied first.
+    start_backend(settings.gpu_memory_fraction, lanes=getattr(settings, "lanes", None))
     install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
     worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
 
