@@ -95,6 +95,28 @@ class LaneTraining(KerasTraining):
             engine.close()
 
 
+class _Lane(Worker):
+    """One lane's worker loop. Its Optuna studies pop waiting trials (retries, enqueued configs, confirmation
+    repeats) under a lock shared by the lanes: Optuna's pop reads WAITING then sets RUNNING, and without a row
+    lock (SQLite) two threads could both take the same trial."""
+
+    def __init__(self, *args: Any, pop_lock: threading.Lock, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pop_lock = pop_lock
+
+    def _study(self, row, spec, serial=None):
+        study = super()._study(row, spec, serial)
+        if "_pop_waiting_trial_id" not in vars(study):
+            pop = study._pop_waiting_trial_id
+
+            def pop_locked() -> int | None:
+                with self._pop_lock:
+                    return pop()
+
+            study._pop_waiting_trial_id = pop_locked
+        return study
+
+
 class LanesWorker:
     """K :class:`~service.worker.Worker` loops in threads of this process, their trials trained in lanes."""
 
@@ -116,9 +138,10 @@ class LanesWorker:
         self.train = train if train is not None else LaneTraining(settings.data_dir, lanes)
         self._shutdown = threading.Event()
         lane_settings = settings.model_copy(update={"migrate_on_start": False})  # migrated once, in run()
+        pop_lock = threading.Lock()
         self.workers = [
-            Worker(lane_settings, train=self.train, poll_interval=poll_interval, exit_when_idle=exit_when_idle,
-                   name=f"{self.name}/lane{index}")
+            _Lane(lane_settings, train=self.train, poll_interval=poll_interval, exit_when_idle=exit_when_idle,
+                  name=f"{self.name}/lane{index}", pop_lock=pop_lock)
             for index in range(lanes)
         ]
         for worker in self.workers:

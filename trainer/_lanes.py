@@ -143,6 +143,7 @@ class LaneEngine:
         self.shape, self.lanes = shape, lanes
         self.steps_run = 0  # vmapped steps so far (each advances every lane)
         self.lane_steps = 0  # steps that advanced a lane holding a trial
+        self.submitted = 0  # trials handed to train() so far
         self._cond = threading.Condition()
         self._waiting: list[_Job] = []
         self._jobs: list[_Job | None] = [None] * lanes
@@ -306,6 +307,7 @@ class LaneEngine:
             if self._closed:
                 raise RuntimeError("the lane engine is closed")
             self._waiting.append(job)
+            self.submitted += 1
             self._start_driver()
             self._cond.notify_all()
         try:
