@@ -11,8 +11,8 @@ matrix-multiply peak measured in the same run:
     ``images_per_second``, validation excluded), or the error it raised on this backend.
 (d) ``processes``: 1, 4 and 8 processes on the device, each running (b), started together (compiled
     first, then measured over the same window); their rates summed.
-(e) ``lanes``: the lane engine's vmapped step (``trainer._lanes.LaneEngine``) at K = 1, 8 and 32, each lane
-    with its own batches gathered on the host as the engine does.
+(e) ``lanes``: the lane engine (``trainer._lanes.LaneEngine.train`` from K threads) at K = 1, 8 and 32,
+    each lane its own trial (seed, data order, dropout) on one resident training set, as a study's trials.
 (f) ``study``: one study end to end, 32 trials x 10 epochs of the baseline at width 1 on 10,000 real
     CIFAR-10 images (``../shared/datasets/cifar10/make_cifar10.py``; 10% held out), median pruner, the
     default confirmation, run by one lanes worker with K=1 and then K=8 (``regsearch worker --lanes K
@@ -165,42 +165,44 @@ def worker_step_rate(args) -> dict:
 
 
 def lanes_rate(args, lanes: int) -> dict:
+    """K trials trained at once by the lane engine (its real path: ``LaneEngine.train`` from K threads, images
+    resident on the device); the steady rate summed over the lanes, the first epoch (compilation) left out."""
+    import threading
+
     import jax
 
-    from trainer._lanes import LaneEngine, LaneShape
+    import trainer
     from trainer._data import CifarData
+    from trainer._lanes import LaneEngine, LaneShape
 
     x, y = _images(args.batch_size * args.steps + args.batch_size)
-    data = CifarData(x_train=x, y_train=y, x_val=x[: args.batch_size], y_val=y[: args.batch_size], x_test=x[:0], y_test=y[:0])
-    settings = _settings(args, precision=_precision(args))
+    data = CifarData(x_train=x[: -args.batch_size], y_train=y[: -args.batch_size], x_val=x[-args.batch_size:],
+                     y_val=y[-args.batch_size:], x_test=x[:0], y_test=y[:0], source="synthetic")
+    settings = _settings(args, epochs=1 + args.fit_epochs, precision=_precision(args))
     engine = LaneEngine(LaneShape.of(settings, data), lanes)
-    rng = __import__("numpy").random.default_rng(0)
+    results: list = [None] * lanes
 
-    def batches():
-        index = rng.integers(0, len(y), size=(lanes, args.batch_size))
-        return x[index], y[index].astype("int32")
+    def run(index: int) -> None:
+        results[index] = engine.train(trainer.RegularizationConfig(), data, settings.model_copy(update={"seed": index}))
 
-    state = engine._state
-    images, labels = batches()
-    state = engine._step(state, images, labels)  # compile
-    jax.block_until_ready(state)
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(lanes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    rate = sum(epoch["images_per_second"] for result in results for epoch in result.history[1:]) / args.fit_epochs
     flops = None
     try:
-        cost = engine._step.lower(state, images, labels).compile().cost_analysis()
+        images = x[: lanes * args.batch_size].reshape((lanes, args.batch_size, *x.shape[1:]))
+        labels = y[: lanes * args.batch_size].reshape((lanes, args.batch_size)).astype("int32")
+        cost = engine._step.lower(engine._state, images, labels).compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost["flops"]) / (lanes * args.batch_size)
     except Exception as error:  # noqa: BLE001 - cost analysis is optional
         _log(f"no cost analysis: {error}")
-    start = time.perf_counter()
-    for _ in range(args.steps * args.fit_epochs):
-        images, labels = batches()
-        state = engine._step(state, images, labels)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - start
-    engine._state = state
     engine.close()
-    return {"lanes": lanes, "images_per_s": lanes * args.batch_size * args.steps * args.fit_epochs / seconds,
-            "flops_per_image": flops, "precision": engine.shape.precision}
+    jax.clear_caches()
+    return {"lanes": lanes, "images_per_s": rate, "flops_per_image": flops, "precision": engine.shape.precision}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,9 +11,11 @@ A GPU spent on one small convnet trial sits nearly idle (issue 16: 1.5% of an H2
   scope maps only the model's variables) would read them as constants; the step instead opens one
   ``keras.StatelessScope`` mapping the model's variables *and* the knobs to the lane's values and
   calls the model inside it. ``optimizer.stateless_apply`` updates the weights.
-* **Per-lane data order.** Each lane draws its own permutation per epoch (:func:`epoch_order`,
-  seeded by the trial's seed and the epoch) and its own training set (a confirmation repeat has its
-  own validation split): every step gathers each lane's batch on the host.
+* **Per-lane data order.** Each lane draws its own permutation per epoch (:func:`epoch_order`, the
+  single-trial pipeline's order) and may have its own training set (a confirmation repeat has its own
+  validation split). While the busy lanes share one training set (a study's search trials), it stays on
+  the device and only the ``[K, batch]`` indices cross per step; otherwise each lane's batch is gathered
+  on the host.
 * **Continuous.** Lanes start and end independently: a lane's epoch ends after its own
   ``len(x_train) // batch_size`` steps, then only that lane is validated (precise BatchNorm, the
   validation set, the gap sample: :mod:`trainer._train`'s metrics) and its metrics handed to its
@@ -82,10 +84,11 @@ def lanes_unsupported(settings: TrainSettings, data: CifarData | None = None) ->
 
 
 def epoch_order(seed: int, epoch: int, n_train: int, batch_size: int) -> np.ndarray:
-    """A lane's training indices for ``epoch``: ``(n_train // batch_size) * batch_size`` of a permutation
-    seeded by (seed, epoch); the remainder is dropped, so every step has the same shape."""
+    """A lane's training indices for ``epoch``: the first ``(n_train // batch_size) * batch_size`` of the
+    permutation ``default_rng([seed, epoch])`` draws (the single-trial pipeline's order, so a lane sees its
+    trial's batches in the same order as ``trainer.train``); the remainder is dropped (one static shape)."""
     steps = n_train // batch_size
-    return np.random.default_rng((int(seed), 104729, int(epoch))).permutation(n_train)[: steps * batch_size]
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n_train)[: steps * batch_size]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +176,10 @@ class LaneEngine:
         self._state = jax.tree.map(lambda value: jax.numpy.stack([value] * lanes), lane)
         donate = (0,) if jax.default_backend() != "cpu" else ()
         self._step = jax.jit(jax.vmap(self._step_fn), donate_argnums=donate)
+        # The same step with every lane's batch gathered on the device from one resident training set.
+        self._step_gather = jax.jit(lambda state, x, y, index: jax.vmap(self._step_fn)(state, x[index], y[index]),
+                                    donate_argnums=donate)
+        self._resident: tuple[CifarData, Any, Any] | None = None
         self._put = jax.jit(lambda state, index, lane: jax.tree.map(lambda s, v: s.at[index].set(v), state, lane),
                             donate_argnums=donate)
         self._take = jax.jit(lambda state, index: jax.tree.map(lambda s: s[index], state))
@@ -386,6 +393,7 @@ class LaneEngine:
             if self._closed:
                 for job in [job for job in self._jobs if job is not None] + self._waiting:
                     job.events.put(("error", RuntimeError("the lane engine was closed")))
+                self._resident = None
                 return False
             starting = []
             for index in range(self.lanes):
@@ -396,8 +404,7 @@ class LaneEngine:
             jobs = list(self._jobs)
         for job in starting:
             self._start_job(job)
-        images, labels = self._batches(jobs)
-        self._state = self._step(self._state, images, labels)
+        self._advance(jobs)
         self.steps_run += 1
         for job in jobs:
             if job is None:
@@ -415,8 +422,32 @@ class LaneEngine:
         job.steps_per_epoch = len(job.data.y_train) // settings.batch_size
         job.order = epoch_order(settings.seed, 0, len(job.data.y_train), settings.batch_size)
         job.bn_rng = np.random.default_rng(settings.seed + 17)
-        job.gap_index = train_sample_indices(len(job.data.y_train), settings.gap_sample_images, settings.seed)
+        # The gap's training side on as many images as validation has (at most gap_sample_images), as trainer.train.
+        job.gap_index = train_sample_indices(len(job.data.y_train), min(settings.gap_sample_images, len(job.data.y_val)),
+                                             settings.seed)
         job.started = job.epoch_started = time.perf_counter()
+
+    def _advance(self, jobs: list[_Job | None]) -> None:
+        """One step of every lane. When the busy lanes train on one data set (a study's search trials), its
+        images stay on the device and only the ``[K, batch]`` indices cross per step; otherwise (a
+        confirmation repeat's own split) each lane's batch is gathered on the host."""
+        import jax
+
+        datasets = {id(job.data): job.data for job in jobs if job is not None}
+        if len(datasets) != 1:
+            images, labels = self._batches(jobs)
+            self._state = self._step(self._state, images, labels)
+            return
+        (data,) = datasets.values()
+        if self._resident is None or self._resident[0] is not data:
+            self._resident = None  # free the previous copy first
+            self._resident = (data, jax.device_put(data.x_train), jax.device_put(data.y_train.astype(np.int32)))
+        batch = self.shape.batch_size
+        index = np.zeros((self.lanes, batch), np.int32)
+        for lane, job in enumerate(jobs):
+            if job is not None:
+                index[lane] = job.order[job.step * batch : (job.step + 1) * batch]
+        self._state = self._step_gather(self._state, self._resident[1], self._resident[2], index)
 
     def _batches(self, jobs: list[_Job | None]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.shape.batch_size

@@ -96,4 +96,4 @@ def test_a_lanes_worker_keeps_the_worker_protocol(tmp_path):
         assert sorted(trial.intermediate_values) == list(range(epochs))
     confirmed = [trial for trial in everything if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM]
     assert confirmed and all(trial.state == State.COMPLETE for trial in confirmed)
-    assert "with 3 lanes" in log_of("third.log")
+    assert "in 3 lanes" in log_of("third.log")  # its last line
