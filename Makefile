@@ -24,7 +24,10 @@ run: install
 	@echo "regsearch: data from $${REGSEARCH_DATA_DIR:-keras.datasets download}"
 	$(BIN)/regsearch serve
 
+# The trainer runs on any Keras backend: its tests run on JAX first (all but those marked one_backend),
+# then the whole suite on TensorFlow, the default (its summary is the last line).
 test: install
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q -ra -m "not one_backend" tests/trainer
 	$(BIN)/python -m pytest -q -ra
 
 bench: install

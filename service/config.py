@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         "it is failed and retried with the same params by the next worker that looks."
     )
     max_retries: int = Field(2, ge=0, description="How many times a failed trial is re-run with the same params.")
+    gpu_memory_fraction: float | None = Field(
+        None, gt=0, le=1, description="Most of each GPU's memory one worker process may take (JAX: "
+        "XLA_PYTHON_CLIENT_MEM_FRACTION, no preallocation; TensorFlow: memory growth), so that several workers share "
+        "a card. Unset: the backend's default (one worker per card); `regsearch serve --workers N` gives its N workers "
+        "0.9/N each.",
+    )
     max_failed_trials: int = Field(
         5, ge=1, description="A study whose trials raised this many times is marked failed (e.g. a bad data dir)."
     )

@@ -1,4 +1,6 @@
-"""CIFAR-10: loading the official layout, class-balanced subsets, the validation split, tf.data input.
+"""CIFAR-10: loading the official layout, class-balanced subsets, the validation split (numpy only).
+
+The batches a model trains on come from :mod:`trainer._pipeline`.
 
 Where the images come from: the ``data_dir`` argument, else (None) ``keras.datasets.cifar10``
 (download, cached under ``~/.keras/datasets``); the caller decides the directory (``regsearch``
@@ -18,11 +20,9 @@ import pickle
 import tarfile
 import threading
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-__all__ = ["CifarData", "DataError", "count_training_images", "load_cifar10", "make_dataset"]
+__all__ = ["CifarData", "DataError", "count_training_images", "load_cifar10"]
 
 BATCH_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -275,48 +275,3 @@ def load_cifar10(
         y_test=y_test,
         source=source,
     )
-
-
-# --------------------------------------------------------------------------------------------------
-# tf.data
-# --------------------------------------------------------------------------------------------------
-
-
-def _augmenter(seed: int) -> Any:
-    """The book's augmentation, reduced to what the issue asks: horizontal flip and shifts of up to 10%."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
-        ],
-        name="augment",
-    )
-
-
-def make_dataset(
-    images: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    *,
-    shuffle: bool = False,
-    augment: bool = False,
-    seed: int = 0,
-    drop_remainder: bool = False,
-) -> Any:
-    """A ``tf.data`` pipeline: cached uint8 images, optional seeded shuffle/augmentation, float32 batches, prefetch.
-
-    The images stay raw pixels (the models rescale them); augmentation runs on whole batches.
-    """
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32))).cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-    if augment:
-        augmenter = _augmenter(seed)
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -4,13 +4,11 @@ A GPU spent on one small convnet trial sits nearly idle (issue 16: 1.5% of an H2
 :class:`LaneEngine` stacks K trials' states along a leading axis and advances them together with one
 ``jax.jit(jax.vmap(step))``, through Keras' stateless API:
 
-* **Per-lane state.** Each lane has its own weights, BatchNorm statistics, dropout seed states
-  (the model's trainable and non-trainable variables), Adam state and learning rate (the optimizer's
-  variables) and regularization knobs (:class:`trainer._models.Knobs`: l1, l2 and the two dropout
-  rates). The knobs are backend variables outside the model, so ``model.stateless_call`` (whose
-  scope maps only the model's variables) would read them as constants; the step instead opens one
-  ``keras.StatelessScope`` mapping the model's variables *and* the knobs to the lane's values and
-  calls the model inside it. ``optimizer.stateless_apply`` updates the weights.
+* **Per-lane state.** Each lane has its own weights, BatchNorm statistics, dropout seed states and
+  regularization knobs (the model's trainable and non-trainable variables: :class:`trainer._models.Knobs`,
+  l1, l2 and the two dropout rates, are weights of the search model), Adam state and learning rate (the
+  optimizer's variables). ``model.stateless_call`` runs the network on a lane's values and
+  ``optimizer.stateless_apply`` updates its weights; ``jax.vmap`` maps both over the lanes.
 * **Per-lane data order.** Each lane draws its own permutation per epoch (:func:`epoch_order`, the
   single-trial pipeline's order) and may have its own training set (a confirmation repeat has its own
   validation split). While the busy lanes share one training set (a study's search trials), it stays on
@@ -54,7 +52,6 @@ __all__ = ["LaneEngine", "LaneShape", "epoch_order", "lanes_unsupported", "resol
 
 SPARSITY_THRESHOLD = 1e-3
 _PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")  # as trainer._train seeds them
-_KNOBS = ("l1", "l2", "dropout_conv", "dropout_dense")
 
 
 def resolve_lane_precision(precision: str) -> str:
@@ -162,7 +159,7 @@ class LaneEngine:
         self.optimizer.build(self.model.trainable_variables)
         self._trainable = list(self.model.trainable_variables)
         self._non_trainable = list(self.model.non_trainable_variables)
-        self._knob_vars = [getattr(self.knobs, name) for name in _KNOBS]
+        self._knob_ids = {id(v) for v in self.knobs.weights}
         self._optimizer_start = [np.array(v.numpy()) for v in self.optimizer.variables]
         self._learning_rate_index = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer._learning_rate)
         trainable_ids = {id(v): i for i, v in enumerate(self._trainable)}
@@ -170,7 +167,8 @@ class LaneEngine:
         self._layers = self.model.layers[1:]  # both networks are chains; skip the InputLayer
         weight_ids = {id(v): ("t", i) for i, v in enumerate(self._trainable)}
         weight_ids.update({id(v): ("n", i) for i, v in enumerate(self._non_trainable)})
-        self._weight_order = [weight_ids[id(v)] for v in self.model.weights]
+        # TrainResult's weights are the plain model's (trainer._models.plain_weights): the knobs left out.
+        self._weight_order = [weight_ids[id(v)] for v in self.model.weights if id(v) not in self._knob_ids]
 
         lane = self._initial_lane(RegularizationConfig(), 1e-3, 0)
         self._state = jax.tree.map(lambda value: jax.numpy.stack([value] * lanes), lane)
@@ -190,23 +188,21 @@ class LaneEngine:
     # The stateless functions (one lane's view; the step is vmapped over the lanes)
     # ------------------------------------------------------------------------------------------
 
-    def _mapping(self, trainable, non_trainable, knobs) -> list:
-        return [*zip(self._trainable, trainable), *zip(self._non_trainable, non_trainable), *zip(self._knob_vars, knobs)]
-
-    def _forward(self, trainable, non_trainable, knobs, images, training: bool):
+    def _forward(self, trainable, non_trainable, images, training: bool):
+        """(outputs, new non-trainable values, the regularization penalty) of one lane's network."""
         import keras
 
-        with keras.StatelessScope(state_mapping=self._mapping(trainable, non_trainable, knobs), collect_losses=True) as scope:
-            outputs = self.model.call(keras.ops.cast(images, "float32"), training=training)
-            penalty = sum((keras.ops.sum(keras.ops.cast(loss, "float32")) for loss in self.model.losses), 0.0)
-        return outputs, [scope.get_current_value(v) for v in self._non_trainable], penalty
+        outputs, non_trainable, losses = self.model.stateless_call(
+            trainable, non_trainable, keras.ops.cast(images, "float32"), training=training, return_losses=True)
+        penalty = sum((keras.ops.sum(keras.ops.cast(loss, "float32")) for loss in losses), 0.0)
+        return outputs, non_trainable, penalty
 
     def _step_fn(self, lane, images, labels):
         import jax
         import keras
 
         def loss_fn(trainable):
-            probabilities, non_trainable, penalty = self._forward(trainable, lane["non_trainable"], lane["knobs"], images, True)
+            probabilities, non_trainable, penalty = self._forward(trainable, lane["non_trainable"], images, True)
             loss = keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, probabilities)) + penalty
             return loss, (probabilities, non_trainable)
 
@@ -217,24 +213,24 @@ class LaneEngine:
             "trainable": trainable,
             "non_trainable": non_trainable,
             "optimizer": optimizer,
-            "knobs": lane["knobs"],
             "loss_sum": lane["loss_sum"] + loss,
             "correct": lane["correct"] + correct,
         }
 
-    def _predict_fn(self, trainable, non_trainable, knobs, images):
+    def _predict_fn(self, trainable, non_trainable, images):
         """(class probabilities, the regularization penalty) in inference mode."""
-        probabilities, _, penalty = self._forward(trainable, non_trainable, knobs, images, False)
+        probabilities, _, penalty = self._forward(trainable, non_trainable, images, False)
         return probabilities, penalty
 
-    def _precise_bn_fn(self, trainable, non_trainable, knobs, grouped_images):
+    def _precise_bn_fn(self, trainable, non_trainable, grouped_images):
         """Every BN layer's moving statistics := its per-batch moments averaged over ``[groups, batch, ...]``
         (trainer._train's precise BatchNorm, as one traced call); returns the new non-trainable values."""
         import keras
         from keras import ops
 
         groups, per_group = grouped_images.shape[0], grouped_images.shape[1]
-        with keras.StatelessScope(state_mapping=self._mapping(trainable, non_trainable, knobs)) as scope:
+        mapping = [*zip(self._trainable, trainable), *zip(self._non_trainable, non_trainable)]
+        with keras.StatelessScope(state_mapping=mapping) as scope:
             x = ops.reshape(ops.cast(grouped_images, "float32"), (groups * per_group, *grouped_images.shape[2:]))
             for layer in self._layers:
                 if isinstance(layer, keras.layers.BatchNormalization):
@@ -270,13 +266,14 @@ class LaneEngine:
         for index, layer in enumerate(dropouts):
             state = layer.seed_generator.state
             values[id(state)] = np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
+        for name in self.knobs.NAMES:
+            values[id(getattr(self.knobs, name))] = np.asarray(getattr(config, name), dtype="float32")
         optimizer = [start.copy() for start in self._optimizer_start]
         optimizer[self._learning_rate_index] = np.asarray(learning_rate, dtype=optimizer[self._learning_rate_index].dtype)
         return {
             "trainable": [values[id(v)] for v in self._trainable],
             "non_trainable": [values.get(id(v), np.asarray(v.numpy())) for v in self._non_trainable],
             "optimizer": optimizer,
-            "knobs": [np.asarray(getattr(config, name), dtype="float32") for name in _KNOBS],
             "loss_sum": np.zeros((), "float32"),
             "correct": np.zeros((), "float32"),
         }
@@ -476,10 +473,10 @@ class LaneEngine:
             per_group = min(settings.batch_size, len(sample))
             groups = max(1, len(sample) // per_group)
             grouped = data.x_train[sample[: groups * per_group]].reshape((groups, per_group, *data.input_shape))
-            non_trainable = self._precise_bn(lane["trainable"], non_trainable, lane["knobs"], grouped)
-        val_loss, val_accuracy = self._evaluate(lane["trainable"], non_trainable, lane["knobs"], data.x_val, data.y_val)
-        _, train_accuracy = self._evaluate(lane["trainable"], non_trainable, lane["knobs"],
-                                           data.x_train[job.gap_index], data.y_train[job.gap_index])
+            non_trainable = self._precise_bn(lane["trainable"], non_trainable, grouped)
+        val_loss, val_accuracy = self._evaluate(lane["trainable"], non_trainable, data.x_val, data.y_val)
+        _, train_accuracy = self._evaluate(lane["trainable"], non_trainable, data.x_train[job.gap_index],
+                                           data.y_train[job.gap_index])
         kernels = np.concatenate([np.abs(np.asarray(lane["trainable"][i], np.float64)).ravel() for i in self._kernel_index])
         job.epoch += 1
         metrics = {
@@ -514,7 +511,7 @@ class LaneEngine:
         job.order = epoch_order(settings.seed, job.epoch, len(data.y_train), settings.batch_size)
         job.epoch_started = time.perf_counter()
 
-    def _evaluate(self, trainable, non_trainable, knobs, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    def _evaluate(self, trainable, non_trainable, images: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
         """(mean cross-entropy + penalty, accuracy) in inference mode, in batches of ``batch_size``."""
         batch = self.shape.batch_size
         cross_entropy, correct, penalty = 0.0, 0, 0.0
@@ -523,7 +520,7 @@ class LaneEngine:
             expected = labels[start : start + batch]
             if len(chunk) < batch:  # pad to the traced shape; the padding is not counted
                 chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            probabilities, penalty = self._predict(trainable, non_trainable, knobs, chunk)
+            probabilities, penalty = self._predict(trainable, non_trainable, chunk)
             probabilities = np.asarray(probabilities, np.float64)[: len(expected)]
             picked = np.clip(probabilities[np.arange(len(expected)), expected], 1e-7, 1.0)
             cross_entropy += float(-np.log(picked).sum())

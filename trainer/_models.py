@@ -22,7 +22,7 @@ from trainer._best import BestConfig
 from trainer._recipe import Recipe
 from trainer._space import RegularizationConfig
 
-__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_search_model", "scaled"]
+__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_search_model", "plain_weights", "scaled"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -30,27 +30,36 @@ __all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_searc
 # --------------------------------------------------------------------------------------------------
 
 
-class Knobs:
-    """The four searchable numbers of one search model, as non-trainable backend variables.
+class Knobs(keras.layers.Layer):
+    """The four searchable numbers of one search model, as non-trainable float32 weights of their own layer.
 
-    Kept outside the layers (a plain object, which Keras does not track) so the search model has
-    exactly the weights of the plain model.
+    The layer is not in the network's graph (``model.layers`` and the layer-by-layer weights are the
+    plain model's); :func:`build_search_model` attaches it to the model, so its weights belong to the
+    model's state: on JAX the compiled step takes them as inputs like any variable (a value read from
+    an untracked variable would be traced into the step as a constant), and a new trial's
+    ``assign`` reaches the next step on every backend. :func:`plain_weights` leaves them out.
     """
 
-    def __init__(self, config: RegularizationConfig) -> None:
-        def variable(name: str, value: float) -> keras.Variable:
-            return keras.Variable(value, dtype="float32", trainable=False, name=name)
+    NAMES = ("l1", "l2", "dropout_conv", "dropout_dense")
 
-        self.l1 = variable("l1", config.l1)
-        self.l2 = variable("l2", config.l2)
-        self.dropout_conv = variable("dropout_conv", config.dropout_conv)
-        self.dropout_dense = variable("dropout_dense", config.dropout_dense)
+    def __init__(self, config: RegularizationConfig) -> None:
+        super().__init__(name="knobs", dtype="float32", trainable=False)
+        for name in self.NAMES:
+            setattr(self, name, self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False, name=name))
+        self.assign(config)
 
     def assign(self, config: RegularizationConfig) -> None:
-        self.l1.assign(config.l1)
-        self.l2.assign(config.l2)
-        self.dropout_conv.assign(config.dropout_conv)
-        self.dropout_dense.assign(config.dropout_dense)
+        for name in self.NAMES:
+            getattr(self, name).assign(float(getattr(config, name)))
+
+    def call(self, inputs):  # never called: a holder of variables
+        return inputs
+
+
+def plain_weights(model: keras.Model) -> list:
+    """A search model's weights without its :class:`Knobs`: what :func:`build_model`'s ``set_weights`` takes."""
+    knobs = {id(variable) for variable in model.knobs.weights} if isinstance(getattr(model, "knobs", None), Knobs) else set()
+    return [keras.ops.convert_to_numpy(variable.value) for variable in model.weights if id(variable) not in knobs]
 
 
 class TunableL1L2(keras.regularizers.Regularizer):
@@ -64,7 +73,7 @@ class TunableL1L2(keras.regularizers.Regularizer):
         return self.knobs.l1 * keras.ops.sum(keras.ops.abs(x)) + self.knobs.l2 * keras.ops.sum(keras.ops.square(x))
 
     def get_config(self) -> dict[str, float]:
-        return {"l1": float(self.knobs.l1.numpy()), "l2": float(self.knobs.l2.numpy())}
+        return {"l1": float(keras.ops.convert_to_numpy(self.knobs.l1.value)), "l2": float(keras.ops.convert_to_numpy(self.knobs.l2.value))}
 
 
 class TunableDropout(keras.layers.Layer):
@@ -76,7 +85,7 @@ class TunableDropout(keras.layers.Layer):
 
     def __init__(self, knobs: Knobs, which: str, seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._knobs = knobs
+        object.__setattr__(self, "_knobs", knobs)  # not tracked: the knobs' weights are the model's, not this layer's
         self.which = which
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
@@ -214,4 +223,6 @@ def build_search_model(
         dropout=lambda which, name: TunableDropout(knobs, which, name=name, dtype=dtype),
         dtype=dtype,
     )
-    return _network(model, float(width), tuple(input_shape), num_classes, parts)
+    network = _network(model, float(width), tuple(input_shape), num_classes, parts)
+    network.knobs = knobs  # tracked: the knobs' weights are part of the model's state (see Knobs)
+    return network

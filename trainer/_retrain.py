@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from trainer._data import CifarData, load_cifar10, make_dataset
+from trainer._data import CifarData, load_cifar10
+from trainer._pipeline import make_dataset
 from trainer._export import load_best
 from trainer._best import BestConfig
 from trainer._settings import TrainSettings
@@ -87,8 +88,10 @@ def data_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
 
 
 def _versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in ("regsearch", "tensorflow", "keras", "numpy", "optuna"):
+    import keras
+
+    versions: dict[str, str | None] = {"python": platform.python_version(), "keras_backend": keras.backend.backend()}
+    for package in ("regsearch", "tensorflow", "jax", "keras", "numpy", "optuna"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

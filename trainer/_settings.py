@@ -26,10 +26,11 @@ class TrainSettings(Recipe):
 
     precision: Literal[PRECISIONS] = Field("auto", description="Keras dtype policy; auto: see trainer._train.resolve_precision.")  # type: ignore[valid-type]
     precise_bn_images: int = Field(
-        512, ge=0, description="Training images used to recompute BatchNorm statistics before each validation (0: off)."
+        256, ge=0, description="Training images used to recompute BatchNorm statistics before each validation (0: off)."
     )
     gap_sample_images: int = Field(
-        2000, ge=1, description="Training images (a fixed sample) the generalization gap is measured on, in inference mode."
+        2000, ge=1, description="Most training images (a fixed sample) the generalization gap is measured on, in inference "
+        "mode; the sample is no larger than the validation set.",
     )
     reuse_compiled: bool = Field(True, description="Reuse this process's compiled model for this graph (see trainer._train).")
 

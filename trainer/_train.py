@@ -43,11 +43,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import keras
 import numpy as np
 
-from trainer._data import CifarData, make_dataset
-from trainer._gap import measure_gap
-from trainer._models import Knobs, build_model, build_search_model
+from trainer import _backend
+from trainer._data import CifarData
+from trainer._gap import train_sample_indices
+from trainer._models import Knobs, build_model, build_search_model, plain_weights
+from trainer._pipeline import make_dataset, on_device, take
 from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._best import BestConfig
@@ -160,13 +163,6 @@ def _cpu_has_fast_bfloat16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@functools.lru_cache(maxsize=1)
-def _has_gpu() -> bool:
-    import tensorflow as tf
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
 def resolve_precision(precision: str) -> str:
     """``auto`` -> ``mixed_float16`` on a GPU; ``mixed_bfloat16`` on a CPU with AVX512_BF16/AMX once
     parity is shown (:data:`BF16_PARITY_SHOWN`); else ``float32``. Other values pass through."""
@@ -174,7 +170,7 @@ def resolve_precision(precision: str) -> str:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    if _has_gpu():
+    if _backend.has_gpu():
         return "mixed_float16"
     if BF16_PARITY_SHOWN and _cpu_has_fast_bfloat16():
         return "mixed_bfloat16"
@@ -187,13 +183,44 @@ def resolve_precision(precision: str) -> str:
 
 _PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
+#: Images per compiled inference call (validation and the gap's training sample).
+_PREDICT_CHUNK = 256
+
+
+class _BatchMoments(keras.Model):
+    """Precise BN's statistics pass over a chain of layers (shared with the search model, so no weights
+    of its own): ``[groups, per_group, H, W, C]`` images in; for each BN layer, the mean over the groups
+    of each group's mean and variance out (``[mean_0, variance_0, mean_1, ...]``), each BN layer
+    normalizing every group with that group's moments. ``predict_on_batch`` compiles it on any backend."""
+
+    def __init__(self, layers: list, per_group: int) -> None:
+        super().__init__(name="batch_moments")
+        self.chain = list(layers)
+        self.per_group = int(per_group)
+
+    def call(self, grouped):
+        shape = tuple(grouped.shape[2:])
+        x = keras.ops.reshape(grouped, (-1, *shape))
+        moments = []
+        for layer in self.chain:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                values = keras.ops.cast(x, "float32")
+                features = tuple(values.shape[1:])
+                per_group = keras.ops.reshape(values, (-1, self.per_group, *features))
+                mean, variance = keras.ops.moments(per_group, axes=[1, 2, 3], keepdims=True)
+                inverse = keras.ops.rsqrt(variance + layer.epsilon) * layer.gamma  # in keras.ops.batch_normalization's order
+                normalized = per_group * inverse + (layer.beta - mean * inverse)
+                x = keras.ops.cast(keras.ops.reshape(normalized, (-1, *features)), x.dtype)
+                moments += [keras.ops.mean(mean, axis=(0, 1, 2, 3)), keras.ops.mean(variance, axis=(0, 1, 2, 3))]
+            else:
+                x = layer(x, training=False)
+        return moments
+
 
 class _SearchModel:
     """A compiled search model plus what it takes to start a new trial on it."""
 
     def __init__(self, model_name: str, width: float, input_shape: tuple[int, int, int], num_classes: int, batch_size: int, precision: str) -> None:
-        import keras
-
         self.batch_size = batch_size
         self.precision = precision
         self.knobs = Knobs(RegularizationConfig())
@@ -207,11 +234,11 @@ class _SearchModel:
         self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         optimizer.build(self.model.trainable_variables)
         self.optimizer = optimizer
-        self._optimizer_start = [np.array(variable.numpy()) for variable in optimizer.variables]
+        self._optimizer_start = [keras.ops.convert_to_numpy(variable.value).copy() for variable in optimizer.variables]
         self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
         self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         self.dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
-        self._precise_bn_fn_cache: Callable | None = None
+        self._moments_model_cache: Any = None
 
     def start_trial(self, config: RegularizationConfig, learning_rate: float, seed: int) -> None:
         """Put the model where a freshly built one with this seed would start."""
@@ -237,56 +264,52 @@ class _SearchModel:
         self.optimizer.learning_rate = learning_rate
         self.model.reset_metrics()
 
-    def _precise_bn_fn(self) -> Callable:
-        """One traced call: a forward pass over ``[batches, batch, H, W, C]`` images, dropout off, in which
-        each BN layer normalizes every group of ``batch`` images with that group's own moments (as in
-        training); the per-group means and variances, averaged over the groups, become the moving
-        statistics. Vectorized over the groups, so the whole pass is one call with no per-batch Python
-        or host round trips; traced once per sample shape."""
-        if self._precise_bn_fn_cache is None:
-            import keras
-            import tensorflow as tf
+    def _moments_model(self) -> Any:
+        """The statistics pass as a Keras model over the search model's own layers (built once, compiled by
+        the backend on first call): a forward pass over ``[groups, batch, H, W, C]`` images, dropout off,
+        in which each BN layer normalizes every group of ``batch`` images with that group's own moments
+        (as in training) and outputs their mean over the groups. Vectorized over the groups, so the whole
+        pass is one call with no per-batch Python or host round trips."""
+        if self._moments_model_cache is None:
+            self._moments_model_cache = _BatchMoments(self.model.layers[1:], self.batch_size)
+        return self._moments_model_cache
 
-            layers = self.model.layers[1:]  # both networks are chains; skip the InputLayer
-
-            @tf.function(reduce_retracing=True)
-            def update(grouped_images):
-                groups, per_group = tf.shape(grouped_images)[0], tf.shape(grouped_images)[1]
-                x = tf.reshape(grouped_images, tf.concat([[groups * per_group], tf.shape(grouped_images)[2:]], 0))
-                for layer in layers:
-                    if isinstance(layer, keras.layers.BatchNormalization):
-                        values = tf.cast(x, tf.float32)
-                        shape = tf.shape(values)
-                        grouped = tf.reshape(values, tf.concat([[groups, per_group], shape[1:]], 0))
-                        mean, variance = tf.nn.moments(grouped, axes=[1, 2, 3], keepdims=True)  # per group
-                        normalized = tf.nn.batch_normalization(grouped, mean, variance, layer.beta, layer.gamma, layer.epsilon)
-                        x = tf.cast(tf.reshape(normalized, shape), x.dtype)
-                        layer.moving_mean.assign(tf.reshape(tf.reduce_mean(mean, axis=0), tf.shape(layer.moving_mean)))
-                        layer.moving_variance.assign(tf.reshape(tf.reduce_mean(variance, axis=0), tf.shape(layer.moving_variance)))
-                    else:
-                        x = layer(x, training=False)
-                return groups
-
-            self._precise_bn_fn_cache = update
-        return self._precise_bn_fn_cache
-
-    def precise_batchnorm(self, images: np.ndarray, max_images: int) -> None:
+    def precise_batchnorm(self, images: Any, max_images: int) -> None:
         """Set every BN layer's moving statistics to the average of its batch moments over training batches.
 
-        Uses whole batches of ``batch_size`` (the batch statistics training normalized with), at most
-        ``max_images`` images but at least one batch.
+        ``images``: float32 or uint8 images (numpy or a backend tensor). Uses whole batches of
+        ``batch_size`` (the batch statistics training normalized with), at most ``max_images`` images but
+        at least one batch.
         """
-        if not self.batchnorms or max_images <= 0 or len(images) == 0:
+        count = int(images.shape[0])
+        if not self.batchnorms or max_images <= 0 or count == 0:
             return
-        per_group = min(self.batch_size, len(images))
-        groups = max(1, min(len(images), max(max_images, per_group)) // per_group)
-        sample = images[: groups * per_group].reshape((groups, per_group, *images.shape[1:]))
-        self._precise_bn_fn()(sample.astype(np.float32))
+        per_group = min(self.batch_size, count)
+        groups = max(1, min(count, max(max_images, per_group)) // per_group)
+        sample = keras.ops.cast(images[: groups * per_group], "float32")
+        grouped = keras.ops.reshape(sample, (groups, per_group, *tuple(images.shape[1:])))
+        moments = _BatchMoments(self.model.layers[1:], per_group) if per_group != self.batch_size else self._moments_model()
+        values = moments.predict_on_batch(grouped)
+        for layer, mean, variance in zip(self.batchnorms, values[0::2], values[1::2]):
+            layer.moving_mean.assign(np.reshape(mean, layer.moving_mean.shape))
+            layer.moving_variance.assign(np.reshape(variance, layer.moving_variance.shape))
+
+    def predict(self, images: Any, indices: np.ndarray) -> np.ndarray:
+        """Class probabilities (inference mode) of ``images[indices]``, ``images`` held on the device
+        (:func:`trainer._pipeline.on_device`), in chunks of one fixed shape (the last one padded), each
+        one compiled call."""
+        chunk = min(_PREDICT_CHUNK, len(indices))
+        outputs = []
+        for start in range(0, len(indices), chunk):
+            part = indices[start : start + chunk]
+            padded = np.concatenate([part, np.zeros(chunk - len(part), dtype=part.dtype)]) if len(part) < chunk else part
+            outputs.append(np.asarray(self.model.predict_on_batch(take(images, padded)), dtype=np.float64)[: len(part)])
+        return np.concatenate(outputs)
 
     def weight_stats(self) -> tuple[float, float, float]:
-        """(sum |w|, sqrt(sum w**2), share of |w| < 1e-3) over the penalized kernels."""
-        values = np.concatenate([np.abs(np.asarray(kernel.numpy(), dtype=np.float64)).ravel() for kernel in self.kernels])
-        return float(values.sum()), float(np.sqrt(np.square(values).sum())), float(np.mean(values < SPARSITY_THRESHOLD))
+        """(sum |w|, sum w**2, share of |w| < 1e-3) over the penalized kernels."""
+        values = np.concatenate([np.abs(keras.ops.convert_to_numpy(kernel.value).astype(np.float64)).ravel() for kernel in self.kernels])
+        return float(values.sum()), float(np.square(values).sum()), float(np.mean(values < SPARSITY_THRESHOLD))
 
 
 _CACHE: collections.OrderedDict[tuple, _SearchModel] = collections.OrderedDict()
@@ -296,8 +319,6 @@ _LOCK = threading.Lock()  # one training at a time per process: the compiled mod
 
 def clear_compiled_cache() -> None:
     """Drop this process's compiled search models and reset Keras' global state."""
-    import keras
-
     _CACHE.clear()
     keras.backend.clear_session()
     gc.collect()
@@ -334,15 +355,20 @@ def _epoch_reporter(
     searchable: _SearchModel,
     data: CifarData,
     settings: TrainSettings,
+    config: RegularizationConfig,
     history: list[dict[str, float]],
     on_epoch_end: Callable[[int, dict[str, float]], None] | None,
-    val_dataset: Any,
 ) -> Any:
-    import keras
-
     steps_per_epoch = len(data.y_train) // settings.batch_size or 1
     images_per_epoch = min(len(data.y_train), steps_per_epoch * settings.batch_size)
     rng = np.random.default_rng(settings.seed + 17)
+    x_train, x_val = on_device(data.x_train), on_device(data.x_val)
+    # The gap's training side on as many images as validation has (at most gap_sample_images): both sides
+    # equally precise, and measuring it costs no more than validating (it was a pass over up to 2,000
+    # training images per epoch, a third of a 2,000-image epoch's compute).
+    gap_sample = train_sample_indices(len(data.y_train), min(settings.gap_sample_images, len(data.y_val)), settings.seed)
+    val_indices = np.arange(len(data.y_val))
+    keras_values = config.keras_values()
 
     class EpochReporter(keras.callbacks.Callback):
         """Runs first at each epoch end: precise BN, validation, metrics into ``logs`` and ``history``."""
@@ -353,33 +379,34 @@ def _epoch_reporter(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             train_time = time.perf_counter() - self._start
-            sample = rng.choice(len(data.x_train), size=min(len(data.x_train), max(settings.precise_bn_images, 1)), replace=False)
-            searchable.precise_batchnorm(data.x_train[sample], settings.precise_bn_images)
-            evaluation = searchable.model.evaluate(val_dataset, verbose=0, return_dict=True)
-            l1_norm, l2_norm, sparsity = searchable.weight_stats()
+            if settings.precise_bn_images > 0:
+                sample = rng.choice(len(data.y_train), size=min(len(data.y_train), settings.precise_bn_images), replace=False)
+                searchable.precise_batchnorm(take(x_train, sample), settings.precise_bn_images)
+            l1_sum, l2_sum, sparsity = searchable.weight_stats()
+            # Validation and the gap's training side in inference mode, each one compiled pass; the loss
+            # includes the penalty as Keras' evaluate reports it (l1 * sum|w| + l2 * sum w**2).
+            penalty = keras_values["l1"] * l1_sum + keras_values["l2"] * l2_sum
+            val_probabilities = searchable.predict(x_val, val_indices)
+            val_accuracy = float(np.mean(np.argmax(val_probabilities, axis=-1) == data.y_val))
+            val_loss = _cross_entropy(val_probabilities, data.y_val) + penalty
+            # The gap measured alike for every trial: inference mode on a fixed training sample (see trainer._gap),
+            # not Keras' running training-mode "accuracy" (dropout on, weights moving).
+            train_accuracy = float(np.mean(np.argmax(searchable.predict(x_train, gap_sample), axis=-1) == data.y_train[gap_sample]))
             metrics = {
                 "epoch": epoch + 1,
                 "loss": float(logs["loss"]),
                 "accuracy": float(logs["accuracy"]),
-                "val_loss": float(evaluation["loss"]),
-                "val_accuracy": float(evaluation["accuracy"]),
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "train_accuracy": train_accuracy,
+                "gap": train_accuracy - val_accuracy,
+                "weight_l1": l1_sum,
+                "weight_l2": float(np.sqrt(l2_sum)),
+                "sparsity": sparsity,
+                "train_time_s": train_time,
+                "epoch_time_s": time.perf_counter() - self._start,
+                "images_per_second": images_per_epoch / train_time if train_time > 0 else float("nan"),
             }
-            # The gap measured alike for every trial: inference mode on a fixed training sample (see trainer._gap),
-            # not Keras' running training-mode "accuracy" (dropout on, weights moving).
-            fair = measure_gap(searchable.model, data, sample_size=settings.gap_sample_images, seed=settings.seed,
-                               batch_size=settings.batch_size, val_accuracy=metrics["val_accuracy"])
-            metrics["train_accuracy"] = fair.train_accuracy
-            metrics["gap"] = fair.gap
-            metrics.update(
-                {
-                    "weight_l1": l1_norm,
-                    "weight_l2": l2_norm,
-                    "sparsity": sparsity,
-                    "train_time_s": train_time,
-                    "epoch_time_s": time.perf_counter() - self._start,
-                    "images_per_second": images_per_epoch / train_time if train_time > 0 else float("nan"),
-                }
-            )
             logs.update({key: metrics[key] for key in ("val_loss", "val_accuracy", "gap")})
             history.append(metrics)
             if on_epoch_end is not None:
@@ -388,20 +415,11 @@ def _epoch_reporter(
     return EpochReporter()
 
 
-def _without_autotune(dataset: Any) -> Any:
-    """The dataset with tf.data's autotuning off (the pipeline is a cached uint8 cast; nothing to tune).
-
-    With autotuning on, each iterator starts an optimization thread that sleeps 10 ms, 20 ms, ...
-    doubling up to ~10 s between wake-ups, and destroying the iterator (when ``fit`` or ``evaluate``
-    returns) waited for its next wake-up: measured here, trials ended at 20.6 s after they started
-    (the 10+20+...+10240 ms schedule) whatever their training time, stalling 5 to 20 s at the end
-    of ``fit``.
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.with_options(options)
+def _cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean sparse categorical cross-entropy of probabilities, clipped as Keras clips them (epsilon 1e-7)."""
+    epsilon = keras.config.epsilon()
+    picked = np.clip(probabilities[np.arange(len(labels)), labels], epsilon, 1.0 - epsilon)
+    return float(-np.mean(np.log(picked)))
 
 
 def train(
@@ -442,32 +460,20 @@ def train(
         searchable = _search_model(settings, precision, data.input_shape, num_classes)
         searchable.start_trial(config, settings.learning_rate, settings.seed)
 
-        drop_remainder = len(data.y_train) >= settings.batch_size  # static batch shape: one trace serves every trial
-        train_dataset = make_dataset(
+        train_batches = make_dataset(
             data.x_train,
             data.y_train,
             settings.batch_size,
             shuffle=True,
             augment=settings.data.augment,
             seed=settings.seed,
-            drop_remainder=drop_remainder,
+            drop_remainder=True,  # static batch shape: one trace serves every trial
         )
-        val_dataset = make_dataset(data.x_val, data.y_val, settings.batch_size)
-        train_dataset, val_dataset = _without_autotune(train_dataset), _without_autotune(val_dataset)
         history: list[dict[str, float]] = []
-        reporter = _epoch_reporter(searchable, data, settings, history, on_epoch_end, val_dataset)
+        reporter = _epoch_reporter(searchable, data, settings, config, history, on_epoch_end)
         try:
-            searchable.model.fit(
-                train_dataset,
-                epochs=settings.epochs,
-                # Known length: Keras never runs the iterator into OutOfRange (whose teardown cost
-                # seconds, sporadically, at the end of fit here).
-                steps_per_epoch=len(data.y_train) // settings.batch_size if drop_remainder else None,
-                verbose=0,
-                shuffle=False,
-                callbacks=[reporter, *callbacks],
-            )
-            weights = searchable.model.get_weights()
+            searchable.model.fit(train_batches, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[reporter, *callbacks])
+            weights = plain_weights(searchable.model)
         finally:
             if not settings.reuse_compiled:
                 clear_compiled_cache()

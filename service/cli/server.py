@@ -70,14 +70,17 @@ def _database_error(error: Exception) -> CommandError:
 class WorkerPool:
     """N ``regsearch worker`` subprocesses, restarted if one dies, stopped with the server."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, memory_fraction: float | None = None) -> None:
         self.count = count
+        self.memory_fraction = memory_fraction
         self.processes: list[subprocess.Popen] = []
         self._stopping = threading.Event()
         self._monitor = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
 
     def _spawn(self) -> subprocess.Popen:
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+        if self.memory_fraction is not None:
+            env["REGSEARCH_GPU_MEMORY_FRACTION"] = f"{self.memory_fraction:.3f}"  # N workers share one card
         return subprocess.Popen([sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())", "worker"], env=env)
 
     def start(self) -> None:
@@ -132,7 +135,9 @@ def _serve(args) -> int:
         app = create_app(settings, dashboard=not args.no_dashboard)
     except sa.exc.OperationalError as error:
         raise _database_error(error) from None
-    pool = WorkerPool(args.workers)
+    # Several local workers share the GPU: each gets an equal part of its memory unless the setting says otherwise.
+    fraction = settings.gpu_memory_fraction or (0.9 / args.workers if args.workers > 1 else None)
+    pool = WorkerPool(args.workers, fraction)
     pool.start()
     log.info("regsearch API on http://%s:%d (docs /docs%s)", host, port, "" if args.no_dashboard else ", dashboard /dashboard")
     try:
@@ -144,7 +149,7 @@ def _serve(args) -> int:
 
 def _worker(args) -> int:
     from service.worker import Worker
-    from service.worker_logs import install_quiet_graceful_stops, start_tensorflow
+    from service.worker_logs import install_quiet_graceful_stops, start_backend
 
     _logging()
     settings = _settings()
@@ -153,8 +158,9 @@ def _worker(args) -> int:
         raise CommandError("--lanes must be >= 1")
     if lanes > 1 and os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
         raise CommandError("--lanes above 1 needs KERAS_BACKEND=jax")
-    if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
-        start_tensorflow()  # one line naming the devices instead of TensorFlow's CUDA noise
+    # One line naming the backend, its devices and the worker's lanes instead of the backends' CUDA noise;
+    # the GPU memory cap is applied first.
+    start_backend(settings.gpu_memory_fraction, lanes=lanes)
     install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
     if lanes > 1:
         from service.lanes import LanesWorker

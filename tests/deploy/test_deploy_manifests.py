@@ -136,7 +136,19 @@ def test_overlays_keep_the_commands_and_swap_only_registry_tag_and_credentials()
             (container,) = pod_spec(workload)["containers"]
             (original,) = pod_spec(base[name])["containers"]
             assert container["command"] == original["command"] and container["args"] == original["args"], (overlay, name)
+            if overlay == "overlays/jax-workers" and name == "worker":  # the same worker, built for JAX by compose's worker-jax
+                assert compose_service_for_image(container["image"]) == SERVICES["worker-jax"], container["image"]
+                continue
             assert image_repository(container["image"]) == image_repository(original["image"]), (overlay, name)
+
+
+def test_jax_overlay_puts_four_workers_on_a_card_each_within_its_share_of_memory():
+    stack = KubeStack(RENDERED["overlays/jax-workers"], "postgresql+psycopg://postgres@127.0.0.1:5432/unused", BASE.parent / "never-created")
+    fraction = float(stack.declared_environment("worker")["REGSEARCH_GPU_MEMORY_FRACTION"])
+    replicas = stack.workload("worker")["spec"]["replicas"]
+    assert replicas == 4 and fraction * replicas <= 0.9, (replicas, fraction)
+    assert stack.container("worker")["resources"]["limits"]["nvidia.com/gpu"] == 1  # shared by the device plugin's time-slicing/MPS
+    Settings(gpu_memory_fraction=fraction)
 
 
 @pytest.mark.parametrize("overlay", sorted(RENDERED))

@@ -71,7 +71,7 @@ def test_each_environment_names_only_real_settings(name):
     assert not unknown, f"{name}: no setting reads {unknown} (service/config.py has {sorted(known)})"
     Settings(**{key[len("REGSEARCH_"):].lower(): value for key, value in environment.items() if key in known})
     postgres = RESOLVED["postgres"]["environment"]
-    role = SERVICE_ROLES[name]
+    role = SERVICE_ROLES[name.split("-", 1)[0]]  # worker-jax: the worker on another backend, the worker's role
     user, password = (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"]) if role is None else (role, postgres[ROLE_PASSWORDS[role]])
     expected = f"postgresql+psycopg://{user}:{password}@{DATABASE_SERVICE}:5432/{postgres['POSTGRES_DB']}"
     assert environment["REGSEARCH_DATABASE_URL"] == expected, f"{name} must use the compose database as {user}"
@@ -122,6 +122,26 @@ def test_worker_reserves_a_gpu_and_scales():
 
     installed = importlib.metadata.version("tensorflow")
     assert default_version.split(".")[:2] == installed.split(".")[:2], "the worker image runs the TensorFlow the tests run"
+
+
+def test_jax_worker_is_the_worker_on_another_image_with_the_tested_jax_and_keras():
+    """worker-jax differs from worker in its image alone (the YAML merges one into the other); its Dockerfile
+    installs the jax and keras the trainer tests run on (make test runs tests/trainer on JAX)."""
+    worker, jax_worker = RESOLVED["worker"], RESOLVED["worker-jax"]
+    assert {key: value for key, value in jax_worker.items() if key not in ("build", "image", "profiles")} == {
+        key: value for key, value in worker.items() if key not in ("build", "image")
+    }
+    assert jax_worker["profiles"] == ["jax"], "opt-in: `docker compose --profile jax up`"
+    instructions = dockerfile_instructions(dockerfile_of(jax_worker))
+    defaults = dict(args.split("=", 1) for instruction, args in instructions if instruction == "ARG")
+    assert jax_worker["build"]["args"] == {name: defaults[name] for name in ("JAX_VERSION", "KERAS_VERSION")}
+    environment = " ".join(args for instruction, args in instructions if instruction == "ENV").split()
+    assert "KERAS_BACKEND=jax" in environment
+    import importlib.metadata
+
+    for package, name in (("jax", "JAX_VERSION"), ("keras", "KERAS_VERSION")):
+        installed = importlib.metadata.version(package)
+        assert defaults[name].split(".")[:2] == installed.split(".")[:2], f"the JAX worker image runs the {package} the tests run"
 
 
 @pytest.mark.parametrize("name", ["api", "dashboard"])

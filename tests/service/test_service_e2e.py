@@ -246,6 +246,6 @@ def test_worker_logs_read_well_and_a_graceful_stop_re_queues_without_a_traceback
         log = (service.root / f"worker{index}.log").read_text()
         assert "Traceback" not in log, log[-3000:]
         assert "cuInit" not in log and "Could not find cuda drivers" not in log, log[:3000]
-        assert re.search(r"TensorFlow \S+: (CPU only|\d+ GPU)", log), log[:3000]
+        assert re.search(r"trains with Keras \S+ on (tensorflow|jax) \S+: (CPU only|\d+ GPU)", log), log[:3000]
     logs = "".join((service.root / f"worker{index}.log").read_text() for index in range(len(service.workers)))
     assert logs.count("re-queued with the same params") >= len(handed_back)

@@ -15,6 +15,7 @@ from tests.support import ROOT, base_env
 pytest.importorskip("jax")
 
 
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_the_gpu_benchmark_runs_small_on_a_cpu_and_says_so(tmp_path):
     out = tmp_path / "gpu_throughput.json"
     result = subprocess.run(

@@ -6,11 +6,12 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from trainer import DataError, load_cifar10
-from trainer._data import make_dataset
+from trainer._pipeline import make_dataset
 
 FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
 
@@ -89,10 +90,27 @@ def test_bad_arguments_name_the_field(cifar_dir, kwargs, field):
 
 def test_pipeline_batches_float_pixels_and_augments(cifar_dir):
     data = load_cifar10(cifar_dir, train_size=100, seed=0)
-    plain = next(iter(make_dataset(data.x_train, data.y_train, 16)))
-    augmented = next(iter(make_dataset(data.x_train, data.y_train, 16, augment=True, seed=1)))
-    assert plain[0].shape == (16, 32, 32, 3) and plain[0].dtype.name == "float32"
-    np.testing.assert_array_equal(plain[0].numpy(), data.x_train[:16].astype("float32"))
-    np.testing.assert_array_equal(augmented[1].numpy(), data.y_train[:16])  # same order, labels untouched
-    assert not np.allclose(augmented[0].numpy(), plain[0].numpy())
-    assert 0.0 <= float(augmented[0].numpy().min()) and float(augmented[0].numpy().max()) <= 255.0
+    to_numpy = keras.ops.convert_to_numpy
+    plain = make_dataset(data.x_train, data.y_train, 16)[0]
+    augmented = make_dataset(data.x_train, data.y_train, 16, augment=True, seed=1)[0]
+    assert tuple(plain[0].shape) == (16, 32, 32, 3) and to_numpy(plain[0]).dtype == np.float32
+    np.testing.assert_array_equal(to_numpy(plain[0]), data.x_train[:16].astype("float32"))
+    np.testing.assert_array_equal(to_numpy(augmented[1]), data.y_train[:16])  # same order, labels untouched
+    assert not np.allclose(to_numpy(augmented[0]), to_numpy(plain[0]))
+    assert 0.0 <= float(to_numpy(augmented[0]).min()) and float(to_numpy(augmented[0]).max()) <= 255.0
+    # The same seed, epoch and batch give the same flips and shifts (stateless draws); epochs differ.
+    again = make_dataset(data.x_train, data.y_train, 16, augment=True, seed=1)
+    np.testing.assert_array_equal(to_numpy(again.batch(0, 0)[0]), to_numpy(augmented[0]))
+    assert not np.array_equal(to_numpy(again.batch(1, 0)[0]), to_numpy(augmented[0]))
+
+
+def test_shuffled_batches_are_a_seeded_permutation_per_epoch(cifar_dir):
+    data = load_cifar10(cifar_dir, train_size=100, seed=0)
+    batches = make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3, drop_remainder=True)
+    assert len(batches) == len(data.y_train) // 16
+    first = np.concatenate([keras.ops.convert_to_numpy(batches.batch(0, index)[1]) for index in range(len(batches))])
+    seen = np.concatenate([batches.indices(0, index) for index in range(len(batches))])
+    np.testing.assert_array_equal(first, data.y_train[seen])
+    assert len(set(seen.tolist())) == len(seen)  # no image twice in an epoch
+    assert not np.array_equal(batches.order(0), batches.order(1))
+    np.testing.assert_array_equal(batches.order(1), make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3).order(1))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import optuna
@@ -70,6 +75,27 @@ def test_keras_file_loads_without_custom_objects_with_the_trials_regularization(
     np.testing.assert_allclose(loaded.predict(data.x_val[:8], verbose=0), result.model.predict(data.x_val[:8], verbose=0), atol=1e-6)
     with pytest.raises(ValueError, match=r"must end in \.keras"):
         save_keras_model(result, tmp_path / "model.h5")
+
+
+def test_keras_file_written_on_one_backend_loads_on_the_other(result, data, tmp_path):
+    """The file is Keras' own format: TensorFlow's file loads on JAX and JAX's on TensorFlow (make test runs both ways)."""
+    path = save_keras_model(result, tmp_path / "model.keras")
+    np.save(tmp_path / "images.npy", data.x_val[:8])
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    script = (
+        "import json, sys, numpy as np, keras; from trainer._keras_file import regularization_of; "
+        "model = keras.models.load_model(sys.argv[1]); "
+        "np.save(sys.argv[3], keras.ops.convert_to_numpy(model.predict_on_batch(np.load(sys.argv[2]).astype('float32')))); "
+        "print(json.dumps([keras.backend.backend(), regularization_of(model)]))"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp_path / "images.npy"), str(tmp_path / "out.npy")],
+        env={**os.environ, "KERAS_BACKEND": other, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    backend, carried = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert backend == other and carried == pytest.approx(CONFIG.keras_values())
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), result.model.predict(data.x_val[:8], verbose=0), atol=1e-5)
 
 
 def _storing_study(storage, name, store, confirm=None):
@@ -170,7 +196,8 @@ def test_gap_can_be_measured_on_the_search_model_at_each_epoch_end(data):
     after = measure_gap(trained.model, data, sample_size=100)  # the plain model with the same weights
     assert during.train_accuracy == pytest.approx(after.train_accuracy, abs=1e-6)
     assert during.val_accuracy == pytest.approx(after.val_accuracy, abs=1e-6) == pytest.approx(trained.val_accuracy, abs=1e-6)
-    # trainer.train reports exactly this gap (its default sample, seeded by the recipe's seed) for every trial.
-    reported = measure_gap(trained.model, data, seed=1)
+    # trainer.train reports exactly this gap (its sample: as many images as validation has, seeded by the
+    # recipe's seed) for every trial.
+    reported = measure_gap(trained.model, data, sample_size=len(data.y_val), seed=1)
     assert trained.gap == pytest.approx(reported.gap, abs=1e-6) and trained.train_accuracy == pytest.approx(reported.train_accuracy, abs=1e-6)
     assert trained.history[-1]["gap"] == pytest.approx(trained.gap)

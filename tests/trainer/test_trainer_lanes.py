@@ -28,6 +28,7 @@ def report() -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_lane_step_equals_keras_fit_step(report):
     step = report["step_vs_fit"]
     assert step["loss"][0] == pytest.approx(step["loss"][1], rel=1e-5)  # the loss includes the tunable penalty
@@ -35,6 +36,7 @@ def test_a_lane_step_equals_keras_fit_step(report):
     assert step["max_stat_diff"] < 1e-4  # BatchNorm statistics and dropout seed states advanced alike
 
 
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_trial_in_a_lane_equals_the_trial_alone(report):
     alone, in_lane = report["alone"], report["in_lane"]
     assert len(alone) == len(in_lane) == 2
@@ -47,6 +49,7 @@ def test_a_trial_in_a_lane_equals_the_trial_alone(report):
     assert lane_steps > steps_run  # the lanes did share steps
 
 
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_pruned_trials_lane_takes_the_next_trial_while_the_others_go_on(report):
     refill = report["refill"]
     events = refill["events"]

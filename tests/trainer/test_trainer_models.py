@@ -56,11 +56,15 @@ def test_search_model_computes_the_same_function_and_penalty(model_name):
     plain = build_model(CONFIG, model_name, width=0.25)
     searchable = build_search_model(Knobs(CONFIG), model_name, width=0.25)
     set_known_weights(plain, seed=1)
-    searchable.set_weights(plain.get_weights())
+    network = [variable for layer in searchable.layers for variable in layer.weights]  # all but the knobs
+    for variable, value in zip(network, plain.get_weights(), strict=True):
+        variable.assign(value)
     images = np.random.default_rng(2).integers(0, 256, size=(4, 32, 32, 3)).astype("float32")
-    np.testing.assert_allclose(searchable(images).numpy(), plain(images).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(searchable(images)), keras.ops.convert_to_numpy(plain(images)), rtol=1e-5, atol=1e-6)
     assert penalty(searchable) == pytest.approx(penalty(plain), rel=1e-5)
-    assert [w.path for w in searchable.weights] == [w.path for w in plain.weights]
+    assert [w.path for w in network] == [w.path for w in plain.weights]
+    # The knobs are the model's state too (the compiled step reads them on every backend), and nothing else is.
+    assert [w.path for w in searchable.weights][len(network):] == ["knobs/l1", "knobs/l2", "knobs/dropout_conv", "knobs/dropout_dense"]
 
 
 @pytest.mark.parametrize(("l1_ratio", "pure"), [(0.0, "l2"), (1.0, "l1")])

@@ -33,7 +33,7 @@ class TrainingModeLoss(keras.callbacks.Callback):
         losses = []
         for start in range(0, len(self.labels), 64):
             probabilities = self.model(self.images[start : start + 64], training=True)
-            losses.append(keras.losses.sparse_categorical_crossentropy(self.labels[start : start + 64], probabilities).numpy())
+            losses.append(keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(self.labels[start : start + 64], probabilities)))
         return float(np.concatenate(losses).mean())
 
     def on_train_begin(self, logs=None):
@@ -108,6 +108,7 @@ def test_reused_compiled_model_gives_a_fresh_models_results(data):
         assert reused.history[0][key] == pytest.approx(fresh.history[0][key], rel=1e-4, abs=1e-6), key
 
 
+@pytest.mark.one_backend  # another graph (vgg) to compile: the default backend's run is enough
 def test_l1_raises_sparsity(data):
     settings = TrainSettings(model="vgg", width=0.25, epochs=1, batch_size=32, seed=0)
     pure_l2 = train(RegularizationConfig(weight_decay=1e-2, l1_ratio=0.0), data, settings)
@@ -116,6 +117,7 @@ def test_l1_raises_sparsity(data):
     assert pure_l1.weight_norms["l1"] < pure_l2.weight_norms["l1"]
 
 
+@pytest.mark.one_backend  # twenty trainings: the default backend's run is enough
 def test_twenty_trainings_keep_resident_memory_bounded(cifar_dir):
     """Workers train trial after trial in one process, on the one compiled model."""
     small = load_cifar10(cifar_dir, train_size=100, val_fraction=0.2, seed=1)
@@ -158,10 +160,10 @@ def test_precise_batchnorm_sets_the_average_of_each_batchs_moments(data):
         features = keras.Model(searchable.model.input, layer.input)
         moments = [
             (np.mean(batch, axis=(0, 1, 2)), np.var(batch, axis=(0, 1, 2)))
-            for batch in (features(images[start : start + QUICK.batch_size], training=True).numpy() for start in range(0, len(images), QUICK.batch_size))
+            for batch in (keras.ops.convert_to_numpy(features(images[start : start + QUICK.batch_size], training=True)) for start in range(0, len(images), QUICK.batch_size))
         ]
         expected.append((np.mean([mean for mean, _ in moments], axis=0), np.mean([variance for _, variance in moments], axis=0)))
     searchable.precise_batchnorm(images, len(images))
     for layer, (mean, variance) in zip(searchable.batchnorms, expected):
-        np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-3, atol=1e-5, err_msg=layer.name)
-        np.testing.assert_allclose(layer.moving_variance.numpy(), variance, rtol=1e-3, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean.value), mean, rtol=1e-3, atol=1e-5, err_msg=layer.name)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance.value), variance, rtol=1e-3, atol=1e-5, err_msg=layer.name)
