@@ -166,7 +166,8 @@ def worker_step_rate(args) -> dict:
 
 def lanes_rate(args, lanes: int) -> dict:
     """K trials trained at once by the lane engine (its real path: ``LaneEngine.train`` from K threads, images
-    resident on the device); the steady rate summed over the lanes, the first epoch (compilation) left out."""
+    resident on the device): the lane-steps run between the moment every lane has passed its first epoch
+    (everything compiled) and the first lane's end, x batch size / that window."""
     import threading
 
     import jax
@@ -180,17 +181,26 @@ def lanes_rate(args, lanes: int) -> dict:
                      y_val=y[-args.batch_size:], x_test=x[:0], y_test=y[:0], source="synthetic")
     settings = _settings(args, epochs=1 + args.fit_epochs, precision=_precision(args))
     engine = LaneEngine(LaneShape.of(settings, data), lanes)
-    results: list = [None] * lanes
+    lock, warm, marks = threading.Lock(), [0], {}
+
+    def on_epoch_end(epoch, _metrics) -> None:
+        with lock:  # every lane past its first epoch: every function compiled, all K lanes busy from here
+            warm[0] += epoch == 0
+            if warm[0] == lanes and "start" not in marks:
+                marks["start"] = (time.perf_counter(), engine.lane_steps)
 
     def run(index: int) -> None:
-        results[index] = engine.train(trainer.RegularizationConfig(), data, settings.model_copy(update={"seed": index}))
+        engine.train(trainer.RegularizationConfig(), data, settings.model_copy(update={"seed": index}), on_epoch_end=on_epoch_end)
+        with lock:  # the first lane to finish ends the window in which all K were busy
+            marks.setdefault("end", (time.perf_counter(), engine.lane_steps))
 
     threads = [threading.Thread(target=run, args=(index,)) for index in range(lanes)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    rate = sum(epoch["images_per_second"] for result in results for epoch in result.history[1:]) / args.fit_epochs
+    (start, steps_start), (end, steps_end) = marks["start"], marks["end"]
+    rate = (steps_end - steps_start) * args.batch_size / (end - start)
     flops = None
     try:
         images = x[: lanes * args.batch_size].reshape((lanes, args.batch_size, *x.shape[1:]))

@@ -462,6 +462,7 @@ class LaneEngine:
         """Validate the lane that finished its epoch, hand its metrics over, then start its next epoch or finish it."""
         import jax
 
+        jax.block_until_ready(self._state)  # the steps are dispatched asynchronously: the epoch ends when they have run
         train_time = time.perf_counter() - job.epoch_started
         lane = self._take(self._state, job.lane)
         settings, data = job.settings, job.data
