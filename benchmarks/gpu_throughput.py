@@ -358,7 +358,7 @@ def main(argv=None) -> int:
         for name, rate in rows
     ]
     report["ratios"] = {"worker_step_vs_fit": report["worker_step"].get("images_per_s", float("nan")) / base}
-    for entry in report["lanes"][1:]:
+    for entry in report["lanes"]:
         report["ratios"][f"lanes_{entry['lanes']}_vs_one_trial"] = entry["images_per_s"] / base
         report["ratios"][f"lanes_{entry['lanes']}_vs_best_packing"] = entry["images_per_s"] / best_packing
     if not args.skip_study:
