@@ -84,7 +84,7 @@ def populate(database_url: str, token_file: Path, trials: int = 60) -> str:
     """A study with ``trials`` finished trials and a best config; return a read token."""
     import optuna
 
-    from service import studies
+    from service import coordination, studies
     from service.config import Settings
     from service.db import create_engine, optuna_storage, session_factory
     from service.schemas import StudySpec
@@ -94,9 +94,9 @@ def populate(database_url: str, token_file: Path, trials: int = 60) -> str:
     settings = Settings(database_url=database_url, token_file=str(token_file))
     factory = session_factory(create_engine(settings))
     storage = optuna_storage(settings)
-    row, _ = studies.submit_study(factory, storage, StudySpec(name=STUDY, n_trials=trials, epochs=3))
+    spec = StudySpec(name=STUDY, n_trials=trials, epochs=3)
+    row, _ = studies.submit_study(factory, storage, spec)
     study = optuna.load_study(study_name=STUDY, storage=storage)
-    best = -1.0
     for number in range(trials):
         trial = study.ask()
         params = {"weight_decay": 1e-4, "l1_ratio": 0.5, "dropout_conv": 0.4, "dropout_dense": 0.4}
@@ -105,10 +105,9 @@ def populate(database_url: str, token_file: Path, trials: int = 60) -> str:
         for epoch in range(3):
             trial.report(0.3 + 0.001 * number + 0.01 * epoch, epoch)
         value = 0.32 + 0.001 * number
+        trial.set_user_attr("train_size", 2000)
         study.tell(trial, value)
-        if value > best:
-            best = value
-            studies.record_best(factory, row.id, number, value, params, 2000)
+        coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm)  # as settle does
     _row, token = create_token(factory, "read", "load-test")
     storage.engine.dispose()
     return token

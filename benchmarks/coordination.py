@@ -62,8 +62,11 @@ def trivial_training(spec, config, on_epoch_end) -> dict[str, float]:
         val_accuracy = 0.1 + 0.8 * config.dropout_conv * (epoch + 1) / spec.epochs
         on_epoch_end(epoch, {"loss": 1.0, "accuracy": val_accuracy + 0.05, "val_loss": 1.1,
                              "val_accuracy": val_accuracy, "gap": 0.05})
-    return {"val_accuracy": val_accuracy, "train_accuracy": val_accuracy + 0.05, "gap": 0.05,
-            "images_per_second": 1.0, "wall_time_s": 0.0, "epochs_run": spec.epochs}
+    from service.objective import Trained
+    from trainer import TrialMetrics
+
+    return Trained(TrialMetrics(val_accuracy=val_accuracy, train_accuracy=val_accuracy + 0.05, gap=0.05,
+                                images_per_second=1.0, wall_time_s=0.0, epochs_run=spec.epochs))
 
 
 def _fresh_study_per_trial() -> None:

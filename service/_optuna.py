@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from service._rdb import quiet
+from service.pruning import make_fair_pruner
 from service.schemas import StudySpec
 from trainer import SEARCH_SPACE
 
@@ -44,8 +45,6 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if spec.pruner == "none":
         return optuna.pruners.NopPruner()
     if spec.pruner == "fair":
-        from service.pruning import make_fair_pruner
-
         return make_fair_pruner(spec.n_trials, max(spec.epochs, 1))
     if spec.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(spec.epochs, 1))
@@ -75,7 +74,6 @@ def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
     Retries are queued by :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` (see
     :mod:`service.retries`), which records the history this reads.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet():
         history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
     return history[-1] if history else None

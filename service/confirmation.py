@@ -8,7 +8,7 @@ of the highest *mean*, its 95% interval, the configs that are statistically tied
 parameter ranges those ties span.
 
 Pure functions over Optuna ``FrozenTrial`` objects (number, params, value, state, user_attrs): no
-Keras, no database, no service state. The worker plugs them in:
+Keras, no database, no service state (the trial rules come from :mod:`service.trials`). The worker plugs them in:
 
 * :func:`confirmation_plan` turns the finished search into the trials to enqueue
   (``study.enqueue_trial(item.params, user_attrs=item.user_attrs)``), repeat by repeat.
@@ -49,7 +49,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from service.models import STAGE_ATTR, TrialStage
+from service.trials import is_feasible, is_search_trial
 from trainer import Integer  # an int that refuses booleans, as every integer of the spec
+from trainer._best import ParamRange  # the best-config file's robust range: one type for both
 
 __all__ = [
     "ALPHA",
@@ -59,7 +61,6 @@ __all__ = [
     "SEED_ATTR",
     "SEED_STRIDE",
     "TEST_DESCRIPTION",
-    "best_fields",
     "ConfigResult",
     "ConfirmSpec",
     "Confirmation",
@@ -144,10 +145,7 @@ def is_confirmation(trial: optuna.trial.FrozenTrial) -> bool:
 
 def _candidate(trial: optuna.trial.FrozenTrial) -> bool:
     """A complete, finite, feasible *search* trial (the one counting rule,
-    :func:`service.studies.is_search_trial`: imported warm-start trials and confirmation runs are not)."""
-    from service.features import is_feasible  # Optuna's constraints (max_gap): the one feasibility rule
-    from service.studies import is_search_trial  # (service.studies imports this module)
-
+    :func:`service.trials.is_search_trial`: imported warm-start trials and confirmation runs are not)."""
     return (
         trial.state == _FINISHED_OK
         and is_search_trial(trial)
@@ -332,11 +330,6 @@ def paired_test(best: Mapping[int, float], other: Mapping[int, float], alpha: fl
     return PairedTest(n_pairs=int(differences.size), mean_difference=mean_difference, p_value=p_value, significant=p_value < alpha)
 
 
-class ParamRange(BaseModel):
-    low: float
-    high: float
-
-
 def robust_ranges(configs: Iterable[Mapping[str, float]]) -> dict[str, ParamRange]:
     """Per parameter, the interval spanned by the given configs (the best and its ties)."""
     ranges: dict[str, ParamRange] = {}
@@ -384,6 +377,17 @@ class Confirmation(BaseModel):
     candidates: list[ConfigResult] = Field(description="Every candidate, highest mean first.")
     test: str = TEST_DESCRIPTION
     alpha: float = ALPHA
+
+    def best_fields(self) -> dict[str, Any]:
+        """The uncertainty fields of the best-config JSON (:class:`trainer.BestConfig`): the best's
+        :class:`RunStats`, ``confirmed``, its ties, the robust ranges and the test."""
+        return {
+            "confirmed": self.confirmed,
+            **self.best.model_dump(include=set(RunStats.model_fields) | {"first_value"}),
+            "ties": [tie.model_dump() for tie in self.ties],
+            "robust_ranges": self.robust_ranges,
+            "test": self.test,
+        }
 
 
 def _runs(trials: Sequence[optuna.trial.FrozenTrial], candidates: list[optuna.trial.FrozenTrial]) -> dict[int, dict[int, float]]:
@@ -451,16 +455,4 @@ def summarize(
     )
 
 
-def best_fields(summary: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The uncertainty fields of the best-config JSON (:class:`trainer.BestConfig`) from a stored
-    :class:`Confirmation` (``summary`` of a best-config row); empty for rows written before it existed."""
-    if not summary:
-        return {}
-    best = summary["best"]
-    return {
-        "confirmed": summary["confirmed"],
-        **{key: best[key] for key in ("mean", "std", "n", "ci_low", "ci_high", "confidence", "first_value")},
-        "ties": list(summary.get("ties", [])),
-        "robust_ranges": dict(summary.get("robust_ranges", {})),
-        "test": summary.get("test"),
-    }
+

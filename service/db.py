@@ -30,12 +30,6 @@ __all__ = [
     "optuna_storage",
     "session_factory",
     "session_scope",
-    "trial_state_counts",
-    "OPTUNA_STUDIES",
-    "OPTUNA_STUDY_SYSTEM_ATTRS",
-    "OPTUNA_TRIALS",
-    "OPTUNA_TRIAL_USER_ATTRS",
-    "OPTUNA_TRIAL_VALUES",
     "VERSION_TABLE",
 ]
 
@@ -46,21 +40,6 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Optuna keeps its own Alembic history in ``alembic_version``; ours must not share it.
 VERSION_TABLE = "regsearch_alembic_version"
 _MIGRATION_LOCK_KEY = 0x7265_6773  # "regs": PostgreSQL advisory lock serializing concurrent migrators
-
-# Lightweight views of Optuna's tables, for cheap counts without loading every trial.
-OPTUNA_STUDIES = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
-OPTUNA_TRIALS = sa.table(
-    "trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"),
-    sa.column("datetime_complete", sa.DateTime),  # Optuna writes naive local time
-)
-OPTUNA_TRIAL_USER_ATTRS = sa.table(
-    "trial_user_attributes", sa.column("trial_user_attribute_id"), sa.column("trial_id"), sa.column("key"), sa.column("value_json")
-)
-OPTUNA_TRIAL_SYSTEM_ATTRS = sa.table("trial_system_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
-OPTUNA_TRIAL_PARAMS = sa.table("trial_params", sa.column("trial_id"), sa.column("param_name"))
-OPTUNA_TRIAL_VALUES = sa.table("trial_values", sa.column("trial_id"), sa.column("objective"), sa.column("value", sa.Float))
-OPTUNA_STUDY_SYSTEM_ATTRS = sa.table("study_system_attributes", sa.column("study_id"), sa.column("key"), sa.column("value_json"))
-
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -121,12 +100,9 @@ def optuna_storage(
     ``heartbeat_interval`` s; a trial silent for ``grace_period`` s (its worker was killed) is failed
     by the next worker that asks for a trial, and ``on_stale_trial`` is called with it.
     """
-    import warnings
+    from service._rdb import quiet
 
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet():  # heartbeats are experimental
         return _storage_class()(
             settings.database_url,
             engine_kwargs=engine_kwargs(settings),
@@ -216,15 +192,3 @@ def _upgrade(engine: sa.Engine, settings: Settings) -> str:
                 connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 connection.commit()
     return revision or ""
-
-
-def trial_state_counts(session: Session, study_name: str) -> dict[str, int]:
-    """Number of trials per Optuna state (``COMPLETE``, ``PRUNED``, ``FAIL``, ``RUNNING``, ``WAITING``)."""
-    state = sa.cast(OPTUNA_TRIALS.c.state, sa.String)
-    rows = session.execute(
-        sa.select(state, sa.func.count())
-        .select_from(OPTUNA_TRIALS.join(OPTUNA_STUDIES, OPTUNA_TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(OPTUNA_STUDIES.c.study_name == study_name)
-        .group_by(state)
-    ).all()
-    return {str(name).rsplit(".", 1)[-1]: int(count) for name, count in rows}

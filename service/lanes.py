@@ -25,12 +25,13 @@ import socket
 import threading
 from typing import Any
 
+from service import _rdb
 from service.config import Settings
 from service.db import migrate
 from service.schemas import StudySpec
+from service.objective import Trained
 from service.worker import KerasTraining, TrainFunction, Worker
 from trainer import RegularizationConfig
-from trainer._recipe import TrialMetrics
 
 __all__ = ["ENGINES", "LaneTraining", "LanesWorker"]
 
@@ -73,7 +74,7 @@ class LaneTraining(KerasTraining):
             engine = self._engines[shape] = LaneEngine(shape, self.lanes)
             return engine
 
-    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end, seed: int | None = None) -> TrialMetrics:
+    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end, seed: int | None = None) -> Trained:
         import trainer
         from trainer._lanes import LaneShape, lanes_unsupported
 
@@ -85,8 +86,10 @@ class LaneTraining(KerasTraining):
         if reason:
             log.info("lanes: trained alone (%s)", reason)
             self.alone += 1
-            return trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
-        return self.engine(LaneShape.of(settings, data)).train(config, data, settings, on_epoch_end=on_epoch_end)
+            result = trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
+        else:
+            result = self.engine(LaneShape.of(settings, data)).train(config, data, settings, on_epoch_end=on_epoch_end)
+        return Trained(metrics=result.metrics(), model=result)  # the TrainResult is the model, stored if it ranks
 
     def close(self) -> None:
         with self._lock:
@@ -104,17 +107,10 @@ class _Lane(Worker):
         super().__init__(*args, **kwargs)
         self._pop_lock = pop_lock
 
-    def _study(self, row, spec, serial=None):
-        study = super()._study(row, spec, serial)
-        if "_pop_waiting_trial_id" not in vars(study):
-            pop = study._pop_waiting_trial_id
-
-            def pop_locked() -> int | None:
-                with self._pop_lock:
-                    return pop()
-
-            study._pop_waiting_trial_id = pop_locked
-        return study
+    def _study(self, row, serial=None):
+        cached = super()._study(row, serial)
+        _rdb.serialize_waiting_pops(cached[0], self._pop_lock)
+        return cached
 
 
 class LanesWorker:

@@ -16,7 +16,6 @@ route (service/api/routes/metrics.py); see its docstring.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable, Iterator
 
@@ -28,7 +27,8 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.orm import Session
 
-from service.db import OPTUNA_STUDIES, is_sqlite
+from service import _rdb
+from service.db import is_sqlite
 from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus
 
 __all__ = ["DOMAIN_METRICS", "SearchCollector", "instrument", "new_registry"]
@@ -47,26 +47,6 @@ DOMAIN_METRICS: dict[str, str] = {
     "regsearch_study_best_value": "Best objective value (validation accuracy) found so far, by study.",
     "regsearch_worker_heartbeat_age_seconds": "Seconds since the last heartbeat of each running trial, by worker.",
 }
-
-_TRIALS = sa.table(
-    "trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"),
-    sa.column("datetime_start", sa.DateTime), sa.column("datetime_complete", sa.DateTime),
-)
-_HEARTBEATS = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
-_USER_ATTRS = sa.table("trial_user_attributes", sa.column("trial_id"), sa.column("key"), sa.column("value_json"))
-_FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def _state(value: object) -> str:
-    """Optuna stores ``TrialState`` names (``RUNNING``); the API and the metrics use ``running``."""
-    return str(value).rsplit(".", 1)[-1].lower()
-
-
-def _seconds_between(start: sa.ColumnElement, end: sa.ColumnElement, sqlite: bool) -> sa.ColumnElement:
-    if sqlite:
-        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0
-    return sa.extract("epoch", end - start)
-
 
 class SearchCollector(Collector):
     """Reads the search's state from SQL on every scrape (a few GROUP BY queries)."""
@@ -109,32 +89,22 @@ class SearchCollector(Collector):
         slots.add_metric([], float(open_slots))
         yield slots
 
-        joined = _TRIALS.join(OPTUNA_STUDIES, _TRIALS.c.study_id == OPTUNA_STUDIES.c.study_id)
-        state = sa.cast(_TRIALS.c.state, sa.String)
         trials = GaugeMetricFamily("regsearch_trials", DOMAIN_METRICS["regsearch_trials"], labels=["study", "state"])
         running_total = 0
-        for study, trial_state, count in session.execute(
-            sa.select(OPTUNA_STUDIES.c.study_name, state, sa.func.count()).select_from(joined).group_by(OPTUNA_STUDIES.c.study_name, state)
-        ):
-            trials.add_metric([study, _state(trial_state)], count)
-            if _state(trial_state) == "running":
+        for study, trial_state, count in _rdb.trials_by_study_and_state(session):
+            trials.add_metric([study, trial_state.lower()], count)
+            if trial_state == "RUNNING":
                 running_total += count
         yield trials
         running = GaugeMetricFamily("regsearch_trials_running", DOMAIN_METRICS["regsearch_trials_running"])
         running.add_metric([], running_total)
         yield running
 
-        seconds = _seconds_between(_TRIALS.c.datetime_start, _TRIALS.c.datetime_complete, self.sqlite)
         duration = SummaryMetricFamily(
             "regsearch_trial_duration_seconds", DOMAIN_METRICS["regsearch_trial_duration_seconds"], labels=["study", "state"]
         )
-        for study, trial_state, count, total in session.execute(
-            sa.select(OPTUNA_STUDIES.c.study_name, state, sa.func.count(), sa.func.coalesce(sa.func.sum(seconds), 0.0))
-            .select_from(joined)
-            .where(state.in_(_FINISHED_STATES), _TRIALS.c.datetime_start.is_not(None), _TRIALS.c.datetime_complete.is_not(None))
-            .group_by(OPTUNA_STUDIES.c.study_name, state)
-        ):
-            duration.add_metric([study, _state(trial_state)], count_value=count, sum_value=float(total))
+        for study, trial_state, count, total in _rdb.trial_durations(session, self.sqlite):
+            duration.add_metric([study, trial_state.lower()], count_value=count, sum_value=total)
         yield duration
 
         latest = sa.select(sa.func.max(BestConfigRecord.id)).group_by(BestConfigRecord.study_id).scalar_subquery()
@@ -145,9 +115,10 @@ class SearchCollector(Collector):
             best.add_metric([study], value)
         yield best
 
-        yield self._heartbeats(session, joined, state)
+        yield self._heartbeats(session)
 
-    def _heartbeats(self, session: Session, joined: sa.Join, state: sa.ColumnElement) -> Metric:
+
+    def _heartbeats(self, session: Session) -> Metric:
         """Age of each running trial's heartbeat, on the database's clock (as Optuna's stale check)."""
         family = GaugeMetricFamily(
             "regsearch_worker_heartbeat_age_seconds", DOMAIN_METRICS["regsearch_worker_heartbeat_age_seconds"],
@@ -158,21 +129,9 @@ class SearchCollector(Collector):
             now = dt.datetime.fromisoformat(now)
         # PostgreSQL: heartbeats hold now() in the session's time zone, without the zone (as Optuna compares).
         now = now.replace(tzinfo=None)
-        worker = _USER_ATTRS.alias("worker_attr")
-        rows = session.execute(
-            sa.select(OPTUNA_STUDIES.c.study_name, _TRIALS.c.number, worker.c.value_json, _HEARTBEATS.c.heartbeat)
-            .select_from(
-                joined.join(_HEARTBEATS, _HEARTBEATS.c.trial_id == _TRIALS.c.trial_id).outerjoin(
-                    worker, sa.and_(worker.c.trial_id == _TRIALS.c.trial_id, worker.c.key == "worker")
-                )
-            )
-            .where(state == "RUNNING")
-        )
-        for study, number, worker_json, heartbeat in rows:
-            if isinstance(heartbeat, str):
-                heartbeat = dt.datetime.fromisoformat(heartbeat)
-            name = json.loads(worker_json) if worker_json else "unknown"
-            family.add_metric([str(name), study, str(number)], max(0.0, (now - heartbeat.replace(tzinfo=None)).total_seconds()))
+        for study, number, worker, heartbeat in _rdb.running_heartbeats(session):
+            age = max(0.0, (now - heartbeat.replace(tzinfo=None)).total_seconds())
+            family.add_metric([str(worker or "unknown"), study, str(number)], age)
         return family
 
 

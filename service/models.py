@@ -114,7 +114,7 @@ class SearchStudy(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
     started_at: Mapped[dt.datetime | None]
     #: when the last slot was claimed: a leaked slot is only reclaimed once claims have been quiet
-    #: for the grace period (see :func:`service.studies.reclaim_leaked_slots`).
+    #: for the grace period (see :func:`service.coordination.reclaim_leaked_slots`).
     last_claim_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 

@@ -1,14 +1,17 @@
 """One trial, from ``study.optimize``'s objective to what the service records once it ends.
 
-:class:`Objective` suggests the trial's params, trains it, reports each epoch to the pruner (and
-stops within one epoch once the study is stopped or the worker shuts down) and stores the
-training's :class:`~trainer._recipe.TrialMetrics` as the trial's user attributes. :func:`settle`
-then records a new best, hands a failed trial to :class:`~service.retries.RetryFailedTrial` (retry
-with the same params, slot given back) and completes the study once ``n_trials`` finished.
+:class:`Objective` suggests the trial's params, trains it (the training function returns one type,
+:class:`Trained`), reports each epoch to the pruner (and stops within one epoch once the study is
+stopped or the worker shuts down) and stores the training's :class:`~trainer._recipe.TrialMetrics`
+as the trial's user attributes; what became of the trial is its :class:`TrialOutcome`.
+:func:`settle` takes that outcome: it records a new leader, hands a failed trial to
+:class:`~service.retries.RetryFailedTrial` (retry with the same params, slot given back) and moves
+the study on once ``n_trials`` finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -18,25 +21,45 @@ from typing import Any
 import optuna
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import features, stages, studies
+from service import _rdb, coordination, features, stages
 from service._optuna import METRIC, distributions
 from service.confirmation import SEED_ATTR
 from service.models import ACTIVE_STATUSES, STAGE_ATTR, SearchStudy, StudyStatus, TrialStage
 from service.retries import RetryFailedTrial, through_outages
 from service.schemas import StudySpec
-from trainer import RegularizationConfig
-from trainer import TrialMetrics
+from service.trials import is_search_trial
+from trainer import RegularizationConfig, TrialMetrics
 
-__all__ = ["NothingToConfirm", "Objective", "StudyStopped", "TrainFunction", "WorkerShutdown", "settle"]
+__all__ = ["NothingToConfirm", "Objective", "StudyStopped", "TrainFunction", "Trained", "TrialOutcome", "WorkerShutdown", "settle"]
 
 log = logging.getLogger(__name__)
 
-#: ``train(spec, config, on_epoch_end) -> metrics``: :class:`TrialMetrics` (or a mapping of its
-#: fields) with at least ``val_accuracy``, or a :class:`trainer.TrainResult` (its ``metrics()``;
-#: its ``model`` is stored when the trial becomes the best). A confirmation repeat calls ``train(spec,
-#: config, on_epoch_end, seed=s)``: same training pool (``spec.seed``), validation split, data order and
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """What a training function returns: its metrics (``val_accuracy`` at least) and, if it kept one, the
+    trained model (a Keras model or a :class:`trainer.TrainResult`), stored when the trial ranks among the
+    configs whose models are kept."""
+
+    metrics: TrialMetrics
+    model: Any = None
+
+
+#: ``train(spec, config, on_epoch_end) -> Trained``. A confirmation repeat calls ``train(spec, config,
+#: on_epoch_end, seed=s)``: same training pool (``spec.seed``), validation split, data order and
 #: initialisation seeded by ``s``.
-TrainFunction = Callable[..., TrialMetrics | Mapping[str, Any]]
+TrainFunction = Callable[..., Trained]
+
+
+@dataclasses.dataclass
+class TrialOutcome:
+    """What became of one ``study.optimize(objective, n_trials=1)`` call, as :func:`settle` takes it.
+
+    ``trial_id``: the trial it ran (None if Optuna never created one); ``finished_here``: it completed or
+    was pruned here (Optuna then tells that state unless another worker failed the trial meanwhile).
+    """
+
+    trial_id: int | None = None
+    finished_here: bool = False
 
 
 class NothingToConfirm(Exception):
@@ -52,12 +75,8 @@ class WorkerShutdown(Exception):
 
 
 class Objective:
-    """The objective of one ``study.optimize(objective, n_trials=1)`` call.
-
-    Afterwards ``trial_id`` is the trial it ran (None if Optuna never created one) and
-    ``finished_here`` tells whether it completed or was pruned here (Optuna then tells that state
-    unless another worker failed the trial meanwhile).
-    """
+    """The objective of one ``study.optimize(objective, n_trials=1)`` call; afterwards ``outcome`` is its
+    :class:`TrialOutcome` (Optuna's optimize returns nothing, so the objective keeps it)."""
 
     def __init__(
         self, train: TrainFunction, factory: sessionmaker[Session], row: SearchStudy, spec: StudySpec,
@@ -66,14 +85,13 @@ class Objective:
         self.train, self.factory, self.row, self.spec = train, factory, row, spec
         self.worker, self.shutdown = worker, shutdown
         self.artifact_store = artifact_store
-        self.trial_id: int | None = None
-        self.finished_here = False
+        self.outcome = TrialOutcome()
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_id = trial._trial_id
+        self.outcome.trial_id = _rdb.trial_id(trial)
         trial.set_user_attr("worker", self.worker)
         confirming = trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM
-        if not confirming and studies.status_of(self.factory, self.row.id) == StudyStatus.CONFIRMING:
+        if not confirming and coordination.status_of(self.factory, self.row.id) == StudyStatus.CONFIRMING:
             # Another worker took the last waiting repeat between our check and our ask: no params drawn,
             # so the failed trial is not retried and its slot is given back.
             trial.set_user_attr("fail_reason", "nothing-to-confirm")
@@ -83,9 +101,9 @@ class Objective:
         }
         seed = {"seed": int(trial.user_attrs[SEED_ATTR])} if confirming else {}
         try:
-            result = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial), **seed)
+            trained = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial), **seed)
         except optuna.TrialPruned:
-            self.finished_here = True
+            self.outcome.finished_here = True
             raise
         except StudyStopped:
             trial.set_user_attr("fail_reason", "stopped")
@@ -97,19 +115,19 @@ class Objective:
             trial.set_user_attr("fail_reason", "error")
             trial.set_user_attr("error", f"{error.__class__.__name__}: {error}"[:2000])
             raise
-        metrics = result.metrics() if callable(getattr(result, "metrics", None)) else TrialMetrics.model_validate(result)
+        metrics = trained.metrics
         for name in TrialMetrics.model_fields:
             value = getattr(metrics, name)
             if value is not None and math.isfinite(value):
                 trial.set_user_attr(name, value)
         if metrics.val_accuracy is None:
             raise ValueError("the training reported no val_accuracy")
-        self._record_features(trial, metrics, result)
-        self.finished_here = math.isfinite(metrics.val_accuracy)  # a NaN value makes Optuna fail the trial
+        self._record_features(trial, metrics, trained.model)
+        self.outcome.finished_here = math.isfinite(metrics.val_accuracy)  # a NaN value makes Optuna fail the trial
         return metrics.val_accuracy
 
     # -- issue 11: the gap constraint and the best trial's model --
-    def _record_features(self, trial: optuna.Trial, metrics: TrialMetrics, result: Any) -> None:
+    def _record_features(self, trial: optuna.Trial, metrics: TrialMetrics, model: Any) -> None:
         """Record the ``max_gap`` constraint; store the model if this feasible trial ranks among the top configs.
 
         Both happen here, before the objective returns: Optuna takes constraints and artifacts
@@ -120,13 +138,13 @@ class Objective:
             return  # infeasible: never the best, so its model is never kept
         if (
             self.artifact_store is None
-            or isinstance(result, (Mapping, TrialMetrics))  # a training that kept no model
-            or not studies.is_search_trial(trial)
+            or model is None  # a training that kept no model
+            or not is_search_trial(trial)
             or not math.isfinite(metrics.val_accuracy)
         ):
             return
         try:  # the model is materialized and uploaded only when the trial ranks among the configs whose models are kept
-            record = features.store_model(trial.study, trial, metrics.val_accuracy, result, self.artifact_store, self.spec.confirm)
+            record = features.store_model(trial.study, trial, metrics.val_accuracy, model, self.artifact_store, self.spec.confirm)
         except Exception as error:  # noqa: BLE001 - a store hiccup must not cost the trial its result
             log.warning("study %s: trial %d's model not stored (%s: %s)", self.row.name, trial.number,
                         error.__class__.__name__, error)
@@ -142,7 +160,7 @@ class Objective:
             history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})
             trial.set_user_attr("history", history)
             trial.report(float(metrics[METRIC]), epoch)
-            if studies.status_of(self.factory, self.row.id) not in ACTIVE_STATUSES:
+            if coordination.status_of(self.factory, self.row.id) not in ACTIVE_STATUSES:
                 raise StudyStopped(f"study {self.row.name!r} was stopped")
             if self.shutdown.is_set():
                 raise WorkerShutdown(f"worker {self.worker} is shutting down")
@@ -162,19 +180,19 @@ def _prunable(trial: optuna.Trial) -> bool:
 
 
 def settle(
-    factory: sessionmaker[Session], storage: Any, retry: RetryFailedTrial, study: optuna.Study, row: SearchStudy,
-    objective: Objective, max_failed_trials: int, grace_period_s: float = 60.0,
+    outcome: TrialOutcome, *, factory: sessionmaker[Session], storage: Any, retry: RetryFailedTrial, study: optuna.Study,
+    row: SearchStudy, spec: StudySpec, max_failed_trials: int, grace_period_s: float = 60.0,
 ) -> None:
-    """Record what became of ``objective``'s trial: a new leader, a retry, the next stage, a completed study."""
-    trial = through_outages(storage.get_trial, objective.trial_id)  # a failed trial read here must reach its retry
+    """Record what became of the outcome's trial: a new leader, a retry, the next stage, a completed study."""
+    trial = through_outages(storage.get_trial, outcome.trial_id)  # a failed trial read here must reach its retry
     state = trial.state
     if state == optuna.trial.TrialState.COMPLETE:
         # The leader by mean over the feasible search trials and their confirmation repeats (a search
         # trial's single value during the search): service.confirmation.summarize.
-        if studies.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), objective.spec.confirm):
+        if coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm):
             log.info("study %s: trial %d's config leads (%.4f)", row.name, trial.number, trial.value)
     elif state == optuna.trial.TrialState.FAIL:
-        if objective.finished_here:
+        if outcome.finished_here:
             # The objective completed (or was pruned) here, yet the trial is FAIL: another worker's
             # heartbeat check declared it stale while it ran (a heartbeat write lost to a dropped
             # connection), and its retry callback already re-queued it and gave the slot back.
@@ -184,11 +202,11 @@ def settle(
         try:
             if trial.user_attrs.get("fail_reason") == "error":
                 error = trial.user_attrs.get("error", "trial failed")
-                if studies.record_failure(factory, row.id, error, max_failed_trials):
+                if coordination.record_failure(factory, row.id, error, max_failed_trials):
                     log.error("study %s failed after repeated trial errors: %s", row.name, error)
         finally:
             retry.retry(study, trial, row.id)  # re-queued unless the study has ended; the slot given back
     # RUNNING here means the final tell did not reach the database: the heartbeat check fails
     # and re-queues it once its grace period is over.
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
-        stages.advance(factory, study, row, objective.spec, grace_period_s)
+        stages.advance(factory, study, row, spec, grace_period_s)

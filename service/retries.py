@@ -8,8 +8,8 @@ trial) can take it. It serves both kinds of failure: Optuna calls it for a trial
 stopped heart-beating (``RDBStorage(heartbeat_stale_trial_callback=...)``), and the worker calls it
 for a trial whose training raised or whose worker shut down.
 
-A failure is settled once: the first caller marks the trial (:data:`SETTLED`, a system attribute
-whose row is unique per trial) and only that caller re-queues it and gives its slot back. A trial
+A failure is settled once: the first caller marks the trial (:data:`~service._rdb.SETTLED`, a system
+attribute whose row is unique per trial, written by :func:`service._rdb.claim_settlement`) and only that caller re-queues it and gives its slot back. A trial
 that another worker's heartbeat check failed while it still ran here would otherwise be re-queued
 twice. A failure nobody settled (a connection dropped between Optuna failing the trial and calling
 back) is found and re-queued by :func:`retry_unsettled_failures`, from the worker's sweep.
@@ -18,10 +18,7 @@ back) is found and re-queued by :func:`retry_unsettled_failures`, from the worke
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import json
 import logging
-import warnings
 
 import optuna
 import sqlalchemy as sa
@@ -29,11 +26,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import studies
+from service import _rdb, coordination, studies
 from service._optuna import retry_of
+from service._rdb import SETTLED
 from service.backoff import backoff
 from service.confirmation import CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR
-from service.db import OPTUNA_STUDIES, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS, OPTUNA_TRIAL_USER_ATTRS, OPTUNA_TRIALS
 from service.features import trial_params
 from service.models import ACTIVE_STATUSES, STAGE_ATTR, StudyStatus
 
@@ -65,44 +62,12 @@ def _study_row(factory: sessionmaker[Session], name: str):
         return studies.get_study(session, name)
 
 
-#: System attribute of a failed trial whose retry (or the decision not to retry) has been taken care of.
-SETTLED = "regsearch:settled"
-
-
-def _claim_settlement(factory: sessionmaker[Session], trial_id: int, reason: str) -> bool:
-    """Mark the failed trial settled; False if another caller already had (the row is unique per trial and key)."""
-    try:
-        with factory() as session, session.begin():
-            session.execute(sa.insert(OPTUNA_TRIAL_SYSTEM_ATTRS).values(trial_id=trial_id, key=SETTLED, value_json=json.dumps(reason)))
-    except sa.exc.IntegrityError:
-        return False
-    return True
-
-
-def _record_fail_reason(factory: sessionmaker[Session], trial: FrozenTrial, reason: str) -> None:
-    """Set ``fail_reason`` on a trial Optuna has already failed.
-
-    Optuna's storage refuses to change a finished trial, and its heartbeat check fails the trial
-    before it calls back; so the attribute is written to Optuna's table directly, in its format, with
-    the statements the worker's database role may run (UPDATE, else INSERT; never DELETE).
-    """
-    attrs, value = OPTUNA_TRIAL_USER_ATTRS, json.dumps(reason)
-    with factory() as session, session.begin():
-        updated = session.execute(
-            sa.update(attrs).where(attrs.c.trial_id == trial._trial_id, attrs.c.key == "fail_reason").values(value_json=value)
-        ).rowcount
-        if not updated:
-            session.execute(sa.insert(attrs).values(trial_id=trial._trial_id, key="fail_reason", value_json=value))
-    trial.user_attrs["fail_reason"] = reason
-
-
 class RetryFailedTrial:
     """Re-queue a failed trial with the same params (up to ``max_retries`` times) and give its slot back."""
 
     def __init__(self, factory: sessionmaker[Session], max_retries: int) -> None:
         self._factory = factory
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _rdb.quiet():
             self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
@@ -118,7 +83,7 @@ class RetryFailedTrial:
         try:
             self.retry(study, trial, row.id, StudyStatus(row.status), reason=WORKER_LOST)
         finally:
-            through_outages(_record_fail_reason, self._factory, trial, WORKER_LOST)
+            through_outages(_rdb.record_fail_reason, self._factory, trial, WORKER_LOST)
 
     def retry(
         self, study: optuna.Study, trial: FrozenTrial, study_id: int, status: StudyStatus | None = None, reason: str = "error",
@@ -126,14 +91,14 @@ class RetryFailedTrial:
     ) -> None:
         """Re-queue ``trial`` unless its study has ended or it has no params (none drawn, none enqueued); give its slot back either way
         (unless ``release`` is false). Only the first call for a trial does anything: see :data:`SETTLED`."""
-        if not through_outages(_claim_settlement, self._factory, trial._trial_id, reason):
+        if not through_outages(_rdb.claim_settlement, self._factory, _rdb.trial_id(trial), reason):
             log.info("study %s: trial %d's failure was already settled by another worker", study.study_name, trial.number)
             return
         try:
             # Its params: those drawn, or those it was enqueued with (a reference that failed before drawing any).
             params = trial_params(trial)
             if status is None and params:  # read again: the trial may have ended (stopped, failed) its study
-                status = through_outages(studies.status_of, self._factory, study_id)
+                status = through_outages(coordination.status_of, self._factory, study_id)
             if params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))
@@ -145,7 +110,7 @@ class RetryFailedTrial:
                 through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
         finally:
             if release:
-                through_outages(studies.release_slot, self._factory, study_id)
+                through_outages(coordination.release_slot, self._factory, study_id)
 
 
 def retry_unsettled_failures(factory: sessionmaker[Session], study: optuna.Study, study_id: int, grace_period: float) -> int:
@@ -155,37 +120,23 @@ def retry_unsettled_failures(factory: sessionmaker[Session], study: optuna.Study
     dropped in between leaves a failed trial whose retry was never queued (as does a worker whose own
     trial failed just as its connection dropped). Such a trial is settled here by the same
     :class:`RetryFailedTrial` (same params, same retry limit), except for its slot: that one is given
-    back by :func:`service.studies.reclaim_leaked_slots` once the study is quiet, and giving it back
+    back by :func:`service.coordination.reclaim_leaked_slots` once the study is quiet, and giving it back
     here as well would count it twice.
     """
-    retry = study._storage.get_heartbeat_stale_trial_callback()
+    retry = _rdb.stale_trial_callback(study)
     if not isinstance(retry, RetryFailedTrial):
         return 0
-    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)  # Optuna's naive local time
-    trials, params, attrs = OPTUNA_TRIALS, OPTUNA_TRIAL_PARAMS, OPTUNA_TRIAL_SYSTEM_ATTRS
-    query = (
-        sa.select(trials.c.trial_id)
-        .select_from(trials.join(OPTUNA_STUDIES, trials.c.study_id == OPTUNA_STUDIES.c.study_id))
-        .where(
-            OPTUNA_STUDIES.c.study_name == study.study_name,
-            sa.cast(trials.c.state, sa.String) == "FAIL",
-            trials.c.datetime_complete < cutoff,
-            sa.or_(sa.exists().where(params.c.trial_id == trials.c.trial_id),
-                   sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == "fixed_params")),
-            ~sa.exists().where(attrs.c.trial_id == trials.c.trial_id, attrs.c.key == SETTLED),
-        )
-    )
     with factory() as session:
-        trial_ids = set(session.scalars(query))
+        trial_ids = _rdb.unsettled_failures(session, study.study_name, grace_period)
     if not trial_ids:
         return 0
     everything = study.get_trials(deepcopy=False)
     retried = {retry_of(trial) for trial in everything}
     for trial in everything:
-        if trial._trial_id not in trial_ids:
+        if _rdb.trial_id(trial) not in trial_ids:
             continue
         if trial.number in retried:  # failed before failures were marked, and retried then: only marked now
-            through_outages(_claim_settlement, factory, trial._trial_id, "retried")
+            through_outages(_rdb.claim_settlement, factory, _rdb.trial_id(trial), "retried")
             continue
         log.warning("study %s: trial %d failed and nobody settled it (a connection lost meanwhile); settling it now",
                     study.study_name, trial.number)

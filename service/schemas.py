@@ -14,7 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
 
 from service.confirmation import ConfirmSpec
-from service.features import MarginOut, ModelInfoOut, ReferenceOut, StudyFeatures, WarmStartOut
+from service._rdb import TRIAL_STATES
+from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, validate_bounds
 
@@ -49,8 +50,6 @@ UtcDateTime = Annotated[
 
 SamplerName = Literal["tpe", "random"]
 PrunerName = Literal["median", "fair", "hyperband", "none"]
-#: Optuna's trial states, as the API names them (``TrialOut.state`` and the fields of ``TrialCounts``).
-TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 TrialStateName = Literal[tuple(TRIAL_STATES.values())]  # type: ignore[valid-type]
 
 

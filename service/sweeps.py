@@ -17,16 +17,13 @@ A worker sweeps a study whose slots are all taken (or any study, when it is idle
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import warnings
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import studies
+from service import _rdb, coordination
 from service.models import SearchStudy
 from service.retries import retry_unsettled_failures
 
@@ -41,14 +38,14 @@ def sweep_study(
     """For an active study whose slots are all taken: fail trials of dead workers and reclaim leaked slots."""
     fail_stale_trials(factory, storage, study, row.name, grace_period)
     retry_unsettled_failures(factory, study, row.id, grace_period)  # before the reclaim: the retry then takes the slot
-    if studies.reclaim_leaked_slots(factory, row.id, row.name, grace_period):
+    if coordination.reclaim_leaked_slots(factory, row.id, row.name, grace_period):
         log.warning("study %s: gave back trial slot(s) whose worker died before its trial started", row.name)
 
 
 def sweep_ended_studies(factory: sessionmaker[Session], storage: Any, grace_period: float) -> None:
     """Fail the trials that dead workers left RUNNING in stopped or failed studies (one query when none)."""
     with factory() as session:
-        rows = studies.studies_with_running_trials(session)
+        rows = coordination.studies_with_running_trials(session)
     for row in rows:
         try:
             study = optuna.load_study(study_name=row.name, storage=storage)
@@ -61,8 +58,7 @@ def fail_stale_trials(
     factory: sessionmaker[Session], storage: Any, study: optuna.Study, name: str, grace_period: float
 ) -> None:
     """Optuna's heartbeat check (its stale-trial callback retries them), then the orphans it cannot see."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with _rdb.quiet():
         optuna.storages.fail_stale_trials(study)
     fail_orphaned_trials(factory, storage, name, grace_period)
 
@@ -75,20 +71,9 @@ def fail_orphaned_trials(factory: sessionmaker[Session], storage: Any, name: str
     RUNNING with neither forever, and its study would never complete. Its slot was already returned
     and it has no params to retry, so it is only marked failed.
     """
-    query = sa.text(
-        "SELECT t.trial_id, t.datetime_start, t.state FROM trials t JOIN studies s ON s.study_id = t.study_id "
-        "WHERE s.study_name = :name "
-        "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id) "
-        "AND NOT EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)"
-    )
-    cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)  # Optuna's naive local time
     with factory() as session:
-        rows = session.execute(query, {"name": name}).all()
-    for trial_id, started, state in rows:
-        if isinstance(started, str):
-            started = dt.datetime.fromisoformat(started)
-        if str(state).rsplit(".", 1)[-1] != "RUNNING" or (started is not None and started > cutoff):
-            continue
+        trial_ids = _rdb.orphaned_trials(session, name, grace_period)
+    for trial_id in trial_ids:
         try:
             storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned")
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)

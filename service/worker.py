@@ -3,7 +3,7 @@
 One trial at a time, each in its own ``study.optimize(..., n_trials=1)`` so that Optuna's
 heartbeats guard it:
 
-1. **Claim a slot** with a conditional UPDATE (:func:`service.studies.claim_slot`): a study never
+1. **Claim a slot** with a conditional UPDATE (:func:`service.coordination.claim_slot`): a study never
    has more than ``n_trials`` slots taken, whatever the number of workers.
 2. **Run the trial** (:class:`service.objective.Objective`): Optuna first fails trials whose worker
    stopped heart-beating (killed, machine lost) and its stale-trial callback,
@@ -11,7 +11,7 @@ heartbeats guard it:
    slot back; ``ask`` then hands out a re-queued trial before sampling a new point. Every epoch
    reports validation accuracy to the pruner and checks whether the study was stopped or deleted,
    so a stop takes effect within one epoch.
-3. **Settle** (:func:`service.objective.settle`): a complete trial updates the best-config history
+3. **Settle** (:func:`service.objective.settle`, given the trial's :class:`~service.objective.TrialOutcome`): a complete trial updates the best-config history
    (a row when the leader changes); a failed one is re-queued by the same callback (up to
    ``max_retries`` times) and gives its slot back; the study moves on once ``n_trials`` search trials
    finished (:mod:`service.stages`: the confirmation stage re-trains the top configs, then the study
@@ -19,8 +19,9 @@ heartbeats guard it:
 4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
    if due, fail trials of dead workers, reclaim slots no trial holds.
 
-The worker keeps one Optuna ``Study`` per active study and re-seeds its sampler per trial, so
-Optuna's trial cache survives between trials: the per-trial cost stays flat as the study grows.
+The worker keeps one Optuna ``Study`` per active study, with its spec parsed once (validated at the
+API's edge, never again per trial or per sweep), and re-seeds its sampler per trial, so Optuna's trial
+cache survives between trials: the per-trial cost stays flat as the study grows.
 
 Database hiccups (a restarted PostgreSQL, a dropped connection) are logged and retried with
 :func:`service.backoff.backoff`; they never end the worker.
@@ -37,18 +38,17 @@ from typing import Any
 
 import optuna
 
-from service import stages, studies, sweeps
+from service import coordination, stages, sweeps
 from service._optuna import make_sampler, open_study
 from service.backoff import backoff
 from service.config import Settings, artifact_location
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import make_artifact_store
 from service.models import SearchStudy, StudyStatus
-from service.objective import Objective, TrainFunction, settle
+from service.objective import Objective, TrainFunction, Trained, settle
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
 from trainer import RegularizationConfig
-from trainer._recipe import TrialMetrics
 
 __all__ = ["KerasTraining", "TrainFunction", "Worker"]
 
@@ -90,7 +90,7 @@ class KerasTraining:
             self._cache.popitem(last=False)
         return data
 
-    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end, seed: int | None = None) -> TrialMetrics:
+    def __call__(self, spec: StudySpec, config: RegularizationConfig, on_epoch_end, seed: int | None = None) -> Trained:
         """Train one trial; ``seed`` (a confirmation repeat) re-seeds the validation split, data order and
         initialisation, while the training pool stays the one ``spec.seed`` drew."""
         import trainer
@@ -100,8 +100,9 @@ class KerasTraining:
         if seed is not None:
             settings = settings.model_copy(update={"seed": seed})
         # trainer.train reuses this process's compiled model across trials of the same shape. The
-        # TrainResult itself is returned: the objective stores its model when the trial is the best.
-        return trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
+        # TrainResult is the model: the objective stores it when the trial ranks among the kept configs.
+        result = trainer.train(config, data, settings, on_epoch_end=on_epoch_end)
+        return Trained(metrics=result.metrics(), model=result)
 
 
 class Worker:
@@ -128,10 +129,10 @@ class Worker:
         self._storage = None
         self._retry: RetryFailedTrial | None = None
         self._artifact_store: Any = None
-        #: One Optuna Study per active study, keyed by (row id, created_at) so a deleted and
-        #: re-created study never reuses a stale object. Keeping it keeps Optuna's trial cache:
-        #: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
-        self._studies: dict[tuple[int, Any], optuna.Study] = {}
+        #: One Optuna Study per active study, with its parsed spec, keyed by (row id, created_at) so a
+        #: deleted and re-created study never reuses a stale object. Keeping it keeps Optuna's trial
+        #: cache: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
+        self._studies: dict[tuple[int, Any], tuple[optuna.Study, StudySpec]] = {}
         self._active_studies = 0
 
     @property
@@ -188,7 +189,7 @@ class Worker:
         """Run at most one trial of the least-served runnable study; return whether anything ran."""
         self._connect()
         with self._factory() as session:
-            rows = studies.runnable_studies(session)
+            rows = coordination.runnable_studies(session)
         self._active_studies = len(rows)
         active = {(row.id, row.created_at) for row in rows}
         for key in [key for key in self._studies if key not in active]:
@@ -202,44 +203,46 @@ class Worker:
         sweeps.sweep_ended_studies(self._factory, self._storage, self.settings.grace_period)
         return False
 
-    def _study(self, row: SearchStudy, spec: StudySpec, serial: int | None = None) -> optuna.Study:
-        """This worker's Optuna Study for ``row``, its sampler re-seeded for slot ``serial``."""
+    def _study(self, row: SearchStudy, serial: int | None = None) -> tuple[optuna.Study, StudySpec]:
+        """This worker's Optuna Study for ``row`` and its spec (parsed once per study), the sampler re-seeded
+        for slot ``serial``."""
         key = (row.id, row.created_at)
-        study = self._studies.get(key)
-        if study is None:
-            study = self._studies[key] = open_study(self._storage, spec, claim_serial=serial or 0)
+        cached = self._studies.get(key)
+        if cached is None:
+            spec = StudySpec.model_validate(row.spec)  # validated by the API already: parsed once, here
+            cached = self._studies[key] = (open_study(self._storage, spec, claim_serial=serial or 0), spec)
         elif serial is not None:
-            study.sampler = make_sampler(spec, serial)
-        return study
+            cached[0].sampler = make_sampler(cached[1], serial)
+        return cached
 
     def _run_trial(self, row: SearchStudy) -> bool:
         if row.status == StudyStatus.CONFIRMING:
             with self._factory() as session:
-                if not studies.has_waiting_trials(session, row.name):
+                if not coordination.has_waiting_trials(session, row.name):
                     return False  # every repeat is running or done: a claim would only sample a stray trial
-        serial = studies.claim_slot(self._factory, row.id)
+        serial = coordination.claim_slot(self._factory, row.id)
         if serial is None:
             return False
-        spec = StudySpec.model_validate(row.spec)
-        objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown,
-                              artifact_store=self._artifact_store)
+        objective: Objective | None = None
         try:
-            study = self._study(row, spec, serial)
+            study, spec = self._study(row, serial)
+            objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown,
+                                  artifact_store=self._artifact_store)
             study.optimize(objective, n_trials=1, catch=(Exception,))
         finally:
-            if objective.trial_id is None:
-                studies.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
+            if objective is None or objective.outcome.trial_id is None:
+                coordination.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
             else:
                 self.trials_run += 1
-                settle(self._factory, self._storage, self._retry, study, row, objective, self.settings.max_failed_trials,
-                       self.settings.grace_period)
+                settle(objective.outcome, factory=self._factory, storage=self._storage, retry=self._retry, study=study,
+                       row=row, spec=spec, max_failed_trials=self.settings.max_failed_trials,
+                       grace_period_s=self.settings.grace_period)
         return True
 
     def _sweep(self, row: SearchStudy) -> None:
         """For a study whose slots are all taken: move it on if due, else clean up after dead workers."""
-        spec = StudySpec.model_validate(row.spec)
         try:
-            study = self._study(row, spec)
+            study, spec = self._study(row)
         except KeyError:
             return
         if stages.advance(self._factory, study, row, spec, self.settings.grace_period):

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test module: the CIFAR-10 subset and real databases."""
+"""Fixtures shared by every test module: the CIFAR-10 subset, real databases and a headless browser."""
 
 from __future__ import annotations
 
@@ -26,6 +26,22 @@ def _artifacts_in_a_temporary_directory(tmp_path_factory) -> Iterator[None]:
         os.environ.pop("REGSEARCH_ARTIFACT_URL", None)
     else:
         os.environ["REGSEARCH_ARTIFACT_URL"] = previous
+
+
+#: Debian's chromium: ``make test`` installs it once before the tests (the Makefile's ``test-tools``).
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless ``chromium`` for page tests; a skip when absent (a failure under CI, where ``make test``
+    installs it)."""
+    if not os.path.exists(CHROMIUM):
+        reason = f"{CHROMIUM} is missing: `make test-tools` installs Debian's chromium"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return CHROMIUM
 
 
 @pytest.fixture(scope="session")

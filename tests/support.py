@@ -209,3 +209,21 @@ class LocalStack:
             for process in processes:
                 kill_group(process, signal.SIGTERM, timeout=20)
         self.processes.clear()
+
+
+def seed_leader(factory, storage, name: str, value: float, params: Mapping[str, float], train_size: int | None = None) -> bool:
+    """A complete trial of study ``name`` and its best-config row, written as a worker writes them: the trial
+    through Optuna's storage, the leader by :func:`service.coordination.record_leader` (what ``settle`` calls)."""
+    import optuna
+
+    from service import coordination, studies
+    from service._optuna import distributions
+    from service.schemas import StudySpec
+
+    with factory() as session:
+        row = studies.get_study(session, name)
+    spec = StudySpec.model_validate(row.spec)
+    study = optuna.load_study(study_name=name, storage=storage)
+    study.add_trial(optuna.trial.create_trial(params=dict(params), distributions=distributions(spec), value=value,
+                                              user_attrs={"train_size": train_size}))
+    return coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm)

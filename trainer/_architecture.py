@@ -32,6 +32,7 @@ a pooling layer, Flatten or a Dense layer, never a conv directly (checked on imp
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Literal
 
 __all__ = ["ARCHITECTURES", "Architecture", "LayerSpec", "MIN_WIDTH", "MODELS", "scaled"]
@@ -41,13 +42,14 @@ LayerKind = Literal["conv", "relu", "batchnorm", "pool", "dropout", "flatten", "
 
 @dataclasses.dataclass(frozen=True)
 class LayerSpec:
-    """One layer: ``units`` are the filters (conv) or units (dense) at width 1; ``rate`` names a dropout's knob."""
+    """One layer: ``units`` are the filters (conv) or units (dense) at width 1; ``rate`` names a dropout's knob
+    (a ``rate`` knob of :data:`trainer.SEARCH_SPACE`, checked there)."""
 
     kind: LayerKind
     name: str
     units: int = 0
     padding: str = "same"
-    rate: Literal["dropout_conv", "dropout_dense"] | None = None
+    rate: str | None = None
 
     @property
     def regularized(self) -> bool:
@@ -59,7 +61,9 @@ class LayerSpec:
 class Architecture:
     name: str
     layers: tuple[LayerSpec, ...]  # after Rescaling, before the classifier
-    dropout_dense_where: str  # where dropout_dense sits, in words (for the export)
+    #: Where a rate knob's dropouts sit in this network, in words (for the exports), where it says more than the
+    #: knob's own ``Effect.where``.
+    where: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def scaled_layers(self, width: float) -> list[LayerSpec]:
         """The layers with ``units`` after the width multiplier."""
@@ -93,7 +97,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             LayerSpec("flatten", "flatten"),
             LayerSpec("dropout", "classifier_dropout", rate="dropout_dense"),
         ),
-        dropout_dense_where="on the classifier's input, after Flatten",
+        where={"dropout_dense": "on the classifier's input, after Flatten"},
     ),
     "vgg": Architecture(
         name="vgg",
@@ -104,14 +108,12 @@ ARCHITECTURES: dict[str, Architecture] = {
             LayerSpec("dense", "dense", 256),
             LayerSpec("dropout", "classifier_dropout", rate="dropout_dense"),
         ),
-        dropout_dense_where="after the hidden Dense layer, before the classifier",
+        where={"dropout_dense": "after the hidden Dense layer, before the classifier"},
     ),
 }
 
 #: The networks the trainer can build.
 MODELS: tuple[str, ...] = tuple(ARCHITECTURES)
-
-DROPOUT_CONV_WHERE = "after each MaxPooling2D block"
 
 #: Widths must be above this for every layer of every network to keep at least one unit of its own:
 #: ``round(units * width) >= 1`` for the narrowest layer (``round(0.5)`` is 0, so the bound is exclusive).

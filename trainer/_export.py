@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from trainer._architecture import ARCHITECTURES, DROPOUT_CONV_WHERE, LayerSpec
+from trainer._architecture import ARCHITECTURES, LayerSpec
 from trainer._best import BestConfig
-from trainer._space import RegularizationConfig
+from trainer._space import PENALTY_KNOBS, RATE_KNOBS, SEARCH_SPACE_BY_NAME, RegularizationConfig, where
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -91,11 +91,10 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
     best = _as_best(best)
     regularization = best.regularization
     regularizer = _serialized_l1l2(regularization.l1, regularization.l2)
-    rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
+    rates = regularization.keras_values()
     layers: dict[str, dict[str, Any]] = {}
     dropout: dict[str, dict[str, Any]] = {
-        "dropout_conv": {"rate": rates["dropout_conv"], "where": DROPOUT_CONV_WHERE, "layers": []},
-        "dropout_dense": {"rate": rates["dropout_dense"], "where": ARCHITECTURES[best.model].dropout_dense_where, "layers": []},
+        name: {"rate": rates[name], "where": where(name, best.model), "layers": []} for name in RATE_KNOBS
     }
     for name, class_name, details in _layer_plan(best.model, best.width):
         if class_name == "Dropout":
@@ -110,7 +109,7 @@ def keras_settings(best: BestConfig) -> dict[str, Any]:
         "model": best.model,
         "width": best.width,
         "kernel_regularizer": regularizer,
-        "regularized": "every Conv2D and Dense kernel (biases and BatchNormalization are not penalized)",
+        "regularized": SEARCH_SPACE_BY_NAME[PENALTY_KNOBS[0]].effect.where,
         "dropout": dropout,
         "layers": layers,
         "train_size": best.train_size,
@@ -192,8 +191,7 @@ def python_snippet(best: BestConfig) -> str:
         f"L1_RATIO = {regularization.l1_ratio!r}",
         f"L1 = {regularization.l1!r}  # WEIGHT_DECAY * L1_RATIO",
         f"L2 = {regularization.l2!r}  # WEIGHT_DECAY * (1 - L1_RATIO)",
-        f"DROPOUT_CONV = {regularization.dropout_conv!r}  # {DROPOUT_CONV_WHERE}",
-        f"DROPOUT_DENSE = {regularization.dropout_dense!r}  # {architecture.dropout_dense_where}",
+        *(f"{name.upper()} = {getattr(regularization, name)!r}  # {where(name, best.model)}" for name in RATE_KNOBS),
     ]
     lines += [f"# {line}" for line in best.uncertainty_lines()]
     if best.train_size:

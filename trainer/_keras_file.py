@@ -43,28 +43,32 @@ def save_keras_model(model_or_result: Any, path: str | os.PathLike) -> Path:
 
 
 def regularization_of(model: Any) -> dict[str, float]:
-    """``{"l1", "l2", "dropout_conv", "dropout_dense"}`` as the model's layers carry them.
+    """The Keras values (``l1``, ``l2`` and every rate knob: :meth:`RegularizationConfig.keras_values`) as the
+    model's layers carry them.
 
-    Reads every penalized kernel's ``L1L2`` (they must all agree) and the dropout layers
-    (``block*_dropout`` take ``dropout_conv``, ``classifier_dropout`` takes ``dropout_dense``, the
-    names :func:`trainer.build_model` gives). ``ValueError`` if the layers disagree or one is missing.
+    Reads every penalized kernel's ``L1L2`` (they must all agree) and the dropout layers (each takes the
+    knob :mod:`trainer._architecture` tags its name with, as :func:`trainer.build_model` names them).
+    ``ValueError`` if the layers disagree or one is missing.
     """
     import keras
 
+    from trainer._architecture import ARCHITECTURES
+    from trainer._space import RATE_KNOBS
+
+    knob_of = {layer.name: layer.rate for architecture in ARCHITECTURES.values() for layer in architecture.layers if layer.rate}
     coefficients: set[tuple[float, float]] = set()
-    conv_rates: set[float] = set()
-    dense_rates: set[float] = set()
+    rates: dict[str, set[float]] = {name: set() for name in RATE_KNOBS}
     for layer in model.layers:
         regularizer = getattr(layer, "kernel_regularizer", None)
         if regularizer is not None:
             config = regularizer.get_config()
             coefficients.add((float(config.get("l1", 0.0)), float(config.get("l2", 0.0))))
-        if isinstance(layer, keras.layers.Dropout):
-            (dense_rates if layer.name == "classifier_dropout" else conv_rates).add(float(layer.rate))
-    if len(coefficients) != 1 or len(conv_rates) != 1 or len(dense_rates) != 1:
+        if isinstance(layer, keras.layers.Dropout) and layer.name in knob_of:
+            rates[knob_of[layer.name]].add(float(layer.rate))
+    if len(coefficients) != 1 or any(len(values) != 1 for values in rates.values()):
         raise ValueError(
             f"model does not carry one regularization: L1L2 {sorted(coefficients)}, "
-            f"conv dropout {sorted(conv_rates)}, classifier dropout {sorted(dense_rates)}"
+            + ", ".join(f"{name} {sorted(values)}" for name, values in rates.items())
         )
     (l1, l2), = coefficients
-    return {"l1": l1, "l2": l2, "dropout_conv": conv_rates.pop(), "dropout_dense": dense_rates.pop()}
+    return {"l1": l1, "l2": l2, **{name: values.pop() for name, values in rates.items()}}

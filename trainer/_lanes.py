@@ -266,8 +266,8 @@ class LaneEngine:
         for index, layer in enumerate(dropouts):
             state = layer.seed_generator.state
             values[id(state)] = np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
-        for name in self.knobs.NAMES:
-            values[id(getattr(self.knobs, name))] = np.asarray(getattr(config, name), dtype="float32")
+        for name, value in config.keras_values().items():
+            values[id(getattr(self.knobs, name))] = np.asarray(value, dtype="float32")
         optimizer = [start.copy() for start in self._optimizer_start]
         optimizer[self._learning_rate_index] = np.asarray(learning_rate, dtype=optimizer[self._learning_rate_index].dtype)
         return {

@@ -4,7 +4,7 @@ Why two builds of one declaration: :func:`build_model` gives plain Keras layers
 (``keras.regularizers.L1L2``, ``keras.layers.Dropout``) for export and production. The search
 (:mod:`trainer._train`) instead builds the *same* graph with :class:`TunableL1L2` and
 :class:`TunableDropout`, whose coefficients and rates are backend variables: one compiled train step
-then serves every trial of a worker, and a new trial only assigns four numbers and re-initialises
+then serves every trial of a worker, and a new trial only assigns its knobs and re-initialises
 the weights. Both compute exactly the same function (same penalty, inverted dropout with the same
 rate); the layer and weight order are identical, so weights move freely between the two.
 """
@@ -31,7 +31,8 @@ __all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_searc
 
 
 class Knobs(keras.layers.Layer):
-    """The four searchable numbers of one search model, as non-trainable float32 weights of their own layer.
+    """The Keras values of one search model (``l1``, ``l2`` and every rate knob: :meth:`RegularizationConfig.keras_values`),
+    as non-trainable float32 weights of their own layer.
 
     The layer is not in the network's graph (``model.layers`` and the layer-by-layer weights are the
     plain model's); :func:`build_search_model` attaches it to the model, so its weights belong to the
@@ -40,17 +41,15 @@ class Knobs(keras.layers.Layer):
     ``assign`` reaches the next step on every backend. :func:`plain_weights` leaves them out.
     """
 
-    NAMES = ("l1", "l2", "dropout_conv", "dropout_dense")
-
     def __init__(self, config: RegularizationConfig) -> None:
         super().__init__(name="knobs", dtype="float32", trainable=False)
-        for name in self.NAMES:
+        for name in config.keras_values():
             setattr(self, name, self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False, name=name))
         self.assign(config)
 
     def assign(self, config: RegularizationConfig) -> None:
-        for name in self.NAMES:
-            getattr(self, name).assign(float(getattr(config, name)))
+        for name, value in config.keras_values().items():
+            getattr(self, name).assign(float(value))
 
     def call(self, inputs):  # never called: a holder of variables
         return inputs
@@ -80,7 +79,7 @@ class TunableDropout(keras.layers.Layer):
     """Inverted dropout (as ``keras.layers.Dropout``) whose rate is a backend variable.
 
     Keeps a unit when a uniform draw is >= rate and scales kept units by 1/(1 - rate); identity at
-    inference. ``which`` names the knob (``"dropout_conv"`` or ``"dropout_dense"``).
+    inference. ``which`` names the knob (a rate knob: ``"dropout_conv"``, ``"dropout_dense"``).
     """
 
     def __init__(self, knobs: Knobs, which: str, seed: int | None = None, **kwargs: Any) -> None:
@@ -198,7 +197,7 @@ def build_model(
     """
     regularization, model, width = _resolve(config, model, width)
     _check_shape(model, width, input_shape, num_classes)
-    rates = {"dropout_conv": regularization.dropout_conv, "dropout_dense": regularization.dropout_dense}
+    rates = regularization.keras_values()
     parts = _Parts(
         regularizer=lambda: keras.regularizers.L1L2(l1=regularization.l1, l2=regularization.l2),
         dropout=lambda which, name: keras.layers.Dropout(rates[which], name=name),

@@ -1,8 +1,14 @@
-"""The regularization search space, declared once as data.
+"""The regularization search space, declared once as data: each knob with its effect.
 
-Everything else derives from :data:`SEARCH_SPACE`: the API schema (service), the Optuna
-distributions (the worker's objective), validation of configs (:class:`RegularizationConfig`)
-and the export (``best?format=...``, :func:`trainer.load_best`).
+Each row of :data:`SEARCH_SPACE` is a knob (:class:`ParamSpec`): its default, bounds, validity range
+and its :class:`Effect`, where it acts in the network: a share of the kernel regularizer (``penalty``)
+or the rate of the dropout layers that :mod:`trainer._architecture` tags with its name (``rate``).
+Everything else loops over this table: the API schema (service), the Optuna distributions (the
+worker's objective), :class:`RegularizationConfig` (its fields; a knob missing from a stored config
+takes its default, so old best configs and warm starts keep loading), the search model's variables
+(:class:`trainer._models.Knobs`), the export formats and the snippet (:mod:`trainer._export`), the
+CSV columns and the CLI summary. ``tests/handoff/test_handoff_knobs.py`` adds a throwaway knob to the
+table and sees it reach the network and every export.
 
 How the numbers map to Keras and to the textbook
 -------------------------------------------------
@@ -35,12 +41,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from trainer._architecture import MODELS
+from trainer._architecture import ARCHITECTURES, MODELS
 
 __all__ = [
     "MODELS",
+    "PENALTY_KNOBS",
+    "RATE_KNOBS",
+    "Effect",
     "ParamSpec",
     "SEARCH_SPACE",
     "SEARCH_SPACE_BY_NAME",
@@ -49,6 +58,20 @@ __all__ = [
     "validate_bounds",
 ]
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+    """Where a knob acts in the network.
+
+    ``penalty``: the kernel regularizer ``L1L2(l1, l2)`` of every Conv2D and Dense layer, split by the
+    two penalty knobs (``l1 = weight_decay * l1_ratio``, ``l2 = weight_decay * (1 - l1_ratio)``);
+    ``rate``: the rate of every Dropout layer the architecture tags with the knob's name, ``where`` saying
+    where those sit (an architecture may say it more precisely: ``Architecture.where``).
+    """
+
+    kind: Literal["penalty", "rate"]
+    where: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +92,7 @@ class ParamSpec:
     maximum: float
     maximum_inclusive: bool
     description: str
+    effect: Effect
 
     def check(self, value: Any, what: str | None = None) -> float:
         """Return ``value`` as a float, or raise ``ValueError`` naming the field."""
@@ -105,6 +129,7 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=True,
         description="Total regularization strength (l1 + l2 of keras.regularizers.L1L2), > 0 and at most 1.",
+        effect=Effect("penalty", "every Conv2D and Dense kernel (biases and BatchNormalization are not penalized)"),
     ),
     ParamSpec(
         name="l1_ratio",
@@ -117,6 +142,7 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=True,
         description="Share of weight_decay given to L1: l1 = weight_decay*l1_ratio, l2 = weight_decay*(1-l1_ratio).",
+        effect=Effect("penalty", "every Conv2D and Dense kernel (biases and BatchNormalization are not penalized)"),
     ),
     ParamSpec(
         name="dropout_conv",
@@ -129,6 +155,7 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=False,
         description="Dropout rate after each pooling block of the convnet.",
+        effect=Effect("rate", "after each MaxPooling2D block"),
     ),
     ParamSpec(
         name="dropout_dense",
@@ -141,10 +168,24 @@ SEARCH_SPACE: tuple[ParamSpec, ...] = (
         maximum=1.0,
         maximum_inclusive=False,
         description="Dropout rate before the classifier (after the dense hidden layer in vgg).",
+        effect=Effect("rate", "before the classifier"),
     ),
 )
 
 SEARCH_SPACE_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in SEARCH_SPACE}
+#: The knobs that split the kernel regularizer (weight_decay, l1_ratio) and those that are a dropout rate.
+PENALTY_KNOBS: tuple[str, ...] = tuple(spec.name for spec in SEARCH_SPACE if spec.effect.kind == "penalty")
+RATE_KNOBS: tuple[str, ...] = tuple(spec.name for spec in SEARCH_SPACE if spec.effect.kind == "rate")
+assert PENALTY_KNOBS == ("weight_decay", "l1_ratio"), "the kernel regularizer is split by weight_decay and l1_ratio"
+for _architecture in ARCHITECTURES.values():  # every dropout takes a rate knob of this table
+    for _layer in _architecture.layers:
+        if _layer.kind == "dropout" and _layer.rate not in RATE_KNOBS:
+            raise ValueError(f"{_architecture.name}: dropout {_layer.name!r} takes {_layer.rate!r}, not a rate knob {RATE_KNOBS}")
+
+
+def where(knob: str, model: str) -> str:
+    """Where ``knob`` acts in network ``model``, in words (the architecture's own words, else the knob's)."""
+    return ARCHITECTURES[model].where.get(knob, SEARCH_SPACE_BY_NAME[knob].effect.where)
 
 
 def validate_bounds(name: str, low: Any, high: Any) -> tuple[float, float]:
@@ -159,14 +200,11 @@ def validate_bounds(name: str, low: Any, high: Any) -> tuple[float, float]:
     return low, high
 
 
-@dataclasses.dataclass(frozen=True)
-class RegularizationConfig:
-    """A point of the search space; validated on construction (``ValueError`` names the field)."""
+class _Config:
+    """The behaviour of :class:`RegularizationConfig`, whose fields are the rows of :data:`SEARCH_SPACE`."""
 
-    weight_decay: float = SEARCH_SPACE_BY_NAME["weight_decay"].default
-    l1_ratio: float = SEARCH_SPACE_BY_NAME["l1_ratio"].default
-    dropout_conv: float = SEARCH_SPACE_BY_NAME["dropout_conv"].default
-    dropout_dense: float = SEARCH_SPACE_BY_NAME["dropout_dense"].default
+    weight_decay: float
+    l1_ratio: float
 
     def __post_init__(self) -> None:
         for spec in SEARCH_SPACE:
@@ -186,21 +224,31 @@ class RegularizationConfig:
         return {spec.name: getattr(self, spec.name) for spec in SEARCH_SPACE}
 
     def keras_values(self) -> dict[str, float]:
-        """The values as Keras layers take them."""
-        return {"l1": self.l1, "l2": self.l2, "dropout_conv": self.dropout_conv, "dropout_dense": self.dropout_dense}
+        """The values as Keras layers take them: the kernel regularizer's ``l1`` and ``l2``, then every rate."""
+        return {"l1": self.l1, "l2": self.l2, **{name: getattr(self, name) for name in RATE_KNOBS}}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RegularizationConfig":
-        """Build from a mapping holding every search parameter; ``ValueError`` names a missing/unknown field."""
+        """Build from a mapping of search parameters; a knob it lacks takes its default (a config stored before
+        the knob existed), an unknown one is a ``ValueError`` naming it."""
         if not isinstance(values, Mapping):
             raise ValueError(f"a regularization config must be a mapping, got {type(values).__name__}")
-        missing = [spec.name for spec in SEARCH_SPACE if spec.name not in values]
-        if missing:
-            raise ValueError(f"config is missing field(s): {', '.join(missing)}")
         unknown = sorted(set(values) - set(SEARCH_SPACE_BY_NAME))
         if unknown:
             raise ValueError(f"config has unknown field(s): {', '.join(unknown)}")
-        return cls(**{spec.name: values[spec.name] for spec in SEARCH_SPACE})
+        return cls(**{spec.name: values[spec.name] for spec in SEARCH_SPACE if spec.name in values})
+
+
+#: A point of the search space: one float field per row of :data:`SEARCH_SPACE` (its default the row's),
+#: validated on construction (``ValueError`` names the field).
+RegularizationConfig = dataclasses.make_dataclass(
+    "RegularizationConfig",
+    [(spec.name, float, dataclasses.field(default=spec.default)) for spec in SEARCH_SPACE],
+    bases=(_Config,),
+    frozen=True,
+)
+RegularizationConfig.__module__ = __name__  # (make_dataclass's module= needs Python 3.12)
+RegularizationConfig.__doc__ = "A point of the search space; validated on construction (``ValueError`` names the field)."
 
 
 def rescale_for_train_size(config: RegularizationConfig, n_from: int, n_to: int) -> RegularizationConfig:

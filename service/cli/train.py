@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from service.cli import CommandError
 from service.cli.options import add_model_options, values_from_args
 from trainer import SEARCH_SPACE, RegularizationConfig, TrainSettings
+from trainer._space import RATE_KNOBS
 from trainer._best import describe
 
 _NOT_FLAGS = ("reuse_compiled",)  # TrainSettings fields a command-line run has no use for
@@ -80,7 +81,7 @@ def _summary(result: Any) -> str:
         f"{result.settings.model} (width {result.settings.width:g}, {result.precision}) on {result.train_size} images, "
         f"validated on {result.val_size}",
         f"  weight_decay={config.weight_decay:g} l1_ratio={config.l1_ratio:g} -> L1L2(l1={config.l1:.3g}, l2={config.l2:.3g}); "
-        f"dropout_conv={config.dropout_conv:g} dropout_dense={config.dropout_dense:g}",
+        + " ".join(f"{name}={getattr(config, name):g}" for name in RATE_KNOBS),
         "  epoch   loss  accuracy  val_loss  val_accuracy    gap  sparsity   img/s",
     ]
     for epoch in result.history:

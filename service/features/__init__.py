@@ -6,15 +6,16 @@
 * trials as CSV / a streamed JSON array (:mod:`._export`);
 * the top configs' models as Optuna artifacts, the best config's served (:mod:`._artifacts`);
 * the ``max_gap`` constraint (:mod:`._constraints`);
-* the spec fields (:class:`StudyFeatures`, a mixin for ``StudySpec``) and response models (:mod:`._schemas`).
+* the spec fields (:class:`StudyFeatures`, a mixin for ``StudySpec``) and the result types (:mod:`._schemas`: one
+  pydantic model each, returned by the feature and answered by the API).
 
 Keras-free at import (the artifact module imports the trainer's Keras code only when saving).
 """
 
+from service.features._schemas import ModelInfoOut  # noqa: I001 - the result types first
 from service.features._artifacts import (
     MODEL_ATTR,
     MODEL_FILENAME,
-    BestModel,
     NoBestModel,
     disk_usage,
     download_model,
@@ -34,28 +35,19 @@ from service.features._constraints import (
     record_gap_constraint,
 )
 from service.features._export import COLUMNS, PARAM_COLUMNS, csv_lines, json_chunks, trial_params, trial_row, trial_rows
-from service.features._importance import EVALUATORS, MIN_TRIALS, Importance, ImportanceCache, TooFewTrials, importance
+from service.features._importance import EVALUATORS, MIN_TRIALS, ImportanceCache, TooFewTrials, importance
 from service.features._reference import (
-    Margin,
-    Reference,
     enqueue_reference,
     is_reference,
     margin,
     margin_from_trials,
     reference_config,
 )
-from service.features._schemas import (
-    EXPORT_COLUMNS_TEXT,
-    ImportanceOut,
-    MarginOut,
-    ModelInfoOut,
-    ReferenceOut,
-    TrialRow,
-    WarmStartOut,
-)
+from service.features._schemas import EXPORT_COLUMNS_TEXT, ImportanceOut, MarginOut, ReferenceOut, TrialRow, WarmStartOut
 from service.features._spec import StudyFeatures
 from service.features._warmstart import (
     RECIPE_FIELDS,
+    WARM_START_ATTR,
     IncompatibleStudy,
     WarmStart,
     check_compatible,
@@ -75,15 +67,17 @@ __all__ = [
     "MODEL_FILENAME",
     "RECIPE_FIELDS",
     "PARAM_COLUMNS",
-    "BestModel",
-    "Importance",
+    "ModelInfoOut",
+    "ImportanceOut",
     "ImportanceCache",
     "IncompatibleStudy",
-    "Margin",
+    "MarginOut",
     "NoBestModel",
-    "Reference",
+    "ReferenceOut",
     "TooFewTrials",
     "WarmStart",
+    "WarmStartOut",
+    "WARM_START_ATTR",
     "best_feasible",
     "check_compatible",
     "constraints_func",
@@ -102,13 +96,8 @@ __all__ = [
     "make_artifact_store",
     "margin",
     "margin_from_trials",
-    "ImportanceOut",
-    "MarginOut",
-    "ModelInfoOut",
-    "ReferenceOut",
     "StudyFeatures",
     "TrialRow",
-    "WarmStartOut",
     "record_gap_constraint",
     "remove_study_artifacts",
     "reference_config",

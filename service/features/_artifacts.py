@@ -22,7 +22,6 @@ delete; the files are gone.) :func:`disk_usage` says what the study's model file
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import tempfile
@@ -35,13 +34,15 @@ from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore, downlo
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from service._rdb import ARTIFACTS_ATTR_PREFIX, artifact_path, storage_of, study_id, trial_id
 from service.confirmation import ConfirmSpec, top_configs
 from service.features._reference import is_reference
+from service.features._schemas import ModelInfoOut
 
 __all__ = [
     "MODEL_ATTR",
     "MODEL_FILENAME",
-    "BestModel",
+    "ModelInfoOut",
     "NoBestModel",
     "PrefixedArtifactStore",
     "disk_usage",
@@ -53,11 +54,10 @@ __all__ = [
     "store_model",
 ]
 
-#: The trial system attribute naming the trial's stored model (a :class:`BestModel` as a dict).
+#: The trial system attribute naming the trial's stored model (a :class:`ModelInfoOut` as a dict).
 MODEL_ATTR = "regsearch:model"
 #: The uploaded file's name (what the dashboard shows and ``Content-Disposition`` suggests).
 MODEL_FILENAME = "model.keras"
-_ARTIFACT_PREFIX = "artifacts:"  # optuna.artifacts._upload.ARTIFACTS_ATTR_PREFIX
 
 
 class NoBestModel(LookupError):
@@ -102,27 +102,15 @@ def make_artifact_store(url: str | os.PathLike | None, *, default_dir: str | os.
     raise ValueError(f"artifact URL {text!r}: expected s3://bucket/prefix, file:///path or a directory")
 
 
-@dataclasses.dataclass(frozen=True)
-class BestModel:
-    artifact_id: str
-    trial_number: int
-    value: float
-    size_bytes: int
-    filename: str = MODEL_FILENAME
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def model_of(study: optuna.Study, trial_number: int) -> BestModel | None:
+def model_of(study: optuna.Study, trial_number: int) -> ModelInfoOut | None:
     """The model stored for the study's trial ``trial_number``, or None."""
-    storage = study._storage
+    storage = storage_of(study)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, trial_number)
+        key = storage.get_trial_id_from_study_id_trial_number(study_id(study), trial_number)
     except KeyError:
         return None
-    record = storage.get_trial_system_attrs(trial_id).get(MODEL_ATTR)
-    return BestModel(**record) if record else None
+    record = storage.get_trial_system_attrs(key).get(MODEL_ATTR)
+    return ModelInfoOut.model_validate(record) if record else None
 
 
 def _model_artifacts(study: optuna.Study) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -130,7 +118,7 @@ def _model_artifacts(study: optuna.Study) -> dict[str, tuple[int, dict[str, Any]
     found = {}
     for trial in study.get_trials(deepcopy=False):
         for key, value in trial.system_attrs.items():
-            if key.startswith(_ARTIFACT_PREFIX):
+            if key.startswith(ARTIFACTS_ATTR_PREFIX):
                 meta = json.loads(value)
                 if meta.get("filename") == MODEL_FILENAME:
                     found[meta["artifact_id"]] = (trial.number, meta)
@@ -162,7 +150,7 @@ def kept_models(trials: list[FrozenTrial], confirm: ConfirmSpec | None = None) -
 
 def store_model(
     study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, confirm: ConfirmSpec | None = None
-) -> BestModel | None:
+) -> ModelInfoOut | None:
     """If the trial ranks among the configs whose models are kept, upload its model; then remove the files
     of finished trials that no longer rank.
 
@@ -181,13 +169,14 @@ def store_model(
     wanted = len(ranked) < keep or float(value) > ranked[-1].value or (keep_reference and is_reference(trial))
     if not wanted:
         return None
-    storage = study._storage
+    storage = storage_of(study)
     with tempfile.TemporaryDirectory(prefix="regsearch-model-") as directory:
         path = save_keras_model(model_or_result, Path(directory) / MODEL_FILENAME)
         size = path.stat().st_size
         artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial, storage=storage)
-    record = BestModel(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size)
-    storage.set_trial_system_attr(trial._trial_id, MODEL_ATTR, record.to_dict())
+    record = ModelInfoOut(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size,
+                          filename=MODEL_FILENAME)
+    storage.set_trial_system_attr(trial_id(trial), MODEL_ATTR, record.model_dump())
     # Every stored model ranked by its value, this one's and those of trials still running included (their
     # records carry their values), so that a displaced config loses its file now; and this trial's own
     # upload goes again if a better one was stored meanwhile by another worker.
@@ -206,7 +195,7 @@ def store_model(
     return record if trial.number in kept else None
 
 
-def download_model(study: optuna.Study, store: Any, trial_number: int, file_path: str | os.PathLike) -> BestModel:
+def download_model(study: optuna.Study, store: Any, trial_number: int, file_path: str | os.PathLike) -> ModelInfoOut:
     """Write the model of trial ``trial_number`` (the best config's) to ``file_path`` (which must not exist);
     ``NoBestModel`` if none is stored."""
     record = model_of(study, trial_number)
@@ -228,7 +217,7 @@ def disk_usage(study: optuna.Study, store: Any, confirm: ConfirmSpec | None = No
     if isinstance(store, FileSystemArtifactStore):
         sizes = []
         for artifact_id in _model_artifacts(study):
-            path = store._get_filepath(artifact_id)
+            path = artifact_path(store, artifact_id)
             if path.exists():
                 sizes.append(path.stat().st_size)
         return {"artifacts": len(sizes), "bytes": int(sum(sizes))}
@@ -242,11 +231,11 @@ def disk_usage(study: optuna.Study, store: Any, confirm: ConfirmSpec | None = No
 def remove_study_artifacts(study: optuna.Study, store: Any) -> int:
     """Remove every artifact file uploaded to the study or its trials (before deleting the study); return how many."""
     ids = set()
-    attrs = [study._storage.get_study_system_attrs(study._study_id)]
+    attrs = [storage_of(study).get_study_system_attrs(study_id(study))]
     attrs += [trial.system_attrs for trial in study.get_trials(deepcopy=False)]
     for system_attrs in attrs:
         for key, value in system_attrs.items():
-            if key.startswith(_ARTIFACT_PREFIX):
+            if key.startswith(ARTIFACTS_ATTR_PREFIX):
                 ids.add(json.loads(value)["artifact_id"])
     for artifact_id in ids:
         _remove(store, artifact_id)

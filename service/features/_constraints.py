@@ -21,6 +21,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from service.trials import CONSTRAINT_ATTR, is_feasible  # the one feasibility rule
+
 __all__ = [
     "CONSTRAINT_ATTR",
     "GAP_CONSTRAINT",
@@ -33,8 +35,6 @@ __all__ = [
 
 #: The constraint's key (``trial.set_constraint(GAP_CONSTRAINT, ...)``, system attr ``constraints:gap``).
 GAP_CONSTRAINT = "gap"
-#: The user attribute holding ``[gap - max_gap]`` (shown in the dashboard; read by :func:`constraints_func`).
-CONSTRAINT_ATTR = "constraint"
 
 
 def gap_constraint(gap: float, max_gap: float) -> float:
@@ -61,13 +61,6 @@ def record_gap_constraint(trial: Any, gap: float | None, max_gap: float | None) 
 def constraints_func(trial: FrozenTrial) -> Sequence[float]:
     """For a sampler's deprecated ``constraints_func``: the user attribute ``constraint`` (feasible when absent)."""
     return tuple(trial.user_attrs.get(CONSTRAINT_ATTR, (0.0,)))
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Every constraint <= 0 (Optuna's rule; a trial without constraints is feasible)."""
-    values = list(trial.constraints.values())
-    values += list(trial.user_attrs.get(CONSTRAINT_ATTR, ()))
-    return all(value <= 0.0 for value in values)
 
 
 def best_feasible(trials: Iterable[FrozenTrial], *, maximize: bool = True) -> FrozenTrial | None:

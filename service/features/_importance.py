@@ -24,17 +24,17 @@ quantile holds less than one trial; Optuna itself then warns that importances "w
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
-import warnings
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from service._rdb import quiet
+from service.features._schemas import ImportanceOut
 from service.models import STAGE_ATTR, TrialStage
 
-__all__ = ["EVALUATORS", "MIN_TRIALS", "Evaluator", "Importance", "ImportanceCache", "TooFewTrials", "importance"]
+__all__ = ["EVALUATORS", "MIN_TRIALS", "Evaluator", "ImportanceOut", "ImportanceCache", "TooFewTrials", "importance"]
 
 Evaluator = Literal["ped-anova", "fanova"]
 EVALUATORS: tuple[str, ...] = ("ped-anova", "fanova")
@@ -51,19 +51,6 @@ class TooFewTrials(Exception):
         super().__init__(
             f"study {study!r} has {n_trials} complete trial(s); parameter importance needs at least {minimum}"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Importance:
-    """Importances (normalized to sum to 1, most important first) and the trials they rest on."""
-
-    study: str
-    evaluator: str
-    n_trials: int
-    importances: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def make_evaluator(evaluator: str, *, seed: int = 0) -> optuna.importance.BaseImportanceEvaluator:
@@ -87,7 +74,7 @@ def _complete_count(study: optuna.Study) -> int:
     return len(_ranked_trials(study)[0])
 
 
-def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials: int = MIN_TRIALS, seed: int = 0) -> Importance:
+def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials: int = MIN_TRIALS, seed: int = 0) -> ImportanceOut:
     """Compute the importances now (blocking). ``TooFewTrials`` below ``min_trials``; ``ValueError`` for a bad evaluator."""
     instance = make_evaluator(evaluator, seed=seed)
     trials, left_out = _ranked_trials(study)
@@ -98,10 +85,9 @@ def importance(study: optuna.Study, evaluator: str = "ped-anova", *, min_trials:
     if left_out:
         ranked = optuna.create_study(directions=study.directions)  # in memory: the trials without the repeats
         ranked.add_trials(trials)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet():  # fANOVA is experimental
         values = optuna.importance.get_param_importances(ranked, evaluator=instance)
-    return Importance(study=study.study_name, evaluator=evaluator, n_trials=n_trials, importances=dict(values))
+    return ImportanceOut(study=study.study_name, evaluator=evaluator, n_trials=n_trials, importances=dict(values))
 
 
 class ImportanceCache:
@@ -111,11 +97,11 @@ class ImportanceCache:
         self.maxsize = maxsize
         self.min_trials = min_trials
         self.computed = 0  # how many times an evaluator actually ran (observable by tests)
-        self._results: collections.OrderedDict[tuple, Importance] = collections.OrderedDict()
+        self._results: collections.OrderedDict[tuple, ImportanceOut] = collections.OrderedDict()
         self._locks: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, study: optuna.Study, evaluator: str = "ped-anova") -> Importance:
+    def get(self, study: optuna.Study, evaluator: str = "ped-anova") -> ImportanceOut:
         """The cached result for the study's current trial count, computing it if needed (blocking)."""
         make_evaluator(evaluator)  # a bad name fails before any storage read
         n_trials = _complete_count(study)

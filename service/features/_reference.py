@@ -13,19 +13,20 @@ textbook" when it is over a clipped neighbour of it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
 from service.features._bounds import search_bounds
+from service.features._constraints import best_feasible
+from service.features._schemas import MarginOut, ReferenceOut
 from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE
 
 __all__ = [
-    "Margin",
-    "Reference",
+    "MarginOut",
+    "ReferenceOut",
     "enqueue_reference",
     "is_reference",
     "margin",
@@ -34,26 +35,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""
-
-    params: dict[str, float]
-    clipped: dict[str, tuple[float, float]]
-
-    @property
-    def note(self) -> str | None:
-        """Why the reference differs from the textbook defaults (None when it does not)."""
-        if not self.clipped:
-            return None
-        parts = [f"{name} {default:g} -> {used:g}" for name, (default, used) in self.clipped.items()]
-        return "reference clipped into the study's narrowed search bounds: " + ", ".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"params": dict(self.params), "clipped": {k: list(v) for k, v in self.clipped.items()}, "note": self.note}
-
-
-def reference_config(space: Any = None) -> Reference:
+def reference_config(space: Any = None) -> ReferenceOut:
     """The seed's defaults (``ParamSpec.default``), each clipped into the study's ``[low, high]``.
 
     ``space``: the study's search space in any shape :func:`search_bounds` reads (None: defaults).
@@ -67,10 +49,14 @@ def reference_config(space: Any = None) -> Reference:
         params[spec.name] = value
         if value != spec.default:
             clipped[spec.name] = (spec.default, value)
-    return Reference(params=params, clipped=clipped)
+    note = None
+    if clipped:
+        parts = [f"{name} {default:g} -> {used:g}" for name, (default, used) in clipped.items()]
+        note = "reference clipped into the study's narrowed search bounds: " + ", ".join(parts)
+    return ReferenceOut(params=params, clipped=clipped, note=note)
 
 
-def enqueue_reference(study: Any, space: Any = None) -> Reference:
+def enqueue_reference(study: Any, space: Any = None) -> ReferenceOut:
     """Enqueue the reference as the study's next waiting trial (call once, right after creating the study)."""
     reference = reference_config(space)
     user_attrs: dict[str, Any] = {STAGE_ATTR: TrialStage.REFERENCE}
@@ -85,23 +71,7 @@ def is_reference(trial: Any) -> bool:
     return trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE
 
 
-@dataclasses.dataclass(frozen=True)
-class Margin:
-    """``best - reference`` in the study's metric; ``low``/``high``: its 95% Welch interval when both have repeats."""
-
-    value: float
-    best: float
-    reference: float
-    n_best: int
-    n_reference: int
-    low: float | None = None
-    high: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def margin(best: float | Sequence[float], reference: float | Sequence[float], *, confidence: float = 0.95) -> Margin | None:
+def margin(best: float | Sequence[float], reference: float | Sequence[float], *, confidence: float = 0.95) -> MarginOut | None:
     """The best's margin over the reference: mean(best) - mean(reference).
 
     Each side is one value or the values of its repeats (issue 10's confirmation stage). With two or
@@ -123,7 +93,7 @@ def margin(best: float | Sequence[float], reference: float | Sequence[float], *,
             low, high = float(interval.low), float(interval.high)
         else:
             low = high = best_mean - reference_mean
-    return Margin(
+    return MarginOut(
         value=best_mean - reference_mean,
         best=best_mean,
         reference=reference_mean,
@@ -134,14 +104,12 @@ def margin(best: float | Sequence[float], reference: float | Sequence[float], *,
     )
 
 
-def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None = None, *, maximize: bool = True) -> Margin | None:
+def margin_from_trials(trials: Any, best_value: float | Sequence[float] | None = None, *, maximize: bool = True) -> MarginOut | None:
     """The margin from a study's trials: reference = its COMPLETE ``stage="reference"`` trials' values.
 
     ``best_value``: the best's value(s) as the service records them; None: the best feasible COMPLETE
     trial the study itself ran (warm-start trials excluded).
     """
-    from service.features._constraints import best_feasible
-
     trials = list(trials)
     reference = [t.value for t in trials if is_reference(t) and t.state.name == "COMPLETE"]
     if best_value is None:

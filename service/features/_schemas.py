@@ -1,10 +1,11 @@
-"""Response models of the study features, for the routes' ``response_model`` and the OpenAPI schema."""
+"""The study features' result types: each one pydantic model, returned by the feature and answered by the API
+as is (named as the API publishes them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from service.features._export import COLUMNS, METRIC_COLUMNS, PARAM_COLUMNS
 from trainer._recipe import TrialMetrics
@@ -13,7 +14,9 @@ __all__ = ["ImportanceOut", "MarginOut", "ModelInfoOut", "ReferenceOut", "TrialR
 
 
 class MarginOut(BaseModel):
-    """The best's margin over the reference config, in the study's metric."""
+    """The best's margin over the reference config, in the study's metric (``best - reference``)."""
+
+    model_config = ConfigDict(frozen=True)
 
     value: float = Field(description="mean(best) - mean(reference).")
     best: float
@@ -25,12 +28,20 @@ class MarginOut(BaseModel):
 
 
 class ReferenceOut(BaseModel):
+    """The reference params inside the study's bounds; ``clipped`` maps each moved parameter to (default, used)."""
+
+    model_config = ConfigDict(frozen=True)
+
     params: dict[str, float]
-    clipped: dict[str, list[float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
-    note: str | None
+    clipped: dict[str, tuple[float, float]] = Field(description="Parameter -> [default, value used] where narrowed bounds moved it.")
+    note: str | None = Field(description="Why the reference differs from the textbook defaults (null when it does not).")
 
 
 class ImportanceOut(BaseModel):
+    """Importances (normalized to sum to 1, most important first) and the trials they rest on."""
+
+    model_config = ConfigDict(frozen=True)
+
     study: str
     evaluator: str = Field(description="ped-anova (Optuna's default) or fanova.")
     n_trials: int = Field(description="Complete trials the importances rest on.")
@@ -38,6 +49,10 @@ class ImportanceOut(BaseModel):
 
 
 class ModelInfoOut(BaseModel):
+    """A trial's stored model (the trial system attribute ``regsearch:model``)."""
+
+    model_config = ConfigDict(frozen=True)
+
     artifact_id: str
     trial_number: int
     value: float
@@ -46,6 +61,10 @@ class ModelInfoOut(BaseModel):
 
 
 class WarmStartOut(BaseModel):
+    """What ``warm_start_from`` added (the study system attribute ``regsearch:warm_start``)."""
+
+    model_config = ConfigDict(frozen=True)
+
     source: str
     trials: int = Field(description="Complete trials added to this study.")
     skipped_out_of_bounds: int

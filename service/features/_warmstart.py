@@ -15,8 +15,9 @@ objective:
   moves: such trials are refused, not rescaled.
 * the ``seed`` may differ: it re-draws the validation split and the initialisation, i.e. noise
   around the same objective.
-* the same parameter names and scales (each a float distribution with the same ``log`` flag). The
-  bounds may differ: trials inside this study's bounds are kept (their distributions replaced by
+* the same parameter names and scales (each a float distribution with the same ``log`` flag); a
+  knob added since the source study ran takes its default (a new knob's default is the network as it
+  was before the knob existed). The bounds may differ: trials inside this study's bounds are kept (their distributions replaced by
   this study's, as ``add_trials`` requires), trials outside are dropped and counted.
 
 Only COMPLETE trials with a finite value are carried over, marked ``stage="warm_start"`` and
@@ -39,11 +40,13 @@ from optuna.trial import FrozenTrial, TrialState
 from service.features._bounds import search_bounds
 from service.features._constraints import GAP_CONSTRAINT, gap_constraint
 from service.features._reference import reference_config
+from service.features._schemas import WarmStartOut
 from service.models import STAGE_ATTR, TrialStage
 from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME
 
 __all__ = [
     "RECIPE_FIELDS",
+    "WARM_START_ATTR",
     "IncompatibleStudy",
     "WarmStart",
     "check_compatible",
@@ -114,22 +117,16 @@ def enqueue_configs(study: optuna.Study, configs: Sequence[Mapping[str, Any]], s
 # warm start
 
 
+#: The study system attribute recording what ``warm_start_from`` added (a :class:`WarmStartOut`).
+WARM_START_ATTR = "regsearch:warm_start"
+
+
 @dataclasses.dataclass(frozen=True)
 class WarmStart:
-    """Trials to ``study.add_trials`` and what was left out."""
+    """Trials to ``study.add_trials``, and what was added and left out (stored as :data:`WARM_START_ATTR`)."""
 
-    source: str
     trials: list[FrozenTrial]
-    skipped_out_of_bounds: int = 0
-    skipped_no_gap: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "trials": len(self.trials),
-            "skipped_out_of_bounds": self.skipped_out_of_bounds,
-            "skipped_no_gap": self.skipped_no_gap,
-        }
+    summary: WarmStartOut
 
 
 def _field(spec: Any, dotted: str) -> Any:
@@ -181,7 +178,9 @@ def warm_start_trials(
         if trial.state != TrialState.COMPLETE or trial.value is None or not math.isfinite(trial.value):
             continue
         _check_params(trial, source_name)
-        if not all(distributions[name].low <= value <= distributions[name].high for name, value in trial.params.items()):
+        # A knob the source study did not search (it did not exist then) ran at its default.
+        params = {spec.name: trial.params.get(spec.name, spec.default) for spec in SEARCH_SPACE}
+        if not all(distributions[name].low <= value <= distributions[name].high for name, value in params.items()):
             out_of_bounds += 1
             continue
         constraints = None
@@ -200,20 +199,21 @@ def warm_start_trials(
             optuna.trial.create_trial(
                 state=TrialState.COMPLETE,
                 value=trial.value,
-                params=dict(trial.params),
+                params=params,
                 distributions=dict(distributions),
                 user_attrs=user_attrs,
                 intermediate_values=dict(trial.intermediate_values),
                 constraints=constraints,
             )
         )
-    return WarmStart(source=source_name, trials=trials, skipped_out_of_bounds=out_of_bounds, skipped_no_gap=no_gap)
+    summary = WarmStartOut(source=source_name, trials=len(trials), skipped_out_of_bounds=out_of_bounds, skipped_no_gap=no_gap)
+    return WarmStart(trials=trials, summary=summary)
 
 
 def _check_params(trial: FrozenTrial, source_name: str) -> None:
     names = set(trial.params)
     expected = set(SEARCH_SPACE_BY_NAME)
-    if names != expected:
+    if not names or not names <= expected:  # a knob it lacks takes its default (see warm_start_trials)
         raise IncompatibleStudy(
             f"warm_start_from: trial {trial.number} of {source_name!r} has parameters {sorted(names)}, "
             f"this study searches {sorted(expected)}"

@@ -22,6 +22,8 @@ import logging
 
 import sqlalchemy as sa
 
+from service._rdb import WORKER_PRIVILEGES as OPTUNA_WORKER_PRIVILEGES
+
 __all__ = ["API_PRIVILEGES", "API_ROLE", "ROLES", "WORKER_PRIVILEGES", "WORKER_ROLE", "apply_grants", "create_roles"]
 
 log = logging.getLogger(__name__)
@@ -31,25 +33,10 @@ WORKER_ROLE = "regsearch_worker"
 ROLES = (API_ROLE, WORKER_ROLE)
 
 _READ = ("SELECT",)
-_RUN_TRIALS = ("SELECT", "INSERT", "UPDATE")  # Optuna writes trials and never deletes during one
 #: table -> the privileges of the worker role on it (empty: none at all).
 WORKER_PRIVILEGES: dict[str, tuple[str, ...]] = {
-    # Optuna's study tables: read. Creating a trial locks the study row (SELECT ... FOR UPDATE), for
-    # which PostgreSQL asks UPDATE on one column: the key, which nothing ever changes.
-    "studies": ("SELECT", "UPDATE (study_id)"),
-    "study_directions": _READ,
-    "study_user_attributes": _READ,
-    "study_system_attributes": _RUN_TRIALS,
-    "version_info": _READ,
-    "alembic_version": _READ,
-    # Optuna's trial tables: a worker runs trials.
-    "trials": _RUN_TRIALS,
-    "trial_params": _RUN_TRIALS,
-    "trial_values": _RUN_TRIALS,
-    "trial_intermediate_values": _RUN_TRIALS,
-    "trial_user_attributes": _RUN_TRIALS,
-    "trial_system_attributes": _RUN_TRIALS,
-    "trial_heartbeats": _RUN_TRIALS,
+    # Optuna's tables: read its studies, run trials (named in service._rdb, their one owner).
+    **OPTUNA_WORKER_PRIVILEGES,
     # The service's tables: claims and statuses, best configs appended (the leader's row keeps its mean
     # and statistics up to date while the confirmation stage runs: migration 0005); never the tokens.
     "regsearch_studies": ("SELECT", "UPDATE"),

@@ -116,7 +116,7 @@ def test_worker_role_settles_a_dead_workers_trial(role_logins, postgres_url):
 
     import optuna
 
-    from service import studies, sweeps
+    from service import coordination, studies, sweeps
     from service.db import create_engine, optuna_storage, session_factory
     from service.retries import SETTLED, WORKER_LOST, RetryFailedTrial
     from service.schemas import StudySpec
@@ -130,7 +130,7 @@ def test_worker_role_settles_a_dead_workers_trial(role_logins, postgres_url):
     factory = session_factory(engine)
     storage = optuna_storage(worker, heartbeat=True, on_stale_trial=RetryFailedTrial(factory, max_retries=2))
     try:
-        assert studies.claim_slot(factory, row.id) == 1
+        assert coordination.claim_slot(factory, row.id) == 1
         study = optuna.load_study(study_name="stale", storage=storage)
         with warnings.catch_warnings():  # a trial asked outside optimize, then its worker "dies"
             warnings.simplefilter("ignore", UserWarning)

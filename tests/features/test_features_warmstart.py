@@ -17,7 +17,7 @@ from service.features import (
     warm_start_trials,
 )
 from service.models import STAGE_ATTR
-from trainer import SEARCH_SPACE
+from trainer import SEARCH_SPACE, SEARCH_SPACE_BY_NAME
 from trainer._recipe import DataRecipe, Recipe
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -87,7 +87,7 @@ def test_warm_start_seeds_a_compatible_study_with_the_complete_trials():
     recipe = Recipe(width=0.25, epochs=1, data=DataRecipe(train_size=200))
     target_recipe = recipe.model_copy(update={"seed": 7})  # another seed: the same objective
     warm = warm_start_trials(source.trials, recipe, target_recipe, source_name="src", target_space=space())
-    assert len(warm.trials) == 6 and warm.skipped_out_of_bounds == 0
+    assert len(warm.trials) == 6 and warm.summary.skipped_out_of_bounds == 0
     target = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
     target.add_trials(warm.trials)
     assert [t.value for t in target.trials] == [t.value for t in source.trials if t.state == TrialState.COMPLETE]
@@ -104,7 +104,7 @@ def test_warm_start_keeps_only_trials_inside_narrowed_bounds_and_adapts_distribu
     narrowed = space(weight_decay=(1e-4, 1e-2))
     inside = [t for t in source.trials if t.state == TrialState.COMPLETE and t.params["weight_decay"] >= 1e-4]
     warm = warm_start_trials(source.trials, Recipe(), Recipe(), source_name="src", target_space=narrowed)
-    assert len(warm.trials) == len(inside) and warm.skipped_out_of_bounds == 6 - len(inside)
+    assert len(warm.trials) == len(inside) and warm.summary.skipped_out_of_bounds == 6 - len(inside)
     assert all(t.distributions["weight_decay"] == FloatDistribution(1e-4, 1e-2, log=True) for t in warm.trials)
 
 
@@ -113,7 +113,7 @@ def test_warm_start_with_max_gap_carries_the_constraint():
     assert [t.constraints for t in warm.trials][:3] == [{"gap": -0.1}, {"gap": pytest.approx(-0.05)}, {"gap": 0.0}]
     assert warm.trials[5].constraints["gap"] == pytest.approx(0.15)
     no_gaps = warm_start_trials(source_study(gaps=False).trials, Recipe(), Recipe(), source_name="src", target_space=space(), max_gap=0.1)
-    assert no_gaps.trials == [] and no_gaps.skipped_no_gap == 6
+    assert no_gaps.trials == [] and no_gaps.summary.skipped_no_gap == 6
 
 
 @pytest.mark.parametrize(
@@ -130,6 +130,15 @@ def test_warm_start_with_max_gap_carries_the_constraint():
 def test_warm_start_from_another_recipe_is_refused_naming_the_field(change, field):
     with pytest.raises(IncompatibleStudy, match=rf"study 'src' trained under another recipe \({field} "):
         warm_start_trials(source_study().trials, Recipe(), Recipe(**change), source_name="src", target_space=space())
+
+
+def test_warm_start_from_a_study_without_a_newer_knob_carries_its_trials_at_the_knobs_default():
+    source = optuna.create_study(direction="maximize")
+    old = {"weight_decay": 1e-3, "l1_ratio": 0.5, "dropout_conv": 0.4}  # searched before dropout_dense existed
+    searched = {name: distribution for name, distribution in distributions(space()).items() if name in old}
+    source.add_trial(optuna.trial.create_trial(params=old, distributions=searched, value=0.5))
+    warm = warm_start_trials(source.trials, Recipe(), Recipe(), source_name="src", target_space=space())
+    assert [trial.params for trial in warm.trials] == [{**old, "dropout_dense": SEARCH_SPACE_BY_NAME["dropout_dense"].default}]
 
 
 def test_warm_start_from_another_search_space_is_refused():

@@ -7,6 +7,7 @@ an entrypoint the image does not contain, a port the command does not listen on.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import tomllib
 
@@ -193,21 +194,12 @@ def test_stack_maps_every_service_to_a_local_process(tmp_path):
     assert str(stack.port("api", 8000)) in stack.argv("api")
 
 
-def _docker_compose() -> str | None:
-    """Debian's docker-compose (1.29, Python): validates a compose file without a Docker engine."""
-    import os
-    import shutil
-
-    if shutil.which("docker-compose") is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-compose"],
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, capture_output=True, timeout=600)
-    return shutil.which("docker-compose")
-
-
 def test_compose_file_passes_compose_schema_validation():
-    binary = _docker_compose()
+    """Debian's docker-compose (1.29, Python) validates a compose file without a Docker engine; ``make test``
+    installs it once before the tests (the Makefile's ``test-tools``)."""
+    binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose (Debian package) is not installed and could not be")
+        pytest.skip("docker-compose (Debian package) is not installed: `make test-tools` installs it")
     result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

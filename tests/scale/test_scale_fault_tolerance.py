@@ -206,7 +206,8 @@ def test_trial_orphaned_by_a_dropped_connection_does_not_block_its_study(postgre
     from service.config import Settings
     from service.db import create_engine, optuna_storage, session_factory
     from service.schemas import StudySpec
-    from service.studies import claim_slot, submit_study
+    from service.coordination import claim_slot
+    from service.studies import submit_study
 
     stack = ComposeStack(postgres_url, tmp_path / "stack", variables={"REGSEARCH_HEARTBEAT_INTERVAL": "1", "REGSEARCH_GRACE_PERIOD": "1"})
     stack.run("migrate")

@@ -1,43 +1,11 @@
-"""Fixtures of the service tests: auth off unless a test turns it on, a headless Chromium for the dashboard check."""
+"""Fixtures of the service tests: auth off unless a test turns it on, databases for in-process workers."""
 
 from __future__ import annotations
-
-import os
-import shutil
-import subprocess
 
 import pytest
 
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
-
-CHROMIUM = "/usr/bin/chromium"
-
-
-def _apt_install(*packages: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    return subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages], env=env,
-                          capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's ``chromium``, installed with apt-get when missing (a skip only if apt cannot, a failure under CI)."""
-    if not os.path.exists(CHROMIUM):
-        if shutil.which("apt-get") is None:
-            reason = "chromium is missing and apt-get is not available to install it"
-        else:
-            result = _apt_install("chromium")
-            if result.returncode != 0:
-                subprocess.run(["apt-get", "update"], capture_output=True, timeout=600)
-                result = _apt_install("chromium")
-            reason = f"apt-get install chromium failed: {(result.stderr or result.stdout).strip().splitlines()[-1:]}"
-        if not os.path.exists(CHROMIUM):
-            if os.environ.get("CI"):
-                pytest.fail(reason)
-            pytest.skip(reason)
-    return CHROMIUM
-
 
 @pytest.fixture(scope="session", autouse=True)
 def _auth_off_by_default(tmp_path_factory):

@@ -187,13 +187,13 @@ def test_api_process_never_imports_tensorflow(tmp_path):
         from fastapi.testclient import TestClient
         from service.api import create_app
         from service.config import Settings
-        from service import studies
+        from tests.support import seed_leader
         app = create_app(Settings(database_url="sqlite:///{tmp_path}/api.db"))
         client = TestClient(app)
         assert client.post("/v1/studies", json={{"name": "no-tf", "n_trials": 2}}).status_code == 201
-        # A best config, as a worker would record it, so that every format has something to render.
-        studies.record_best(app.state.session_factory, 1, 0, 0.5,
-                            {{"weight_decay": 1e-4, "l1_ratio": 0.2, "dropout_conv": 0.3, "dropout_dense": 0.4}}, 270)
+        # A best config, recorded as a worker records it, so that every format has something to render.
+        assert seed_leader(app.state.session_factory, app.state.optuna_storage, "no-tf", 0.5,
+                           {{"weight_decay": 1e-4, "l1_ratio": 0.2, "dropout_conv": 0.3, "dropout_dense": 0.4}}, 270)
         for path in ["/healthz", "/v1/studies", "/v1/studies/no-tf", "/v1/studies/no-tf/trials",
                      "/v1/studies/no-tf/best", "/v1/studies/no-tf/best?format=keras",
                      "/v1/studies/no-tf/best?format=python", "/dashboard", "/docs"]:

@@ -15,11 +15,14 @@ import optuna
 import pytest
 from scipy import stats
 
-from service import studies
+from service import coordination, studies, views
 from service.confirmation import repeat_seed
 from service.models import SearchStudy
 from service.schemas import StudySpec
+from service.trials import is_search_trial
+from service.objective import Trained
 from service.worker import Worker
+from trainer import TrialMetrics
 from tests.support import run_workers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -65,7 +68,7 @@ class KnownScores:
         value = self.score(params, seed)
         for epoch in range(spec.epochs):
             on_epoch_end(epoch, {"val_accuracy": value, "accuracy": value + 0.05, "loss": 1.0, "val_loss": 1.1, "gap": 0.05})
-        return {"val_accuracy": value, "train_accuracy": value + 0.05, "gap": 0.05, "train_size": 270}
+        return Trained(TrialMetrics(**{"val_accuracy": value, "train_accuracy": value + 0.05, "gap": 0.05, "train_size": 270}))
 
 
 def trials_of(storage, name):
@@ -169,7 +172,7 @@ def test_leader_is_marked_unconfirmed_until_the_stage_ends_and_history_follows_i
         if seed is not None:
             with factory() as session:
                 row = studies.get_study(session, "leader")
-                summary = studies.study_out(session, row)
+                summary = views.study_out(session, row)
             seen.append((summary.status, summary.best.confirmed, summary.best.n))
         return training(spec_, config, on_epoch_end, seed=seed)
 
@@ -194,7 +197,7 @@ def test_the_reference_is_confirmed_like_a_top_config_so_the_margin_has_an_inter
     run_workers(settings, KnownScores(spec.seed), count=1)
 
     trials = [trial for trial in trials_of(storage, "yardstick") if trial.state.name == "COMPLETE"]
-    search = [trial for trial in trials if studies.is_search_trial(trial)]
+    search = [trial for trial in trials if is_search_trial(trial)]
     (reference,) = [trial for trial in search if trial.user_attrs.get("stage") == "reference"]
     top = max(search, key=lambda trial: (trial.value, -trial.number))
     repeats = [trial for trial in trials if trial.user_attrs.get("stage") == "confirm"]

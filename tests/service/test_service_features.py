@@ -213,7 +213,7 @@ def test_an_infeasible_trial_is_never_the_best(service):
         assert model.headers["x-regsearch-trial"] == top["number"]
     else:
         assert best.status_code == 404 and model.status_code == 404
-        assert "no stored model yet" in model.json()["detail"]
+        assert "a model is stored when a feasible trial becomes the best" in model.json()["detail"]
     # Optuna agrees: its best trial is the best feasible one.
     study = service.optuna_study("feat-gap")
     if feasible:

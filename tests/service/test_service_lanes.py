@@ -16,7 +16,7 @@ import subprocess
 import optuna
 import pytest
 
-from service import studies
+from service import studies, trials as trial_rules
 from service._optuna import retry_of
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
@@ -88,7 +88,7 @@ def test_a_lanes_worker_keeps_the_worker_protocol(tmp_path):
     for trial in everything:
         if retry_of(trial) is not None:
             assert trial.params == by_number[retry_of(trial)].params  # with the same params
-    search = [trial for trial in everything if studies.is_search_trial(trial) and trial.state in (State.COMPLETE, State.PRUNED)]
+    search = [trial for trial in everything if trial_rules.is_search_trial(trial) and trial.state in (State.COMPLETE, State.PRUNED)]
     assert len(search) == N_TRIALS
     for trial in search:  # every epoch reported
         epochs = len(trial.user_attrs["history"])

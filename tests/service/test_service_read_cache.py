@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from service import studies
+from tests.support import seed_leader
 from service.api import create_app
 from service.config import Settings
 
@@ -18,10 +18,10 @@ def test_cached_reads_are_cleared_by_writes_and_stay_monotonic(tmp_path):
     factory = app.state.session_factory
     with TestClient(app) as client:
         assert client.post("/v1/studies", json=SPEC).status_code == 201
-        study_id = studies.get_study(factory(), "cached").id
-        studies.record_best(factory, study_id, 0, 0.30, PARAMS, 300)
+        storage = app.state.optuna_storage
+        assert seed_leader(factory, storage, "cached", 0.30, PARAMS, 300)
         assert client.get("/v1/studies/cached/best").json()["value"] == 0.30
-        studies.record_best(factory, study_id, 1, 0.40, PARAMS, 300)  # a worker's write, elsewhere
+        assert seed_leader(factory, storage, "cached", 0.40, PARAMS, 300)  # a worker's write, elsewhere
         assert client.get("/v1/studies/cached/best").json()["value"] == 0.30  # served from memory (TTL 60 s here)
         assert client.get("/v1/studies/cached/trials").status_code == 200  # a fresh read of the study...
         assert client.get("/v1/studies/cached/best").json()["value"] == 0.40  # ...retires the older answers

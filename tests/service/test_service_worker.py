@@ -15,14 +15,16 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from service import studies
+from service import coordination, studies, views
 from service._optuna import distributions
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.models import BestConfigRecord, SearchStudy
 from service.retries import SETTLED, RetryFailedTrial, retry_unsettled_failures
 from service.schemas import StudySpec
+from service.objective import Trained
 from service.worker import Worker
+from trainer import TrialMetrics
 from tests.support import run_workers
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,7 +46,7 @@ def quick_training(fail_on_calls=()):
         accuracy = 0.5 + 0.4 * config.dropout_conv - 10 * config.weight_decay
         for epoch in range(spec.epochs):
             on_epoch_end(epoch, {"loss": 1.0, "accuracy": accuracy + 0.05, "val_loss": 1.1, "val_accuracy": accuracy, "gap": 0.05})
-        return {"val_accuracy": accuracy, "train_accuracy": accuracy + 0.05, "gap": 0.05, "train_size": 270}
+        return Trained(TrialMetrics(**{"val_accuracy": accuracy, "train_accuracy": accuracy + 0.05, "gap": 0.05, "train_size": 270}))
 
     return train
 
@@ -66,7 +68,7 @@ def test_claims_never_exceed_n_trials_under_contention(database):
     def claimer():
         barrier.wait()
         for _ in range(4):
-            serial = studies.claim_slot(factory, row.id)
+            serial = coordination.claim_slot(factory, row.id)
             if serial is not None:
                 claimed.append(serial)
 
@@ -76,9 +78,9 @@ def test_claims_never_exceed_n_trials_under_contention(database):
     for thread in threads:
         thread.join()
     assert sorted(claimed) == [1, 2, 3, 4, 5]  # five slots, each serial handed out once
-    studies.release_slot(factory, row.id)
-    assert studies.claim_slot(factory, row.id) == 6
-    assert studies.claim_slot(factory, row.id) is None
+    coordination.release_slot(factory, row.id)
+    assert coordination.claim_slot(factory, row.id) == 6
+    assert coordination.claim_slot(factory, row.id) is None
 
 
 def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(database):
@@ -112,7 +114,7 @@ def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="orphan", n_trials=2, epochs=2, pruner="none"))
     # The "dead worker": claims a slot, asks for a trial, beats once, then disappears.
-    assert studies.claim_slot(factory, row.id) == 1
+    assert coordination.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "orphan")
     time.sleep(settings.grace_period + 1.0)
 
@@ -156,7 +158,7 @@ def test_a_failure_is_settled_once_whoever_reports_it(database):
     it, and only the first one re-queues it and gives its slot back."""
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="twice", n_trials=2, epochs=2, pruner="none"))
-    assert studies.claim_slot(factory, row.id) == 1
+    assert coordination.claim_slot(factory, row.id) == 1
     failed = _failed_without_callback(settings, "twice")
     study = optuna.load_study(study_name="twice", storage=storage)
     retry = RetryFailedTrial(factory, max_retries=2)
@@ -179,7 +181,7 @@ def test_an_enqueued_trial_that_failed_before_drawing_its_params_is_retried_with
     study = optuna.load_study(study_name="early", storage=storage)
     reference = study.get_trials()[0]  # the queued reference (submit_study enqueues it first)
     assert reference.state == optuna.trial.TrialState.WAITING and not reference.params
-    assert studies.claim_slot(factory, row.id) == 1
+    assert coordination.claim_slot(factory, row.id) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         asked = optuna.load_study(study_name="early", storage=storage).ask()  # takes the reference, draws nothing
@@ -197,7 +199,7 @@ def test_a_failure_nobody_settled_is_retried_by_the_sweep(database):
     same params, and the study still ends at n_trials with the slot counted once."""
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="unsettled", n_trials=2, epochs=2, pruner="none"))
-    assert studies.claim_slot(factory, row.id) == 1  # the dead worker's slot, never given back
+    assert coordination.claim_slot(factory, row.id) == 1  # the dead worker's slot, never given back
     lost = _failed_without_callback(settings, "unsettled")
 
     run_workers(settings, quick_training(), count=2)
@@ -219,14 +221,14 @@ def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(da
     the idle workers' sweep gives the slot back after the grace period and the study completes."""
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="leak", n_trials=3, epochs=2, pruner="none"))
-    assert studies.claim_slot(factory, row.id) == 1  # the dead worker's claim, in SQL; no trial follows
+    assert coordination.claim_slot(factory, row.id) == 1  # the dead worker's claim, in SQL; no trial follows
     # Right after the claim the slot may still be on its way to a trial: it is not taken back yet.
-    assert not studies.reclaim_leaked_slots(factory, row.id, "leak", grace_period_s=30)
+    assert not coordination.reclaim_leaked_slots(factory, row.id, "leak", grace_period_s=30)
 
     run_workers(settings, quick_training(), count=2)
 
     with factory() as session:
-        counts = studies.trial_counts(session, "leak")
+        counts = views.trial_counts(session, "leak")
     assert (counts.complete, counts.pruned, counts.running, counts.failed) == (3, 0, 0, 0)
     with factory() as session:
         done = session.get(SearchStudy, row.id)
@@ -237,7 +239,7 @@ def test_slot_leaked_by_a_worker_killed_before_its_trial_existed_is_reclaimed(da
 def test_trial_of_a_dead_worker_in_a_stopped_study_does_not_stay_running(database):
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="stopdead", n_trials=3, epochs=2, pruner="none"))
-    assert studies.claim_slot(factory, row.id) == 1
+    assert coordination.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "stopdead")
     studies.stop_study(factory, "stopdead")
     time.sleep(settings.grace_period + 1.0)
@@ -256,7 +258,7 @@ def test_exit_when_idle_waits_for_other_workers_trials_that_may_need_a_retry(dat
     not exit, because that trial's worker is dead and the trial needs a retry once it goes stale."""
     settings, factory, storage = database
     row, _ = studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="wait", n_trials=1, epochs=2, pruner="none"))
-    assert studies.claim_slot(factory, row.id) == 1
+    assert coordination.claim_slot(factory, row.id) == 1
     orphan = _dead_worker_trial(settings, "wait")  # heart-beating just now: not stale for a grace period
 
     (worker,) = run_workers(settings, quick_training(), count=1)
@@ -280,7 +282,7 @@ def test_stopped_study_stops_its_running_trial_within_an_epoch(database):
             if epoch == 2:
                 studies.stop_study(factory, "halt")  # the user stops the study during epoch 3
             on_epoch_end(epoch, {"val_accuracy": 0.5, "accuracy": 0.6, "loss": 1.0, "val_loss": 1.0, "gap": 0.1})
-        return {"val_accuracy": 0.5}
+        return Trained(TrialMetrics(**{"val_accuracy": 0.5}))
 
     run_workers(settings, slow_training, count=1)
     assert epochs_seen == [0, 1, 2]
@@ -343,7 +345,7 @@ def test_worker_survives_its_database_connections_being_dropped(postgres_url):
                                 "WHERE datname = :db AND pid <> pg_backend_pid()"), {"db": database}).scalar()
                 drops.append(dropped)
             on_epoch_end(epoch, {"val_accuracy": 0.4 + config.dropout_conv / 10, "accuracy": 0.5, "loss": 1.0, "val_loss": 1.0, "gap": 0.1})
-        return {"val_accuracy": 0.4 + config.dropout_conv / 10}
+        return Trained(TrialMetrics(**{"val_accuracy": 0.4 + config.dropout_conv / 10}))
 
     worker = Worker(settings, train=train, exit_when_idle=True)
     thread = threading.Thread(target=worker.run)
@@ -356,7 +358,7 @@ def test_worker_survives_its_database_connections_being_dropped(postgres_url):
     engine = create_engine(settings)
     with session_factory(engine)() as session:
         row = studies.get_study(session, "drop")
-        counts = studies.trial_counts(session, "drop")
+        counts = views.trial_counts(session, "drop")
     assert drops and drops[0] > 0, "no connection of the worker was terminated"
     assert row.status == "completed" and counts.complete == 4 and counts.running == 0
     engine.dispose()
@@ -417,4 +419,4 @@ def test_trials_above_max_gap_are_infeasible_and_never_the_best(database, max_ga
     with factory() as session:
         row = studies.get_study(session, "gap")
         assert row.status == "completed"
-        assert (studies.best_record(session, row.id) is not None) == has_best
+        assert (coordination.best_record(session, row.id) is not None) == has_best

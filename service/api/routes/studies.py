@@ -10,10 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
-from sqlalchemy.orm import Session
 from starlette.background import BackgroundTask
 
-from service import features, studies
+from service import features, studies, views
 from service.api.limits import check_server_limits
 from service.api.deps import (
     ArtifactStoreDep,
@@ -23,9 +22,7 @@ from service.api.deps import (
     SettingsDep,
     StorageDep,
 )
-from service.confirmation import best_fields
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
-from service.models import SearchStudy, as_utc
 from service.schemas import BestConfigOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -59,17 +56,17 @@ def submit_study(
     if not created:
         response.status_code = status.HTTP_200_OK
     with factory() as session:
-        return studies.study_out(session, row)
+        return views.study_out(session, row, spec)
 
 
 @router.get("", response_model=StudyList, summary="List studies")
 def list_studies(session: SessionDep) -> StudyList:
-    return StudyList(studies=[studies.study_out(session, row) for row in studies.list_studies(session)])
+    return StudyList(studies=[views.study_out(session, row) for row in studies.list_studies(session)])
 
 
 @router.get("/{name}", response_model=StudyOut, summary="A study's status, trial counts and best so far")
 def get_study(name: str, session: SessionDep) -> StudyOut:
-    return studies.study_out(session, studies.get_study(session, name))
+    return views.study_out(session, studies.get_study(session, name))
 
 
 @router.get(
@@ -90,8 +87,8 @@ def list_trials(
     ] = None,
 ) -> Any:
     if output_format is None:
-        return studies.trials_out(session, storage, name)
-    chunks = studies.export_lines(session, storage, name, output_format)
+        return views.trials_out(session, storage, name)
+    chunks = views.export_lines(session, storage, name, output_format)
     if output_format == "csv":
         return StreamingResponse(chunks, media_type="text/csv",
                                  headers={"Content-Disposition": f'attachment; filename="{name}-trials.csv"'})
@@ -116,7 +113,7 @@ async def get_importance(
     ] = "ped-anova",
 ) -> ImportanceOut:
     try:
-        return await run_in_threadpool(studies.importance_out, factory, storage, cache, name, evaluator)
+        return await run_in_threadpool(views.importance_out, factory, storage, cache, name, evaluator)
     except features.TooFewTrials as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
@@ -133,7 +130,7 @@ async def get_importance(
 def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: ArtifactStoreDep) -> FileResponse:
     directory = tempfile.mkdtemp(prefix="regsearch-download-")
     try:
-        path, record, usage = studies.best_model_file(session, storage, store, name, directory)
+        path, record, usage = views.best_model_file(session, storage, store, name, directory)
     except features.NoBestModel as error:
         shutil.rmtree(directory, ignore_errors=True)
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{error}; a model is stored when a feasible trial becomes the best") from None
@@ -146,27 +143,6 @@ def get_best_model(name: str, session: SessionDep, storage: StorageDep, store: A
         filename=f"{name}-trial{record.trial_number}.keras",
         headers={"X-Regsearch-Trial": str(record.trial_number), "X-Regsearch-Disk-Bytes": str(usage["bytes"])},
         background=BackgroundTask(shutil.rmtree, directory, ignore_errors=True),
-    )
-
-
-def best_config(row: SearchStudy, session: Session) -> BestConfigOut | None:
-    """The study's recipe and its best regularization so far (with its mean, interval, ties and robust
-    ranges; ``confirmed`` false while confirmation runs), or None before any trial completes."""
-    record = studies.best_record(session, row.id)
-    if record is None:
-        return None
-    spec = StudySpec.model_validate(row.spec)
-    return BestConfigOut(
-        **spec.recipe().model_dump(),
-        **best_fields(record.summary),
-        params=record.params,
-        study=row.name,
-        trial_number=record.trial_number,
-        value=record.value,
-        metric="val_accuracy",
-        train_size=record.train_size,
-        best_since=as_utc(record.created_at),
-        margin=studies.record_margin(session, row.name, record),
     )
 
 
@@ -188,9 +164,9 @@ def get_best(
     ] = "json",
 ) -> Any:
     row = studies.get_study(session, name)
-    best = best_config(row, session)
+    best = views.best_config(session, row)
     if best is None:
-        counts = studies.trial_counts(session, name)
+        counts = views.trial_counts(session, name)
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
             f"study {name!r} has no completed trial yet (status {row.status}, "
@@ -220,7 +196,7 @@ def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
     except studies.StudyAlreadyEnded as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     with factory() as session:
-        return studies.study_out(session, row)
+        return views.study_out(session, row)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a study, its trials, its Optuna study and its stored models")

@@ -1,0 +1,272 @@
+"""Coordination in SQL: the conditional UPDATEs that keep the study's invariants, whatever the number of workers.
+
+Every move is one conditional ``UPDATE`` of the study's row (:func:`_update`): whichever worker's
+statement matches makes the move, the others change nothing. The invariants, one condition each:
+
+* **slots**: no more than ``n_trials`` (plus ``confirm_trials`` once the confirmation stage is
+  planned) slots are held at once (:func:`claim_slot`, :func:`release_slot`, :func:`reclaim_leaked_slots`);
+* **statuses**: queued -> running -> (confirming ->) completed, or stopped / failed, never back
+  (:func:`claim_slot`, :func:`stop`, :func:`record_failure`, :func:`begin_confirmation`,
+  :func:`open_confirmation`, :func:`complete_if_done`);
+* **leaders**: the best-config history gains a row when the leader changes, under the study's row lock
+  (:func:`record_leader`).
+
+Counts of Optuna's trials inside these conditions come from :mod:`service._rdb`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import _rdb
+from service.confirmation import ConfirmSpec, summarize
+from service.db import session_scope
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, utc_now
+
+__all__ = [
+    "begin_confirmation",
+    "best_record",
+    "claim_slot",
+    "complete_if_done",
+    "has_waiting_trials",
+    "open_confirmation",
+    "reclaim_leaked_slots",
+    "record_failure",
+    "record_leader",
+    "release_creation_slots",
+    "release_slot",
+    "resume_confirmation",
+    "runnable_studies",
+    "status_of",
+    "stop",
+    "studies_with_running_trials",
+]
+
+_SEARCHING = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+
+
+def _conditional(session: Session, study_id: int, *conditions: Any, returning: Any = None, **values: Any) -> Any:
+    """``UPDATE regsearch_studies SET values WHERE id = study_id AND conditions``: True when it matched (or the
+    ``returning`` column's value, None when it did not)."""
+    statement = (
+        sa.update(SearchStudy).where(SearchStudy.id == study_id, *conditions).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if returning is not None:
+        return session.execute(statement.returning(returning)).scalar_one_or_none()
+    return session.execute(statement).rowcount == 1
+
+
+def _update(factory: sessionmaker[Session], study_id: int, *conditions: Any, returning: Any = None, **values: Any) -> Any:
+    """:func:`_conditional` in its own transaction: the one helper behind every move of this module."""
+    with session_scope(factory) as session:
+        return _conditional(session, study_id, *conditions, returning=returning, **values)
+
+
+# -- slots -----------------------------------------------------------------------------------------
+
+
+def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
+    """Atomically take one of the study's ``n_trials`` slots (``n_trials + confirm_trials`` once its
+    confirmation stage is planned); return its serial number, or None if full.
+
+    A single conditional ``UPDATE ... RETURNING`` (one round trip, one commit): whichever the number
+    of workers and the database, no more than ``n_trials`` slots are ever held at once.
+    """
+    now = utc_now()
+    return _update(
+        factory, study_id,
+        SearchStudy.claimed < SearchStudy.n_trials + SearchStudy.confirm_trials,
+        SearchStudy.status.in_(ACTIVE_STATUSES),
+        returning=SearchStudy.claims_total,
+        claimed=SearchStudy.claimed + 1,
+        claims_total=SearchStudy.claims_total + 1,
+        # queued -> running; a confirming study stays confirming
+        status=sa.case((SearchStudy.status == StudyStatus.QUEUED.value, StudyStatus.RUNNING.value), else_=SearchStudy.status),
+        started_at=sa.func.coalesce(SearchStudy.started_at, now),
+        last_claim_at=now,
+    )
+
+
+def release_slot(factory: sessionmaker[Session], study_id: int) -> None:
+    """Give a slot back (its trial failed): the retry, or a fresh trial, takes it."""
+    _update(factory, study_id, SearchStudy.claimed > 0, claimed=SearchStudy.claimed - 1)
+
+
+def release_creation_slots(factory: sessionmaker[Session], study_id: int) -> None:
+    """A new study's Optuna study is set up: give back the slots its row was inserted holding."""
+    _update(factory, study_id, SearchStudy.claims_total == 0, claimed=0, last_claim_at=None)
+
+
+def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: str, grace_period_s: float) -> bool:
+    """Give back slots that no trial holds (their worker died); return True if any was reclaimed.
+
+    A slot is held by a COMPLETE, PRUNED or RUNNING trial (a failed trial's slot is given back by
+    whoever failed it; a WAITING retry takes a slot only when a worker claims one for it). A worker
+    killed after claiming but before its trial existed, or after failing a trial but before giving
+    its slot back, leaves ``claimed`` above that count forever, and a full study would never
+    complete. This one conditional UPDATE resets ``claimed`` to the count, but only once the study
+    has been quiet for the grace period: no claim and no trial finished within it, so no live worker
+    can be between claiming a slot and creating its trial, nor between failing a trial and giving its
+    slot back. (No read before the write: on SQLite a read transaction that turns into a write can
+    fail outright under WAL.)
+    """
+    cutoff = dt.timedelta(seconds=grace_period_s)
+    in_use = _rdb.count(name, "COMPLETE", "PRUNED", "RUNNING", where=_rdb.holds_slot())
+    return _update(
+        factory, study_id,
+        SearchStudy.status.in_(ACTIVE_STATUSES),
+        SearchStudy.claimed > in_use,
+        sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < utc_now() - cutoff),
+        ~_rdb.finished_since(name, cutoff),
+        claimed=in_use,
+    )
+
+
+# -- statuses --------------------------------------------------------------------------------------
+
+
+def stop(session: Session, study_id: int) -> bool:
+    """Mark an active study stopped (workers stop its running trials within one epoch)."""
+    return _conditional(session, study_id, SearchStudy.status.in_(ACTIVE_STATUSES), status=StudyStatus.STOPPED, finished_at=utc_now())
+
+
+def record_failure(factory: sessionmaker[Session], study_id: int, message: str, max_failed_trials: int) -> bool:
+    """Count a trial whose training raised; mark the study failed after too many. Return True if it did."""
+    with session_scope(factory) as session:
+        _conditional(session, study_id, failed_trials=SearchStudy.failed_trials + 1, error=message[:2000])
+        return _conditional(session, study_id, SearchStudy.failed_trials >= max_failed_trials, SearchStudy.status.in_(ACTIVE_STATUSES),
+                            status=StudyStatus.FAILED, finished_at=utc_now())
+
+
+def _search_done(name: str) -> sa.ColumnElement[bool]:
+    """The search's ``n_trials`` have finished (complete or pruned) and no trial runs."""
+    return sa.and_(
+        SearchStudy.claimed >= SearchStudy.n_trials,
+        _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial()) >= SearchStudy.n_trials,
+        _rdb.count(name, "RUNNING") == 0,
+    )
+
+
+def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
+    """Mark the study completed once it is done; return True if this call did.
+
+    Done: with ``confirm`` false (confirmation off), ``n_trials`` search trials finished (complete or
+    pruned) and none runs; with it on, the confirmation stage's plan was enqueued (``confirm_trials``
+    set, see :func:`service.stages.advance`) and no trial runs or waits (every repeat finished, or
+    failed out of retries). ``claimed >= n_trials`` is implied (every finished trial holds a slot) and
+    cheap, so the trial counts are only evaluated near the end.
+    """
+    confirmation_done = sa.and_(
+        SearchStudy.status == StudyStatus.CONFIRMING.value,
+        SearchStudy.confirm_trials > 0,
+        _rdb.count(name, "RUNNING") == 0,
+        _rdb.count(name, "WAITING") == 0,
+    )
+    done = confirmation_done if confirm else sa.or_(sa.and_(SearchStudy.status.in_(_SEARCHING), _search_done(name)), confirmation_done)
+    return _update(factory, study_id, done, status=StudyStatus.COMPLETED, finished_at=utc_now())
+
+
+def begin_confirmation(factory: sessionmaker[Session], study_id: int, name: str) -> bool:
+    """Move a study whose search is done from running to confirming; True for the one caller that did.
+
+    ``confirm_trials`` stays 0, so no slot can be claimed until :func:`open_confirmation` (the
+    caller enqueues the plan first). ``last_claim_at`` marks the move for :func:`resume_confirmation`.
+    """
+    return _update(factory, study_id, SearchStudy.status.in_(_SEARCHING), _search_done(name),
+                   status=StudyStatus.CONFIRMING, confirm_trials=0, last_claim_at=utc_now())
+
+
+def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_period_s: float) -> bool:
+    """Take over enqueueing a plan whose worker died half-way (confirming, no slot opened, quiet for the
+    grace period); True for the one caller that did (it enqueues what is missing, then opens the slots)."""
+    now = utc_now()
+    return _update(
+        factory, study_id,
+        SearchStudy.status == StudyStatus.CONFIRMING.value,
+        SearchStudy.confirm_trials == 0,
+        sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < now - dt.timedelta(seconds=grace_period_s)),
+        last_claim_at=now,
+    )
+
+
+def open_confirmation(factory: sessionmaker[Session], study_id: int, planned: int) -> None:
+    """The plan is enqueued: open its ``planned`` slots (an empty plan completes the study)."""
+    values: dict[str, Any] = {"confirm_trials": planned} if planned else {"status": StudyStatus.COMPLETED, "finished_at": utc_now()}
+    _update(factory, study_id, SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0, **values)
+
+
+# -- leaders ---------------------------------------------------------------------------------------
+
+
+def best_record(session: Session, study_id: int) -> BestConfigRecord | None:
+    """The current best: the study's last best-config row (see :class:`BestConfigRecord`)."""
+    return session.scalar(
+        sa.select(BestConfigRecord).where(BestConfigRecord.study_id == study_id).order_by(BestConfigRecord.id.desc()).limit(1)
+    )
+
+
+def record_leader(
+    factory: sessionmaker[Session], study_id: int, read_trials: Callable[[], Iterable[Any]], confirm: ConfirmSpec
+) -> bool:
+    """Bring the best-config history up to date after a trial completed; True when the leader changed.
+
+    Under the study's row lock (an UPDATE that changes nothing), ``read_trials()`` (the Optuna study's
+    trials, read after the lock is taken so that the last writer saw every finished run) is summarized
+    by :func:`service.confirmation.summarize`. A new row is appended when the leader (the config of the
+    highest mean; during the search, the highest single value, so a row when it strictly improves)
+    differs from the last row's; otherwise the last row's value (the mean) and summary are updated.
+    """
+    with session_scope(factory) as session:
+        if not _conditional(session, study_id, id=SearchStudy.id):  # the row lock; False once deleted
+            return False
+        trials = list(read_trials())
+        summary = summarize(trials, confirm)
+        if summary is None:
+            return False
+        best = summary.best
+        data = summary.model_dump(mode="json")
+        last = best_record(session, study_id)
+        if last is not None and last.trial_number == best.trial_number:
+            last.value, last.summary = float(best.mean), data
+            return False
+        train_size = next((trial.user_attrs.get("train_size") for trial in trials if trial.number == best.trial_number), None)
+        session.add(BestConfigRecord(study_id=study_id, trial_number=best.trial_number, value=float(best.mean),
+                                     params=dict(best.params), train_size=train_size, summary=data, created_at=utc_now()))
+        return True
+
+
+# -- what the workers read -------------------------------------------------------------------------
+
+
+def status_of(factory: sessionmaker[Session], study_id: int) -> StudyStatus | None:
+    """The study's current status, or None once it has been deleted."""
+    with factory() as session:
+        status = session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == study_id))
+    return None if status is None else StudyStatus(status)
+
+
+def runnable_studies(session: Session) -> list[SearchStudy]:
+    """Active studies, least-served first (so studies submitted side by side share the workers)."""
+    return list(session.scalars(
+        sa.select(SearchStudy).where(SearchStudy.status.in_(ACTIVE_STATUSES)).order_by(SearchStudy.claimed, SearchStudy.id)
+    ))
+
+
+def has_waiting_trials(session: Session, name: str) -> bool:
+    """Whether the study has a trial queued to run (a confirmation repeat, or a retry)."""
+    return bool(session.scalar(sa.select(_rdb.count(name, "WAITING"))))
+
+
+def studies_with_running_trials(
+    session: Session, statuses: tuple[StudyStatus, ...] = (StudyStatus.STOPPED, StudyStatus.FAILED)
+) -> list[SearchStudy]:
+    """Studies in ``statuses`` that still have RUNNING trials (left by a dead worker, or still ending)."""
+    return list(session.scalars(
+        sa.select(SearchStudy).where(SearchStudy.status.in_(statuses), _rdb.has_running_trials(SearchStudy.name))
+    ))
