@@ -47,6 +47,10 @@ class Settings(BaseSettings):
 
     # Workers and fault tolerance.
     poll_interval: float = Field(2.0, gt=0, description="Seconds an idle worker waits before looking for work again.")
+    lanes: int = Field(
+        1, ge=1, le=256, description="Trials a `regsearch worker` trains at once in one compiled step (`--lanes` overrides it; "
+        "above 1 needs KERAS_BACKEND=jax: docs/workers.md, \"Lanes\").",
+    )
     heartbeat_interval: int = Field(
         10, ge=1, description="Seconds between a running trial's heartbeats (Optuna RDBStorage)."
     )

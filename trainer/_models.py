@@ -43,14 +43,14 @@ class Knobs(keras.layers.Layer):
 
     def __init__(self, config: RegularizationConfig) -> None:
         super().__init__(name="knobs", dtype="float32", trainable=False)
-        for name, value in config.keras_values().items():
+        for name in config.keras_values():
             setattr(self, name, self.add_weight(shape=(), initializer="zeros", dtype="float32", trainable=False, name=name))
         self.built = True
         self.assign(config)
 
     def assign(self, config: RegularizationConfig) -> None:
         for name, value in config.keras_values().items():
-            getattr(self, name).assign(value)
+            getattr(self, name).assign(float(value))
 
     def call(self, inputs):  # never called: a holder of variables
         return inputs

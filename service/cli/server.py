@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     )
     worker.add_argument("--poll-interval", type=float, default=None, help="seconds between looks for work when idle")
     worker.add_argument("--exit-when-idle", action="store_true", help="exit once no study has a trial left to run")
+    worker.add_argument("--lanes", type=int, default=None,
+                        help="trials trained at once in one compiled step (JAX; default REGSEARCH_LANES or 1)")
     worker.set_defaults(func=_worker)
 
     dashboard = subparsers.add_parser("dashboard", help="run the Optuna dashboard alone on the service's database")
@@ -153,11 +155,21 @@ def _worker(args) -> int:
 
     _logging()
     settings = _settings()
-    # One line naming the backend, its devices and the worker's lanes (issue 16's lanes setting, where
-    # there is one) instead of the backends' CUDA noise; the GPU memory cap is applied first.
-    start_backend(settings.gpu_memory_fraction, lanes=getattr(settings, "lanes", None))
+    lanes = settings.lanes if args.lanes is None else args.lanes
+    if lanes < 1:
+        raise CommandError("--lanes must be >= 1")
+    if lanes > 1 and os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        raise CommandError("--lanes above 1 needs KERAS_BACKEND=jax")
+    # One line naming the backend, its devices and the worker's lanes instead of the backends' CUDA noise;
+    # the GPU memory cap is applied first.
+    start_backend(settings.gpu_memory_fraction, lanes=lanes)
     install_quiet_graceful_stops()  # a trial re-queued on SIGTERM: one line, no traceback
-    worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
+    if lanes > 1:
+        from service.lanes import LanesWorker
+
+        worker = LanesWorker(settings, lanes, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
+    else:
+        worker = Worker(settings, poll_interval=args.poll_interval, exit_when_idle=args.exit_when_idle)
 
     def _on_signal(signum, _frame) -> None:
         if worker.shutdown_requested:  # second signal: stop now

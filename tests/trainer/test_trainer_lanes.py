@@ -1,0 +1,60 @@
+"""Lanes (trainer/_lanes.py) on JAX's CPU backend, in a subprocess (this process's Keras may run TensorFlow).
+
+tests/trainer/lanes_check.py trains the real search network (width 0.25) on real CIFAR-10 images and
+reports; here we assert: one vmapped step of a lane equals one step of Keras' own ``model.fit`` from
+the same state on the same batch; a trial started in a lane while the other lanes are mid-epoch gives
+the same metrics as the same trial trained alone (K=1); a pruned trial's lane takes the next waiting
+trial while the other lanes go on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.support import CIFAR_DIR, ROOT, base_env
+
+pytest.importorskip("jax")
+
+
+@pytest.fixture(scope="module")
+def report() -> dict:
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "trainer" / "lanes_check.py"), str(CIFAR_DIR)],
+                            env=base_env(KERAS_BACKEND="jax"), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_a_lane_step_equals_keras_fit_step(report):
+    step = report["step_vs_fit"]
+    assert step["loss"][0] == pytest.approx(step["loss"][1], rel=1e-5)  # the loss includes the tunable penalty
+    assert step["max_weight_diff"] < 1e-4  # Adam moved every weight as fit did (it moves them by ~1e-3)
+    assert step["max_stat_diff"] < 1e-4  # BatchNorm statistics and dropout seed states advanced alike
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_a_trial_in_a_lane_equals_the_trial_alone(report):
+    alone, in_lane = report["alone"], report["in_lane"]
+    assert len(alone) == len(in_lane) == 2
+    for epoch_alone, epoch_in_lane in zip(alone, in_lane):
+        for key in ("loss", "val_loss", "weight_l1"):
+            assert epoch_in_lane[key] == pytest.approx(epoch_alone[key], rel=1e-3), key
+        for key in ("accuracy", "val_accuracy", "train_accuracy"):
+            assert epoch_in_lane[key] == pytest.approx(epoch_alone[key], abs=0.02), key
+    steps_run, lane_steps = report["lane_steps"]
+    assert lane_steps > steps_run  # the lanes did share steps
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_a_pruned_trials_lane_takes_the_next_trial_while_the_others_go_on(report):
+    refill = report["refill"]
+    events = refill["events"]
+    assert events[0] == "pruned:pruned"
+    assert events.index("next:done") < events.index("long:done")  # "next" waited for a free lane, yet ended first
+    assert sorted(events) == ["long:done", "middle:done", "next:done", "pruned:pruned"]
+    # Every other trial ran inside the 6-epoch trial's steps: no step was spent on a lane alone.
+    assert refill["steps_run"] == 6 * refill["steps_per_epoch"]
