@@ -78,8 +78,11 @@ class Batches(keras.utils.PyDataset):
 
     ``shuffle``: each epoch in its own seeded order (else the given order). ``drop_remainder``: only
     whole batches (one static shape, one trace). ``augment``: random flips and shifts (seeded).
-    ``len()`` is the number of batches per epoch; the epoch advances when Keras ends one
-    (``on_epoch_end``) or by :meth:`batch`'s argument.
+    ``len()`` is the number of batches per epoch. ``fit`` reads epoch ``e`` in ``order(e)`` when given
+    :meth:`follower` among its callbacks (it sets :attr:`epoch` as each epoch begins, before the epoch's
+    first batch is read); :meth:`batch` takes the epoch as its argument. Not counted from the data
+    set's own epoch hooks: Keras' ``fit`` also begins and ends an epoch to peek at the data or reset its
+    iterator, a different number of times on each backend.
     """
 
     def __init__(
@@ -136,8 +139,15 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         return self.batch(self.epoch, index)
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
+    def follower(self) -> keras.callbacks.Callback:
+        """A callback for ``fit`` that points :attr:`epoch` at the epoch that begins."""
+        batches = self
+
+        class FollowEpochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                batches.epoch = epoch
+
+        return FollowEpochs()
 
 
 def make_dataset(

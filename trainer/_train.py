@@ -488,7 +488,7 @@ def train(
         history: list[dict[str, float]] = []
         reporter = _epoch_reporter(searchable, data, settings, config, history, on_epoch_end)
         try:
-            searchable.model.fit(train_batches, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[reporter, *callbacks])
+            searchable.model.fit(train_batches, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[train_batches.follower(), reporter, *callbacks])
             weights = plain_weights(searchable.model)
         finally:
             if not settings.reuse_compiled:

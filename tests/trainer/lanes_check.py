@@ -69,6 +69,7 @@ report["step_vs_fit"] = {
 # -- 2. A trial in a lane, started while other lanes are mid-epoch, equals the same trial alone -----------
 one = LaneEngine(shape, 1)
 report["alone"] = history(one.train(config, data, settings))
+report["train"] = history(trainer.train(config, data, settings))  # the single-trial trainer, same seed
 results: dict = {}
 
 

@@ -114,3 +114,17 @@ def test_shuffled_batches_are_a_seeded_permutation_per_epoch(cifar_dir):
     assert len(set(seen.tolist())) == len(seen)  # no image twice in an epoch
     assert not np.array_equal(batches.order(0), batches.order(1))
     np.testing.assert_array_equal(batches.order(1), make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3).order(1))
+
+
+def test_fit_reads_epoch_e_in_epoch_e_s_order(cifar_dir):
+    """Through Keras' own fit on the backend under test: epoch e's batches in the order of ``order(e)``."""
+    data = load_cifar10(cifar_dir, train_size=100, seed=0)
+    batches = make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3, drop_remainder=True)
+    read: list[int] = []
+    batch = batches.batch
+    batches.batch = lambda epoch, index: (read.append(epoch), batch(epoch, index))[1]
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    model.fit(batches, epochs=3, verbose=0, callbacks=[batches.follower()])
+    assert sorted(set(read)) == [0, 1, 2] and read == sorted(read)
+    assert read.count(1) == read.count(2) == len(batches)  # (TensorFlow may also peek at a batch of epoch 0)

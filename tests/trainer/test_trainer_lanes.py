@@ -37,6 +37,19 @@ def test_a_lane_step_equals_keras_fit_step(report):
 
 
 @pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_a_lane_trains_a_trial_as_trainer_train_does(report):
+    """One lane (K=1) against trainer.train, the same config and seed: the same data order, initial weights,
+    dropout draws and epoch-end measurements, so the same metrics within float tolerance."""
+    lane, alone = report["alone"], report["train"]
+    assert len(lane) == len(alone) == 2
+    for epoch_lane, epoch_alone in zip(lane, alone):
+        for key in ("loss", "val_loss", "weight_l1"):
+            assert epoch_lane[key] == pytest.approx(epoch_alone[key], rel=1e-4), key
+        for key in ("accuracy", "val_accuracy", "train_accuracy"):
+            assert epoch_lane[key] == pytest.approx(epoch_alone[key], abs=1e-6), key
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_trial_in_a_lane_equals_the_trial_alone(report):
     alone, in_lane = report["alone"], report["in_lane"]
     assert len(alone) == len(in_lane) == 2
