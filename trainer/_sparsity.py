@@ -32,8 +32,8 @@ def penalized_kernels(model: Any) -> list[Any]:
 
 
 def _absolute_values(kernels: Iterable[Any]) -> np.ndarray:
-    arrays = [np.abs(np.asarray(kernel.numpy() if hasattr(kernel, "numpy") else kernel, dtype=np.float64)).ravel()
-              for kernel in kernels]
+    # A Keras variable's backend array (its ``value``), not the variable: NumPy 2 warns on the variable's __array__.
+    arrays = [np.abs(np.asarray(getattr(kernel, "value", kernel), dtype=np.float64)).ravel() for kernel in kernels]
     if not arrays or sum(array.size for array in arrays) == 0:
         raise ValueError("no penalized weights to measure")
     return np.concatenate(arrays)

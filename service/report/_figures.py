@@ -201,7 +201,7 @@ def curve_runs(data: ReportData) -> list[tuple[str, list[TrialPoint]]]:
     """The configs whose learning curves are drawn: the confirmation's candidates (top configs and the reference),
     best first, each with its runs (its search trial, then its complete repeats)."""
     numbers = [candidate["trial_number"] for candidate in (data.summary or {}).get("candidates", [])]
-    if len(numbers) < 2:  # confirmation off (one candidate): the top 3 by value and the reference
+    if not data.spec.confirm.top_k or not numbers:  # confirmation off (or not begun): the top 3 by value and the reference
         ranked = sorted(data.complete, key=lambda trial: (-trial.value, trial.number))
         numbers = [*numbers, *(trial.number for trial in ranked if trial.number not in numbers)][:3]
     numbers += [number for number in sorted(data.reference_numbers) if number not in numbers]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.support import REGSEARCH, base_env
 
 
+@pytest.mark.one_backend  # a whole process of TensorFlow start-up and training: the default backend's run is enough
 def test_train_command_writes_its_metrics(cifar_dir, tmp_path):
     out = tmp_path / "metrics" / "out.json"
     completed = subprocess.run(
