@@ -47,11 +47,11 @@ from trainer._gap import train_sample_indices
 from trainer._models import Knobs, build_search_model
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._space import RegularizationConfig
+from trainer._train import seeded_start
 
 __all__ = ["LaneEngine", "LaneShape", "epoch_order", "lanes_unsupported", "resolve_lane_precision"]
 
 SPARSITY_THRESHOLD = 1e-3
-_PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")  # as trainer._train seeds them
 
 
 def resolve_lane_precision(precision: str) -> str:
@@ -251,21 +251,8 @@ class LaneEngine:
 
     def _initial_lane(self, config: RegularizationConfig, learning_rate: float, seed: int) -> dict[str, Any]:
         """Where a freshly built model with this seed starts (trainer._train seeds the same way)."""
-        values: dict[int, Any] = {}
-        for index, layer in enumerate(self.model.layers):
-            for offset, name in enumerate(_PARAMETERS):
-                variable = getattr(layer, name, None)
-                initializer = getattr(layer, f"{name}_initializer", None)
-                if variable is None or initializer is None:
-                    continue
-                initializer_config = initializer.get_config()
-                if "seed" in initializer_config:
-                    initializer = type(initializer).from_config({**initializer_config, "seed": seed * 1009 + index * 7 + offset})
-                values[id(variable)] = np.asarray(initializer(variable.shape, dtype=variable.dtype))
         dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
-        for index, layer in enumerate(dropouts):
-            state = layer.seed_generator.state
-            values[id(state)] = np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
+        values = {id(variable): np.asarray(value) for variable, value in seeded_start(self.model.layers, dropouts, seed)}
         for name, value in config.keras_values().items():
             values[id(getattr(self.knobs, name))] = np.asarray(value, dtype="float32")
         optimizer = [start.copy() for start in self._optimizer_start]

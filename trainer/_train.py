@@ -45,7 +45,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import keras
@@ -200,6 +200,26 @@ def resolve_precision(precision: str) -> str:
 
 _PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
+
+def seeded_start(layers: Any, dropouts: Any, seed: int) -> Iterator[tuple[Any, Any]]:
+    """``(variable, value)``: where a freshly built model with this trial ``seed`` starts, the one rule that
+    :func:`train` and the lanes engine (:mod:`trainer._lanes`) share. Each initialized parameter drawn by
+    its own initializer with a seed of (trial seed, layer, parameter); each dropout's seed state set from
+    (trial seed, dropout)."""
+    for index, layer in enumerate(layers):
+        for offset, name in enumerate(_PARAMETERS):
+            variable = getattr(layer, name, None)
+            initializer = getattr(layer, f"{name}_initializer", None)
+            if variable is None or initializer is None:
+                continue
+            initializer_config = initializer.get_config()
+            if "seed" in initializer_config:
+                initializer = type(initializer).from_config({**initializer_config, "seed": seed * 1009 + index * 7 + offset})
+            yield variable, initializer(variable.shape, dtype=variable.dtype)
+    for index, layer in enumerate(dropouts):
+        state = layer.seed_generator.state
+        yield state, np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
+
 #: Images per compiled inference call (validation and the gap's training sample).
 _PREDICT_CHUNK = 256
 
@@ -263,19 +283,8 @@ class _SearchModel:
         # shuffling, augmentation). Not keras.utils.set_random_seed: tf.random.set_seed clears
         # TensorFlow's kernel cache, which made the first step of every trial cost ~1.3 s here.
         self.knobs.assign(config)
-        for index, layer in enumerate(self.model.layers):
-            for offset, name in enumerate(_PARAMETERS):
-                variable = getattr(layer, name, None)
-                initializer = getattr(layer, f"{name}_initializer", None)
-                if variable is None or initializer is None:
-                    continue
-                initializer_config = initializer.get_config()
-                if "seed" in initializer_config:
-                    initializer = type(initializer).from_config({**initializer_config, "seed": seed * 1009 + index * 7 + offset})
-                variable.assign(initializer(variable.shape, dtype=variable.dtype))
-        for index, layer in enumerate(self.dropouts):
-            state = layer.seed_generator.state
-            state.assign(np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype))
+        for variable, value in seeded_start(self.model.layers, self.dropouts, seed):
+            variable.assign(value)
         for variable, start in zip(self.optimizer.variables, self._optimizer_start):
             variable.assign(start)
         self.optimizer.learning_rate = learning_rate
