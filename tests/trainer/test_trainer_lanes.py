@@ -36,28 +36,26 @@ def test_a_lane_step_equals_keras_fit_step(report):
     assert step["max_stat_diff"] < 1e-4  # BatchNorm statistics and dropout seed states advanced alike
 
 
+def _assert_same_metrics(history, expected, *, rel: float, accuracy_abs: float) -> None:
+    """Two runs' per-epoch metrics agree: losses and weight norms within ``rel``, accuracies within ``accuracy_abs``."""
+    assert len(history) == len(expected) == 2
+    for epoch, epoch_expected in zip(history, expected):
+        for key in ("loss", "val_loss", "weight_l1"):
+            assert epoch[key] == pytest.approx(epoch_expected[key], rel=rel), key
+        for key in ("accuracy", "val_accuracy", "train_accuracy"):
+            assert epoch[key] == pytest.approx(epoch_expected[key], abs=accuracy_abs), key
+
+
 @pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_lane_trains_a_trial_as_trainer_train_does(report):
     """One lane (K=1) against trainer.train, the same config and seed: the same data order, initial weights,
     dropout draws and epoch-end measurements, so the same metrics within float tolerance."""
-    lane, alone = report["alone"], report["train"]
-    assert len(lane) == len(alone) == 2
-    for epoch_lane, epoch_alone in zip(lane, alone):
-        for key in ("loss", "val_loss", "weight_l1"):
-            assert epoch_lane[key] == pytest.approx(epoch_alone[key], rel=1e-4), key
-        for key in ("accuracy", "val_accuracy", "train_accuracy"):
-            assert epoch_lane[key] == pytest.approx(epoch_alone[key], abs=1e-6), key
+    _assert_same_metrics(report["alone"], report["train"], rel=1e-4, accuracy_abs=1e-6)
 
 
 @pytest.mark.one_backend  # a JAX subprocess either way: once is enough
 def test_a_trial_in_a_lane_equals_the_trial_alone(report):
-    alone, in_lane = report["alone"], report["in_lane"]
-    assert len(alone) == len(in_lane) == 2
-    for epoch_alone, epoch_in_lane in zip(alone, in_lane):
-        for key in ("loss", "val_loss", "weight_l1"):
-            assert epoch_in_lane[key] == pytest.approx(epoch_alone[key], rel=1e-3), key
-        for key in ("accuracy", "val_accuracy", "train_accuracy"):
-            assert epoch_in_lane[key] == pytest.approx(epoch_alone[key], abs=0.02), key
+    _assert_same_metrics(report["in_lane"], report["alone"], rel=1e-3, accuracy_abs=0.02)
     steps_run, lane_steps = report["lane_steps"]
     assert lane_steps > steps_run  # the lanes did share steps
 
