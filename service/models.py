@@ -16,12 +16,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
-    "ACTIVE_STATUSES", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus",
+    "ACTIVE_STATUSES", "ADMIN_OWNER", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus",
     "TrialStage", "utc_now", "as_utc",
 ]
 
 #: A study name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.
 SLUG_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,62}[a-z0-9])?$")
+#: The owner of the first (bootstrap) admin token, of every token and study that existed before owners
+#: (migration 0007), and of whatever is submitted with auth off. An owner is a user name (a slug, as a study name).
+ADMIN_OWNER = "admin"
 
 
 class StudyStatus(enum.StrEnum):
@@ -119,6 +122,8 @@ class SearchStudy(Base):
     finished_at: Mapped[dt.datetime | None]
     #: when the study was deleted: it is in the trash (hidden, restorable) until purged.
     deleted_at: Mapped[dt.datetime | None]
+    #: the owner of the token that created it (:mod:`service.owners`): only they or an admin may change it.
+    owner: Mapped[str] = mapped_column(sa.String(64), default=ADMIN_OWNER, server_default=ADMIN_OWNER, index=True)
 
     best_history: Mapped[list["BestConfigRecord"]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True, order_by="BestConfigRecord.id"

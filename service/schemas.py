@@ -20,6 +20,7 @@ from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, Uncertainty, validate_bounds
 
 __all__ = [
+    "CallerOut",
     "Bounds",
     "BestConfigOut",
     "BestSummary",
@@ -167,6 +168,14 @@ class Links(BaseModel):
     dashboard: str
 
 
+class CallerOut(BaseModel):
+    """Who a request's token acts for (``GET /v1/whoami``)."""
+
+    token: str | None = Field(description="The token's name (null with auth off).")
+    scope: Literal["read", "write", "admin"] = Field(description="read < write < admin (admin with auth off).")
+    owner: str = Field(description="The user the token acts for: the owner of the studies it submits.")
+
+
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     database: str = Field(description="ok, or the class of the error the database raised.")
@@ -208,6 +217,8 @@ BestSummary.__doc__ = (
 
 class StudyOut(BaseModel):
     name: str
+    owner: str = Field(description="The owner of the token that submitted it: only this owner or an admin may stop, "
+                       "delete, replace or restore it.")
     status: StudyStatus
     n_trials: int
     trials_finished: int = Field(description="Complete plus pruned search trials (the ones that count towards n_trials).")

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import _rdb, coordination, features
 from service._optuna import METRIC, open_study
 from service.db import session_scope
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, utc_now
+from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchStudy, StudyStatus, utc_now
 from service.schemas import StudySpec
 
 __all__ = [
@@ -66,9 +66,10 @@ def _spec_dict(spec: StudySpec) -> dict[str, Any]:
 
 
 def submit_study(
-    factory: sessionmaker[Session], storage: Any, spec: StudySpec, *, replace: bool = False, artifact_store: Any = None
+    factory: sessionmaker[Session], storage: Any, spec: StudySpec, *, replace: bool = False, artifact_store: Any = None,
+    owner: str = ADMIN_OWNER,
 ) -> tuple[SearchStudy, bool]:
-    """Create the study (and its Optuna study); return ``(row, created)``.
+    """Create the study (and its Optuna study), owned by ``owner``; return ``(row, created)``.
 
     An identical spec under an existing name returns the existing row (``created=False``); a
     different one raises :class:`StudyConflict`. Concurrent identical submissions create one row:
@@ -107,7 +108,7 @@ def submit_study(
                     raise StudyConflict(spec.name, "an Optuna study of that name exists outside the service; it is never adopted")
             if row is None:
                 now = utc_now()
-                row = SearchStudy(name=spec.name, spec=wanted, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
+                row = SearchStudy(name=spec.name, spec=wanted, owner=owner, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
                                   claimed=spec.n_trials, claims_total=0, failed_trials=0, created_at=now,
                                   last_claim_at=now)  # slots held until the Optuna study is set up
                 session.add(row)
@@ -156,10 +157,15 @@ def get_study(session: Session, name: str) -> SearchStudy:
     return row
 
 
-def list_studies(session: Session) -> list[SearchStudy]:
-    """The studies, oldest first; those in the trash are not listed (:func:`list_trash`)."""
+def _owned_by(owner: str | None) -> Any:
+    return sa.true() if owner is None else SearchStudy.owner == owner
+
+
+def list_studies(session: Session, owner: str | None = None) -> list[SearchStudy]:
+    """The studies (``owner``'s alone if given), oldest first; those in the trash are not listed (:func:`list_trash`)."""
     return list(session.scalars(
-        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None)).order_by(SearchStudy.created_at, SearchStudy.id)))
+        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None), _owned_by(owner))
+        .order_by(SearchStudy.created_at, SearchStudy.id)))
 
 
 def trashed_names(factory: sessionmaker[Session]) -> set[str]:
@@ -168,10 +174,11 @@ def trashed_names(factory: sessionmaker[Session]) -> set[str]:
         return set(session.scalars(sa.select(SearchStudy.name).where(SearchStudy.deleted_at.is_not(None))))
 
 
-def list_trash(session: Session) -> list[SearchStudy]:
-    """The deleted studies still in the trash, most recently deleted first."""
+def list_trash(session: Session, owner: str | None = None) -> list[SearchStudy]:
+    """The deleted studies still in the trash (``owner``'s alone if given), most recently deleted first."""
     return list(session.scalars(
-        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_not(None)).order_by(SearchStudy.deleted_at.desc(), SearchStudy.id)))
+        sa.select(SearchStudy).where(SearchStudy.deleted_at.is_not(None), _owned_by(owner))
+        .order_by(SearchStudy.deleted_at.desc(), SearchStudy.id)))
 
 
 def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:

@@ -4,6 +4,11 @@ A token is ``rgs_`` + 32 random bytes (``secrets.token_urlsafe``). The database 
 short non-secret prefix for listing; the token itself is shown once, when it is created. A lookup
 hashes the presented token, finds the row by hash and compares the hashes in constant time.
 
+Every token has an owner, a user name (``regsearch token create --owner NAME``; default the token's
+name): the studies it creates are that owner's, and a write token may change only its owner's studies
+(:mod:`service.owners`). The bootstrap token's owner, and every token's from before owners, is
+:data:`ADMIN_OWNER`.
+
 Secure by default: :func:`ensure_admin_token` (called when the API starts with auth on) creates an
 admin token when the table is empty and keeps it in ``settings.token_file`` under the server's URL (mode
 0600, parent 0700; one entry per server, :mod:`trainer._service_token`), so that the first ``regsearch serve`` is never open to whoever reaches its port. Where the operator
@@ -26,9 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from service.db import session_scope
-from service.models import Base, as_utc, utc_now
+from service.models import ADMIN_OWNER, SLUG_PATTERN, Base, as_utc, utc_now
 
 __all__ = [
+    "ADMIN_OWNER",
     "SCOPES",
     "ApiToken",
     "Scope",
@@ -38,6 +44,7 @@ __all__ = [
     "ensure_admin_token",
     "has_scope",
     "install_admin_token",
+    "valid_owner",
     "list_tokens",
     "database_label",
     "read_token_file",
@@ -52,7 +59,8 @@ Scope = Literal["read", "write", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "write", "admin")
 TOKEN_PREFIX = "rgs_"
 PREFIX_LENGTH = 10  # "rgs_" + 6 characters: enough to tell tokens apart in a listing, useless to an attacker
-BOOTSTRAP_NAME = "admin"
+BOOTSTRAP_NAME = ADMIN_OWNER  # the first admin token's name, and so its owner
+OWNER_RULE = "an owner is a user name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit"
 #: last_used_at is refreshed at most this often (a write per request would serialize SQLite readers).
 LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
@@ -67,6 +75,8 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(sa.String(8))
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     prefix: Mapped[str] = mapped_column(sa.String(16))
+    #: the user this token acts for: its studies are this owner's (:mod:`service.owners`).
+    owner: Mapped[str] = mapped_column(sa.String(64), default=ADMIN_OWNER, server_default=ADMIN_OWNER)
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
     last_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
@@ -90,13 +100,29 @@ def _new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def create_token(factory: sessionmaker[Session], scope: str, name: str | None = None) -> tuple[ApiToken, str]:
-    """Create a token; return its row and the token (the only time the token itself is known)."""
+def valid_owner(owner: str) -> str:
+    """``owner`` if it is a user name (a slug, as a study name); ValueError saying the rule otherwise."""
+    if not SLUG_PATTERN.match(owner):
+        raise ValueError(f"{OWNER_RULE}, got {owner!r}")
+    return owner
+
+
+def create_token(factory: sessionmaker[Session], scope: str, name: str | None = None,
+                 owner: str | None = None) -> tuple[ApiToken, str]:
+    """Create a token; return its row and the token (the only time the token itself is known).
+
+    ``name`` defaults to ``SCOPE-xxxxxx``; ``owner`` to the token's name, which must then be a user name
+    (ValueError otherwise: give the owner)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    name = name or f"{scope}-{secrets.token_hex(3)}"
+    if owner is None and not SLUG_PATTERN.match(name):
+        raise ValueError(f"the token's name {name!r} is not a user name, so it cannot be the token's owner: give the "
+                         f"owner ({OWNER_RULE})")
+    owner = valid_owner(owner if owner is not None else name)
     token = _new_token()
     with session_scope(factory) as session:
-        row = ApiToken(name=name or f"{scope}-{token[len(TOKEN_PREFIX):][:6]}", scope=scope, token_hash=token_hash(token),
+        row = ApiToken(name=name, scope=scope, token_hash=token_hash(token), owner=owner,
                        prefix=token[:PREFIX_LENGTH], created_at=utc_now())
         session.add(row)
         session.flush()
@@ -170,7 +196,7 @@ def install_admin_token(factory: sessionmaker[Session], token: str) -> bool:
             return False
     try:
         with session_scope(factory) as session:
-            session.add(ApiToken(name=BOOTSTRAP_NAME, scope="admin", token_hash=token_hash(token),
+            session.add(ApiToken(name=BOOTSTRAP_NAME, scope="admin", owner=ADMIN_OWNER, token_hash=token_hash(token),
                                  prefix=token[:PREFIX_LENGTH], created_at=utc_now()))
     except sa.exc.IntegrityError:
         return False  # another process installed it at the same moment

@@ -61,6 +61,7 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
     spec = spec if spec is not None else StudySpec.model_validate(row.spec)
     return StudyOut(
         name=row.name,
+        owner=row.owner,
         status=row.status,
         n_trials=row.n_trials,
         trials_finished=session.scalar(sa.select(_rdb.count(row.name, "COMPLETE", "PRUNED", where=_rdb.search_trial()))) or 0,

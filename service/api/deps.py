@@ -82,7 +82,7 @@ def _require(needed: str) -> Callable[..., Any]:
             except BaseException:
                 cache.put(credentials.credentials, None)
                 raise
-            token = None if row is None else TokenInfo(row.id, row.name, row.scope)
+            token = None if row is None else TokenInfo(row.id, row.name, row.scope, row.owner)
             cache.put(credentials.credentials, token)
             if token is None:
                 raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked token", headers=BEARER_CHALLENGE)

@@ -3,7 +3,8 @@
 optuna-dashboard's WSGI app serves absolute paths (``/dashboard``, ``/api``, ``/static``), so it
 cannot live under a prefix; mounted last, it only sees the requests none of our routes matched,
 read-only and behind a read token (service/api/dashboard.py). Every ``/v1`` route needs a token:
-read scope for GET, write scope for POST and DELETE (docs/security.md); ``/healthz`` stays open.
+read scope for GET, write scope for POST and DELETE (docs/security.md), and a change of a study its owner's
+token or an admin's (:mod:`service.owners`); ``/healthz`` stays open.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from service import metrics, studies
+from service import metrics, owners, studies
 from service.api.deps import require_scope_by_method
 from service.api.docs import STATIC_URL, add_redoc
 from service.api.read_cache import ReadCache, TokenCache
@@ -26,6 +27,7 @@ from service.api.limits import publish_limits
 from service.api.routes import health
 from service.api.routes import report as report_routes
 from service.api.routes import studies as studies_routes
+from service.api.routes import tokens as token_routes
 from service.config import Settings, artifact_location, get_settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import ImportanceCache, make_artifact_store
@@ -113,6 +115,10 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     def _not_found(_request: Request, error: studies.StudyNotFound) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=status.HTTP_404_NOT_FOUND)
 
+    @app.exception_handler(owners.NotOwner)
+    def _not_owner(_request: Request, error: owners.NotOwner) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=status.HTTP_403_FORBIDDEN)
+
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.state.token_cache = TokenCache(settings.auth_cache_s)
     app.add_middleware(ReadCache, ttl=settings.read_cache_s, tokens=app.state.token_cache, auth=settings.auth)
@@ -123,6 +129,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.include_router(studies_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     app.include_router(report_routes.router, responses=ERROR_RESPONSES)  # its own read check: bearer or Basic (a browser)
     app.include_router(studies_routes.trash, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
+    app.include_router(token_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
     publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
     studies_routes.publish_links(app)  # what a client can follow once a POST created a study

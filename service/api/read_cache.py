@@ -34,6 +34,7 @@ class TokenInfo(NamedTuple):
     id: int
     name: str
     scope: str
+    owner: str  # the user the token acts for (service.owners)
 
 
 class TokenCache:

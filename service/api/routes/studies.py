@@ -13,11 +13,12 @@ from fastapi.responses import FileResponse, PlainTextResponse, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.background import BackgroundTask
 
-from service import features, studies, views
+from service import features, owners, studies, views
 from service.api.limits import check_server_limits
 from service.api.deps import (
     ArtifactStoreDep,
     ImportanceCacheDep,
+    MethodAccess,
     SessionDep,
     SessionFactoryDep,
     SettingsDep,
@@ -26,9 +27,19 @@ from service.api.deps import (
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.api.hardening import ErrorOut
-from service.schemas import BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
+from service.schemas import SLUG_PATTERN, BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
+
+#: ``?owner=``: the listings of one owner's studies (``regsearch studies --mine`` sends its token's owner).
+OwnerFilter = Annotated[str | None, Query(description="Only this owner's studies.", pattern=SLUG_PATTERN.pattern,
+                                          max_length=64)]
+
+
+def owner_only(action: str) -> dict[int | str, dict[str, Any]]:
+    """The 403 of a route that changes a study (:func:`service.owners.require_owner`), documented."""
+    return {403: {"model": ErrorOut, "description": "The token's scope is too small (read < write < admin), or the "
+                  f"study is another owner's: only its owner or an admin may {action} it (the answer names the owner)."}}
 
 
 @router.post(
@@ -40,21 +51,26 @@ router = APIRouter(prefix="/v1/studies", tags=["studies"])
         200: {"description": "An identical study with this name already exists: it is returned unchanged.", "model": StudyOut},
         409: {"description": "A study with this name exists with a different spec, or is in the trash (see ?replace)."},
         422: {"description": "Invalid spec: the error names the field and the reason."},
+        **owner_only("replace"),
     },
 )
 def submit_study(
     spec: StudySpec, response: Response, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep,
-    store: ArtifactStoreDep, cache: ImportanceCacheDep,
+    store: ArtifactStoreDep, cache: ImportanceCacheDep, token: MethodAccess,
     replace: Annotated[bool, Query(description="Delete for good a study of this name (live with another spec, or in "
-                                               "the trash) and create this one in its place.")] = False,
+                                               "the trash) and create this one in its place; only its owner or an "
+                                               "admin may.")] = False,
 ) -> StudyOut:
-    """Create a study; workers pick it up. Re-POSTing the same spec is safe (200 with the existing study)."""
+    """Create a study, owned by the owner of the caller's token; workers pick it up. Re-POSTing the same spec is
+    safe (200 with the existing study)."""
     check_server_limits(spec, settings)  # n_trials and train_size within this server's limits (422)
     studies.purge_expired(factory, storage, store, settings.trash_days)  # frees the names of expired studies
     if replace:
+        owners.require_owner(factory, token, spec.name, "replace")
         cache.forget(spec.name)
     try:
-        row, created = studies.submit_study(factory, storage, spec, replace=replace, artifact_store=store)
+        row, created = studies.submit_study(factory, storage, spec, replace=replace, artifact_store=store,
+                                            owner=owners.caller_owner(token))
     except studies.StudyConflict as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except features.IncompatibleStudy as error:
@@ -68,9 +84,9 @@ def submit_study(
         return views.study_out(session, row, spec)
 
 
-@router.get("", response_model=StudyList, summary="List studies")
-def list_studies(session: SessionDep) -> StudyList:
-    return StudyList(studies=[views.study_out(session, row) for row in studies.list_studies(session)])
+@router.get("", response_model=StudyList, summary="List studies (every owner's, or one owner's)")
+def list_studies(session: SessionDep, owner: OwnerFilter = None) -> StudyList:
+    return StudyList(studies=[views.study_out(session, row) for row in studies.list_studies(session, owner)])
 
 
 @router.get("/{name}", response_model=StudyOut, summary="A study's status, trial counts and best so far")
@@ -200,9 +216,10 @@ def get_best(
     "/{name}/stop",
     response_model=StudyOut,
     summary="Stop a study: no new trials; running ones stop within one epoch",
-    responses={409: {"description": "The study already completed or failed."}},
+    responses={409: {"description": "The study already completed or failed."}, **owner_only("stop")},
 )
-def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
+def stop_study(name: str, factory: SessionFactoryDep, token: MethodAccess) -> StudyOut:
+    owners.require_owner(factory, token, name, "stop")
     try:
         row = studies.stop_study(factory, name)
     except studies.StudyAlreadyEnded as error:
@@ -211,9 +228,11 @@ def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
         return views.study_out(session, row)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=owner_only("delete"),
                summary="Move a study to the trash: hidden, stopped if active, restorable until purged")
-def delete_study(name: str, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep) -> Response:
+def delete_study(name: str, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
+                 token: MethodAccess) -> Response:
+    owners.require_owner(factory, token, name, "delete")
     studies.delete_study(factory, name)
     studies.purge_expired(factory, storage, store, settings.trash_days)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -223,14 +242,17 @@ trash = APIRouter(prefix="/v1/trash", tags=["trash"])
 
 
 @trash.get("", response_model=StudyList, summary="The deleted studies still in the trash, most recently deleted first")
-def list_trash(settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep) -> StudyList:
+def list_trash(settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
+               owner: OwnerFilter = None) -> StudyList:
     studies.purge_expired(factory, storage, store, settings.trash_days)
     with factory() as session:
-        return StudyList(studies=[views.study_out(session, row) for row in studies.list_trash(session)])
+        return StudyList(studies=[views.study_out(session, row) for row in studies.list_trash(session, owner)])
 
 
-@trash.post("/{name}/restore", response_model=StudyOut, summary="Bring a study back from the trash, whole")
-def restore_study(name: str, factory: SessionFactoryDep) -> StudyOut:
+@trash.post("/{name}/restore", response_model=StudyOut, responses=owner_only("restore"),
+            summary="Bring a study back from the trash, whole")
+def restore_study(name: str, factory: SessionFactoryDep, token: MethodAccess) -> StudyOut:
+    owners.require_owner(factory, token, name, "restore")
     row = studies.restore_study(factory, name)
     with factory() as session:
         return views.study_out(session, row)
