@@ -53,7 +53,6 @@ __all__ = [
     "record_fail_reason",
     "reference_trials",
     "search_trial",
-    "serialize_waiting_pops",
     "stale_trial_callback",
     "state_counts",
     "state_name",
@@ -367,20 +366,6 @@ def storage_of(study: optuna.Study) -> Any:
 def stale_trial_callback(study: optuna.Study) -> Any:
     """The ``heartbeat_stale_trial_callback`` the study's storage was built with (None without heartbeats)."""
     return study._storage.get_heartbeat_stale_trial_callback()
-
-
-def serialize_waiting_pops(study: optuna.Study, lock: Any) -> optuna.Study:
-    """Make ``study`` pop waiting trials under ``lock``. Optuna's pop reads the WAITING trials, then sets one
-    RUNNING; without a row lock (SQLite) two threads of one process (a lanes worker's) could both take it."""
-    if "_pop_waiting_trial_id" not in vars(study):
-        pop = study._pop_waiting_trial_id
-
-        def pop_locked() -> int | None:
-            with lock:
-                return pop()
-
-        study._pop_waiting_trial_id = pop_locked
-    return study
 
 
 #: Prefix of the system attributes ``optuna.artifacts.upload_artifact`` records (its ARTIFACTS_ATTR_PREFIX).

@@ -104,8 +104,13 @@ class RegsearchClient:
         response = self._request("POST", "/v1/studies", json=spec)
         return response.json(), response.status_code == 201
 
-    def studies(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/studies").json()["studies"]
+    def studies(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The studies (``owner``'s alone if given)."""
+        return self._request("GET", "/v1/studies", params=_owner(owner)).json()["studies"]
+
+    def whoami(self) -> dict[str, Any]:
+        """The token this client sends, as the server sees it: ``token`` (its name), ``scope``, ``owner``."""
+        return self._request("GET", "/v1/whoami").json()
 
     def study(self, name: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/studies/{name}").json()
@@ -155,11 +160,15 @@ class RegsearchClient:
     def delete(self, name: str) -> None:
         self._request("DELETE", f"/v1/studies/{name}")
 
-    def trash(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/trash").json()["studies"]
+    def trash(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/trash", params=_owner(owner)).json()["studies"]
 
     def restore(self, name: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/trash/{name}/restore").json()
 
     def purge(self, name: str) -> None:
         self._request("DELETE", f"/v1/trash/{name}")
+
+
+def _owner(owner: str | None) -> dict[str, str]:
+    return {} if owner is None else {"owner": owner}

@@ -25,7 +25,6 @@ import socket
 import threading
 from typing import Any
 
-from service import _rdb
 from service.config import Settings
 from service.db import migrate
 from service.schemas import StudySpec
@@ -98,21 +97,6 @@ class LaneTraining(KerasTraining):
             engine.close()
 
 
-class _Lane(Worker):
-    """One lane's worker loop. Its Optuna studies pop waiting trials (retries, enqueued configs, confirmation
-    repeats) under a lock shared by the lanes: Optuna's pop reads WAITING then sets RUNNING, and without a row
-    lock (SQLite) two threads could both take the same trial."""
-
-    def __init__(self, *args: Any, pop_lock: threading.Lock, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pop_lock = pop_lock
-
-    def _study(self, row, serial=None):
-        cached = super()._study(row, serial)
-        _rdb.serialize_waiting_pops(cached[0], self._pop_lock)
-        return cached
-
-
 class LanesWorker:
     """K :class:`~service.worker.Worker` loops in threads of this process, their trials trained in lanes."""
 
@@ -134,10 +118,11 @@ class LanesWorker:
         self.train = train if train is not None else LaneTraining(settings.data_dir, lanes)
         self._shutdown = threading.Event()
         lane_settings = settings.model_copy(update={"migrate_on_start": False})  # migrated once, in run()
-        pop_lock = threading.Lock()
+        # Each lane is a Worker: a queued trial (retry, enqueued config, confirmation repeat) goes to exactly one
+        # lane, as to one worker process, by the storage's conditional WAITING -> RUNNING (service._rdb.take_waiting).
         self.workers = [
-            _Lane(lane_settings, train=self.train, poll_interval=poll_interval, exit_when_idle=exit_when_idle,
-                  name=f"{self.name}/lane{index}", pop_lock=pop_lock)
+            Worker(lane_settings, train=self.train, poll_interval=poll_interval, exit_when_idle=exit_when_idle,
+                   name=f"{self.name}/lane{index}")
             for index in range(lanes)
         ]
         for worker in self.workers:

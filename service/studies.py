@@ -35,6 +35,7 @@ __all__ = [
     "purge_study",
     "restore_study",
     "stop_study",
+    "study_owners",
     "submit_study",
 ]
 
@@ -172,6 +173,12 @@ def trashed_names(factory: sessionmaker[Session]) -> set[str]:
     """The names of the studies in the trash."""
     with factory() as session:
         return set(session.scalars(sa.select(SearchStudy.name).where(SearchStudy.deleted_at.is_not(None))))
+
+
+def study_owners(factory: sessionmaker[Session]) -> dict[str, str]:
+    """Every study's owner by name (the trash's included)."""
+    with factory() as session:
+        return dict(session.execute(sa.select(SearchStudy.name, SearchStudy.owner)).tuples())
 
 
 def list_trash(session: Session, owner: str | None = None) -> list[SearchStudy]:

@@ -12,7 +12,11 @@ A worker sweeps a study whose slots are all taken (or any study, when it is idle
 * **leaked slots**: slots no trial holds (a worker killed between its claim and its trial) are given
   back once the study has been quiet for the grace period;
 * **ended studies**: the trials that dead workers left RUNNING in stopped or failed studies are
-  failed too (without a retry), so that nothing stays ``running`` forever.
+  failed too (without a retry), so that nothing stays ``running`` forever;
+* **expired trash** (idle workers): the studies deleted more than ``trash_days`` ago are purged for good,
+  as the API purges them when it is called (:func:`service.studies.purge_expired`), so a server nobody
+  calls still forgets them. A worker logged in as the least-privilege worker role may delete nothing
+  (docs/kubernetes.md, "Database roles"): refused once, it leaves the purge to the API.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ import logging
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import _rdb, coordination
+from service import _rdb, coordination, studies
 from service.models import SearchStudy
 from service.retries import retry_unsettled_failures
 
-__all__ = ["fail_orphaned_trials", "fail_stale_trials", "sweep_ended_studies", "sweep_study"]
+__all__ = ["fail_orphaned_trials", "fail_stale_trials", "purge_expired_trash", "sweep_ended_studies", "sweep_study"]
 
 log = logging.getLogger(__name__)
+INSUFFICIENT_PRIVILEGE = "42501"  # PostgreSQL's SQLSTATE for a refused statement
 
 
 def sweep_study(
@@ -80,3 +86,21 @@ def fail_orphaned_trials(factory: sessionmaker[Session], storage: Any, name: str
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first
         log.warning("study %s: trial id %d was left running without a heartbeat or params; marked failed", name, trial_id)
+
+
+def purge_expired_trash(factory: sessionmaker[Session], storage: Any, artifact_store: Any, days: float) -> bool:
+    """Purge the studies in the trash for longer than ``days`` (the API's :func:`service.studies.purge_expired`).
+
+    Return False when the database refuses the deletes (a login of the worker role, which may delete
+    nothing): the caller then stops trying, and the API purges when it is next called.
+    """
+    try:
+        names = studies.purge_expired(factory, storage, artifact_store, days)
+    except sa.exc.ProgrammingError as error:
+        if getattr(error.orig, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
+            raise
+        log.info("this worker's database login may not delete: expired studies in the trash are purged by the API")
+        return False
+    if names:
+        log.info("purged %d study(ies) kept in the trash longer than %g days: %s", len(names), days, ", ".join(names))
+    return True

@@ -17,7 +17,7 @@ heartbeats guard it:
    finished (:mod:`service.stages`: the confirmation stage re-trains the top configs, then the study
    completes).
 4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
-   if due, fail trials of dead workers, reclaim slots no trial holds.
+   if due, fail trials of dead workers, reclaim slots no trial holds; when idle, purge the trash's expired studies.
 
 The worker keeps one Optuna ``Study`` per active study, with its spec parsed once (validated at the
 API's edge, never again per trial or per sweep), and re-seeds its sampler per trial, so Optuna's trial
@@ -134,6 +134,7 @@ class Worker:
         #: cache: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
         self._studies: dict[tuple[int, Any], tuple[optuna.Study, StudySpec]] = {}
         self._active_studies = 0
+        self._purges_trash = True  # until the database refuses (a worker role's login: sweeps.purge_expired_trash)
 
     @property
     def shutdown_requested(self) -> bool:
@@ -201,6 +202,9 @@ class Worker:
                 return True
             self._sweep(row)
         sweeps.sweep_ended_studies(self._factory, self._storage, self.settings.grace_period)
+        if self._purges_trash:
+            self._purges_trash = sweeps.purge_expired_trash(self._factory, self._storage, self._artifact_store,
+                                                            self.settings.trash_days)
         return False
 
     def _study(self, row: SearchStudy, serial: int | None = None) -> tuple[optuna.Study, StudySpec]:

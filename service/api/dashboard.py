@@ -132,7 +132,7 @@ def dashboard_app(settings: Settings, storage: Any = None, *, session_factory: A
     if session_factory is None:
         session_factory = make_session_factory(create_engine(settings))
     return ReadOnlyDashboard(
-        # the search without its confirmation repeats or the trash, and the service's answer as each study's note
+        # the search without its confirmation repeats or the trash, each study's owner, the service's answer as its note
         WSGIMiddleware(optuna_dashboard.wsgi(ServiceView(storage, session_factory))),
         auth=settings.auth,
         authenticate=lambda token: authenticate(session_factory, token),

@@ -12,6 +12,11 @@ the service's storage for the dashboard alone (the API and the workers use the s
   ``/importance`` uses (every complete trial but the repeats, :mod:`service.features._importance`) with
   the same evaluator (PED-ANOVA).
 * **Studies in the trash are not listed** (nor shown: the dashboard finds a study's page through the list).
+* **Each study shows its owner**, as the API's study list does: the dashboard's study list shows a study's
+  id, name and direction alone, so the owner goes into the name it shows (:func:`listed_name`, e.g.
+  ``my-study (owner: alice)``; its "Search study" box then finds an owner's studies), and into the
+  study's user attributes (``owner``, on the study's page). Only what the dashboard shows changes: it
+  finds studies by id, and its plots and downloads by the name Optuna keeps.
 * **"Best Trial" is the service's best**: the trial of ``GET /v1/studies/NAME/best``, its value the mean
   over its runs (the API's ``value``), not the highest single run.
 * **The study's note is the service's answer**, derived when the page is read (optuna-dashboard renders
@@ -37,9 +42,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import _rdb
 from service.confirmation import is_confirmation
-from service.studies import trashed_names
+from service.studies import study_owners, trashed_names
 
-__all__ = ["NOTE_TTL_S", "ServiceView", "note_markdown"]
+__all__ = ["NOTE_TTL_S", "ServiceView", "listed_name", "note_markdown"]
 
 NOTE_TTL_S = 2.0  # optuna-dashboard itself re-reads a study's trials every 2 s
 _NOTE_VER = "dashboard:note_ver"
@@ -49,6 +54,11 @@ _NOTE_CHUNK = 2045  # optuna_dashboard._note.SYSTEM_ATTR_MAX_LENGTH
 
 def _fmt(value: float) -> str:
     return f"{value:.4g}"
+
+
+def listed_name(name: str, owner: str) -> str:
+    """A service study's name as the dashboard shows it: with its owner."""
+    return f"{name} (owner: {owner})"
 
 
 def note_markdown(name: str, best: Any, *, status: str, counts: Any, repeats: int) -> str:
@@ -134,6 +144,7 @@ class ServiceView(BaseStorage):
 
     def get_all_studies(self) -> list[Any]:
         hidden = trashed_names(self._factory)  # the trash is neither listed nor shown, as in the API
+        owners = study_owners(self._factory)
         studies = []
         for study in self._storage.get_all_studies():
             if study.study_name in hidden:
@@ -142,6 +153,11 @@ class ServiceView(BaseStorage):
             if note:
                 study = copy.copy(study)
                 study.system_attrs = {**study.system_attrs, **note}
+            owner = owners.get(study.study_name)
+            if owner is not None:  # a service study: shown with its owner
+                study = copy.copy(study)
+                study.user_attrs = {**study.user_attrs, "owner": owner}
+                study.study_name = listed_name(study.study_name, owner)
             studies.append(study)
         return studies
 

@@ -54,6 +54,10 @@ def register(subparsers) -> None:
                          help="list (default); delete NAME (to the trash); trash (list it); restore NAME; purge NAME (admin)")
     listing.add_argument("target", nargs="?", metavar="NAME", help="the study to delete, restore or purge")
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
+    mine = listing.add_mutually_exclusive_group()
+    mine.add_argument("--mine", action="store_true",
+                      help="list (or trash) only the studies of this CLI's token's owner (GET /v1/whoami)")
+    mine.add_argument("--owner", help="list (or trash) only this owner's studies")
     _add_url(listing)
     listing.set_defaults(func=_studies)
 
@@ -269,18 +273,23 @@ def _studies(args) -> int:
             print(f"study {args.target!r} {done}")
         return 0
     with _client(args) as client:
-        rows = _call(client.trash if args.action == "trash" else client.studies)
+        owner = _call(client.whoami)["owner"] if args.mine else args.owner
+        rows = _call(client.trash if args.action == "trash" else client.studies, owner)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print("the trash is empty" if args.action == "trash" else "no studies")
+        whose = f" of {owner}" if owner else ""
+        print(("the trash is empty" if not owner else f"no studies{whose} in the trash") if args.action == "trash"
+              else f"no studies{whose}")
         return 0
     width = max(4, *(len(row["name"]) for row in rows))
-    print(f"{'NAME':<{width}}  {'STATUS':<9}  {'TRIALS':>9}  {'RUNNING':>7}  BEST")
+    owners = max(5, *(len(row["owner"]) for row in rows))
+    print(f"{'NAME':<{width}}  {'OWNER':<{owners}}  {'STATUS':<9}  {'TRIALS':>9}  {'RUNNING':>7}  BEST")
     for row in rows:
         best = f"{row['best']['value']:.4f}" if row["best"] else "-"
-        print(f"{row['name']:<{width}}  {row['status']:<9}  {row['trials_finished']:>4}/{row['n_trials']:<4}  {row['counts']['running']:>7}  {best}")
+        print(f"{row['name']:<{width}}  {row['owner']:<{owners}}  {row['status']:<9}  {row['trials_finished']:>4}/{row['n_trials']:<4}  "
+              f"{row['counts']['running']:>7}  {best}")
     return 0
 
 

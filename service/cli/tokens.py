@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     create = commands.add_parser("create", help="create a token and print it (shown only this once)")
     create.add_argument("--scope", choices=("read", "write", "admin"), default="read", help="default read")
     create.add_argument("--name", help="a unique name (default SCOPE-xxxxxx)")
+    create.add_argument("--owner", help="the user the token acts for: its studies are this owner's, and a write token may "
+                        "stop, delete, replace or restore only them (1-64 lowercase letters, digits, '-' or '_'; "
+                        "default the token's name)")
     create.set_defaults(func=_create)
     listing = commands.add_parser("list", help="list the tokens (names, scopes, prefixes; never the tokens)")
     listing.add_argument("--json", action="store_true")
@@ -64,7 +67,8 @@ def _row(row) -> dict:
     def when(value):
         return None if value is None else iso_utc(value)
 
-    return {"id": row.id, "name": row.name, "scope": row.scope, "prefix": row.prefix, "created_at": when(row.created_at),
+    return {"id": row.id, "name": row.name, "scope": row.scope, "owner": row.owner, "prefix": row.prefix,
+            "created_at": when(row.created_at),
             "last_used_at": when(row.last_used_at), "revoked_at": when(row.revoked_at)}
 
 
@@ -74,11 +78,13 @@ def _create(args) -> int:
     from service.tokens import create_token
 
     try:
-        row, token = create_token(_factory(), args.scope, args.name)
+        row, token = create_token(_factory(), args.scope, args.name, args.owner)
+    except ValueError as error:
+        raise CommandError(f"{error} (--owner)") from None
     except sa.exc.IntegrityError:
         raise CommandError(f"a token named {args.name!r} already exists") from None
     print(token)
-    print(f"token {row.name!r} (id {row.id}, scope {row.scope}) created; it is shown only now. "
+    print(f"token {row.name!r} (id {row.id}, scope {row.scope}, owner {row.owner}) created; it is shown only now. "
           "Use it as REGSEARCH_TOKEN or 'Authorization: Bearer TOKEN'.", file=sys.stderr)
     return 0
 
@@ -91,10 +97,10 @@ def _list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'ID':>4}  {'NAME':<24} {'SCOPE':<6} {'PREFIX':<11} {'CREATED':<20} {'LAST USED':<20} STATUS")
+    print(f"{'ID':>4}  {'NAME':<24} {'SCOPE':<6} {'OWNER':<16} {'PREFIX':<11} {'CREATED':<20} {'LAST USED':<20} STATUS")
     for row in rows:
         status = "revoked" if row["revoked_at"] else "active"
-        print(f"{row['id']:>4}  {row['name']:<24} {row['scope']:<6} {row['prefix']:<11} {row['created_at'][:19]:<20} "
+        print(f"{row['id']:>4}  {row['name']:<24} {row['scope']:<6} {row['owner']:<16} {row['prefix']:<11} {row['created_at'][:19]:<20} "
               f"{(row['last_used_at'] or '-')[:19]:<20} {status}")
     return 0
 

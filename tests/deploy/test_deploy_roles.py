@@ -53,7 +53,7 @@ def role_logins(postgres_url):
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     suffix = uuid.uuid4().hex[:8]
     logins = {API_ROLE: f"rgs_test_api_{suffix}", WORKER_ROLE: f"rgs_test_worker_{suffix}"}
-    assert migrate(Settings(database_url=postgres_url)) == "0006"
+    assert migrate(Settings(database_url=postgres_url)) == "0007"
     with admin.connect() as connection:
         for role, login in logins.items():
             connection.execute(sa.text(f"CREATE ROLE {login} LOGIN IN ROLE {role}"))
@@ -152,6 +152,36 @@ def test_worker_role_settles_a_dead_workers_trial(role_logins, postgres_url):
 
 
 @pytest.mark.postgres
+def test_a_worker_role_leaves_the_expired_trash_to_the_api(role_logins, postgres_url):
+    """An idle worker purges the expired trash (service.sweeps): a worker role may delete nothing, so it is refused,
+    says so and stops trying, and nothing is half-deleted; the API's role purges it."""
+    from service import studies, sweeps
+    from service.db import create_engine, optuna_storage, session_factory
+    from service.schemas import StudySpec
+
+    engines = []
+
+    def connect(url: str):
+        settings = Settings(database_url=url)
+        engine, storage = create_engine(settings), optuna_storage(settings)
+        engines.extend((engine, storage.engine))
+        return session_factory(engine), storage
+
+    owner_factory, owner_storage = connect(postgres_url)
+    studies.submit_study(owner_factory, owner_storage, StudySpec(name="binned", n_trials=1, reference=False, confirm={"top_k": 0}))
+    studies.delete_study(owner_factory, "binned")
+    try:
+        assert sweeps.purge_expired_trash(*connect(role_logins[WORKER_ROLE]), None, days=0) is False
+        assert studies.trashed_names(owner_factory) == {"binned"}  # intact: its row and its Optuna study
+        assert owner_storage.get_study_id_from_name("binned") is not None
+        assert sweeps.purge_expired_trash(*connect(role_logins[API_ROLE]), None, days=0) is True
+        assert studies.trashed_names(owner_factory) == set()
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+@pytest.mark.postgres
 def test_api_role_reads_and_writes_rows_but_no_schema(role_logins):
     api = role_logins[API_ROLE]
     for statement in ("SELECT count(*) FROM regsearch_tokens", "DELETE FROM regsearch_studies WHERE false",
@@ -171,6 +201,6 @@ def test_every_table_in_the_migrated_database_is_classified_and_migrating_again_
     finally:
         engine.dispose()
     # A second `regsearch migrate` (an upgrade) re-applies the same grants; the roles cannot migrate.
-    assert migrate(Settings(database_url=postgres_url)) == "0006"
+    assert migrate(Settings(database_url=postgres_url)) == "0007"
     assert outcome(role_logins[WORKER_ROLE], "SELECT * FROM regsearch_tokens") == "refused"
     assert outcome(role_logins[WORKER_ROLE], "SELECT count(*) FROM trials") == "allowed"

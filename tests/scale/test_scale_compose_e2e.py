@@ -15,6 +15,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from service.api.dashboard_view import listed_name
+from service.models import ADMIN_OWNER
 from tests.scale.compose_stack import ComposeStack, wait_for_status
 from tests.support import CIFAR_DIR, wait_until
 
@@ -118,7 +120,7 @@ def test_compose_stack_end_to_end(postgres_url, tmp_path):
         stack.wait_healthy("dashboard")  # its own healthcheck command from the compose file
         dashboard_url = stack.url("dashboard", 8080)
         studies = httpx.get(f"{dashboard_url}/api/studies", timeout=30).json()["study_summaries"]
-        assert {study["study_name"] for study in studies} == {"side-a", "side-b"}
+        assert {study["study_name"] for study in studies} == {listed_name("side-a", ADMIN_OWNER), listed_name("side-b", ADMIN_OWNER)}
         assert all(process.poll() is None for process in stack.processes["worker"]), stack.logs("worker")
     finally:
         stack.down()

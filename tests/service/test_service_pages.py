@@ -14,6 +14,8 @@ import threading
 import optuna
 import pytest
 
+from service.api.dashboard_view import listed_name
+from service.models import ADMIN_OWNER
 from service import studies
 from service.config import Settings
 from service.confirmation import repeat_seed
@@ -83,7 +85,7 @@ def test_docs_and_redoc_render_every_operation_offline_with_no_console_error(ser
 
 def _dashboard_study(service) -> tuple[int, dict]:
     listing = service.get("/api/studies").json()["study_summaries"]
-    study_id = next(study["study_id"] for study in listing if study["study_name"] == NAME)
+    study_id = next(study["study_id"] for study in listing if study["study_name"] == listed_name(NAME, ADMIN_OWNER))
     return study_id, service.get(f"/api/studies/{study_id}").json()
 
 

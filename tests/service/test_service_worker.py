@@ -7,6 +7,7 @@ arithmetic "epochs"), so the coordination is tested in milliseconds; end-to-end 
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import warnings
@@ -19,7 +20,7 @@ from service import coordination, studies, views
 from service._optuna import distributions
 from service.config import Settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
-from service.models import BestConfigRecord, SearchStudy
+from service.models import BestConfigRecord, SearchStudy, utc_now
 from service.retries import SETTLED, RetryFailedTrial, retry_unsettled_failures
 from service.schemas import StudySpec
 from service.objective import Trained
@@ -53,7 +54,7 @@ def quick_training(fail_on_calls=()):
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
     settings, factory, _storage = database
-    assert migrate(settings) == migrate(settings) == "0006"
+    assert migrate(settings) == migrate(settings) == "0007"
     tables = set(sa.inspect(create_engine(settings)).get_table_names())
     assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
@@ -251,6 +252,22 @@ def test_trial_of_a_dead_worker_in_a_stopped_study_does_not_stay_running(databas
     with factory() as session:
         stopped = session.get(SearchStudy, row.id)
         assert (stopped.status, stopped.claimed) == ("stopped", 0)
+
+
+def test_an_idle_worker_purges_the_trash_past_its_retention(database):
+    """Nobody calls the API: the workers' idle sweep still forgets the studies deleted more than trash_days ago."""
+    settings, factory, storage = database
+    for name in ("binned-long-ago", "binned-just-now"):
+        studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name=name, n_trials=1))
+        studies.delete_study(factory, name)
+    with factory.begin() as session:
+        session.execute(sa.update(SearchStudy).where(SearchStudy.name == "binned-long-ago")
+                        .values(deleted_at=utc_now() - dt.timedelta(days=2)))
+
+    run_workers(settings.model_copy(update={"trash_days": 1}), quick_training(), count=1)
+
+    assert studies.trashed_names(factory) == {"binned-just-now"}
+    assert {study.study_name for study in storage.get_all_studies()} == {"binned-just-now"}
 
 
 def test_exit_when_idle_waits_for_other_workers_trials_that_may_need_a_retry(database):
