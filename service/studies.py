@@ -178,7 +178,7 @@ def trashed_names(factory: sessionmaker[Session]) -> set[str]:
 def study_owners(factory: sessionmaker[Session]) -> dict[str, str]:
     """Every study's owner by name (the trash's included)."""
     with factory() as session:
-        return dict(session.execute(sa.select(SearchStudy.name, SearchStudy.owner)).tuples())
+        return dict(session.execute(sa.select(SearchStudy.name, SearchStudy.owner)).tuples().all())
 
 
 def list_trash(session: Session, owner: str | None = None) -> list[SearchStudy]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import stat
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from service.tokens import create_token, read_token_file, revoke_token
+from tests.browser import Page
 from tests.support import REGSEARCH, ROOT, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy, wait_until
 
 SPEC = {"name": "auth-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
@@ -423,3 +425,119 @@ def test_load_best_sends_regsearch_token(server, monkeypatch):
     assert server.request("POST", "/v1/studies", server.tokens["admin"], json={**SPEC, "name": "load-best"}).status_code == 201
     with pytest.raises(BestConfigUnavailable, match="no best config"):  # authenticated: past auth, no trial yet
         load_best(server.url, study="load-best")
+
+
+# -- owners (issue 17): a write token changes only its owner's studies; admin all; reading stays open --------
+
+@pytest.fixture(scope="module")
+def owners(server):
+    """alice's write token (its owner defaults to its name) and bob's (created by the CLI with --owner), each
+    with a study of its own, still queued (no worker)."""
+    alice = create_token(_factory(server), "write", "alice")[1]
+    created = server.cli("token", "create", "--scope", "write", "--name", "bob-laptop", "--owner", "bob")
+    assert created.returncode == 0 and "owner bob" in created.stderr, created.stderr
+    tokens = {"alice": alice, "bob": created.stdout.strip()}
+    for owner, token in tokens.items():
+        response = server.request("POST", "/v1/studies", token, json={**SPEC, "name": f"own-{owner}"})
+        assert response.status_code == 201 and response.json()["owner"] == owner, response.text
+    return tokens
+
+
+def _refusal(owner: str, action: str, name: str = "") -> str:
+    return f"study {name or f'own-{owner}'!r} belongs to {owner!r}; only {owner} or an admin may {action} it"
+
+
+def test_a_write_token_changes_only_its_owners_studies_and_an_admin_all(server, owners):
+    alice, bob, admin = owners["alice"], owners["bob"], server.tokens["admin"]
+    other_spec = {**SPEC, "name": "own-bob", "n_trials": 3}
+    refused = [("POST", "/v1/studies/own-bob/stop", {}, "stop"), ("DELETE", "/v1/studies/own-bob", {}, "delete"),
+               ("POST", "/v1/studies?replace=true", {"json": other_spec}, "replace")]
+    for method, path, kwargs, action in refused:
+        response = server.request(method, path, alice, **kwargs)
+        assert response.status_code == 403 and response.json()["detail"] == _refusal("bob", action), (path, response.text)
+    study = server.request("GET", "/v1/studies/own-bob", alice).json()  # reads stay open, the study untouched
+    assert (study["owner"], study["status"], study["n_trials"]) == ("bob", "queued", SPEC["n_trials"])
+    assert server.request("POST", "/v1/studies", alice, json={**SPEC, "name": "own-bob"}).status_code == 200  # same spec: a read
+
+    assert server.request("DELETE", "/v1/studies/own-bob", bob).status_code == 204  # the owner may
+    restore = server.request("POST", "/v1/trash/own-bob/restore", alice)
+    assert restore.status_code == 403 and restore.json()["detail"] == _refusal("bob", "restore")
+    assert server.request("POST", "/v1/trash/own-bob/restore", bob).json()["owner"] == "bob"
+    assert server.request("POST", "/v1/studies/own-alice/stop", alice).json()["status"] == "stopped"
+
+    assert server.request("POST", "/v1/studies/own-bob/stop", admin).json()["status"] == "stopped"  # an admin may act on all
+    replaced = server.request("POST", "/v1/studies?replace=true", admin, json=other_spec)
+    assert replaced.status_code == 201 and replaced.json()["owner"] == "admin"  # the replacement is its submitter's
+    assert server.request("POST", "/v1/studies?replace=true", bob, json={**SPEC, "name": "own-bob"}).status_code == 403
+    assert server.request("DELETE", "/v1/studies/own-bob", admin).status_code == 204
+    assert server.request("POST", "/v1/trash/own-bob/restore", admin).status_code == 200
+    assert server.request("POST", "/v1/studies?replace=true", admin, json={**SPEC, "name": "own-bob"}).status_code == 201
+    assert server.request("GET", "/v1/studies/own-bob", admin).json()["owner"] == "admin"
+
+
+def test_whoami_and_the_owner_filter_and_the_cli_agree(server, owners):
+    whoami = server.request("GET", "/v1/whoami", owners["alice"]).json()
+    assert whoami == {"token": "alice", "scope": "write", "owner": "alice"}
+    assert server.request("GET", "/v1/whoami", server.tokens["read"]).json()["owner"] == "test-read"
+    listed = server.request("GET", "/v1/studies?owner=alice", server.tokens["read"]).json()["studies"]
+    assert [study["name"] for study in listed] == ["own-alice"]
+    bad = server.request("GET", "/v1/studies?owner=Not%20A%20Name", server.tokens["read"])
+    assert bad.status_code == 422 and "owner" in bad.text
+
+    mine = server.cli("studies", "--mine", REGSEARCH_TOKEN=owners["alice"])
+    assert mine.returncode == 0, mine.stderr
+    header, *rows = mine.stdout.splitlines()
+    assert header.split()[:3] == ["NAME", "OWNER", "STATUS"]
+    assert [row.split()[:2] for row in rows] == [["own-alice", "alice"]]
+    everyone = server.cli("studies", "--json", REGSEARCH_TOKEN=owners["alice"])
+    assert {"own-alice": "alice"}.items() <= {s["name"]: s["owner"] for s in json.loads(everyone.stdout)}.items()
+    nobody = server.cli("studies", "--owner", "carol", REGSEARCH_TOKEN=owners["alice"])
+    assert (nobody.returncode, nobody.stdout.strip()) == (0, "no studies of carol")
+    refused = server.cli("studies", "delete", "own-alice", REGSEARCH_TOKEN=owners["bob"])
+    assert refused.returncode == 1 and _refusal("alice", "delete") in refused.stderr
+
+    listing = server.cli("token", "list", "--json")
+    assert {row["name"]: row["owner"] for row in json.loads(listing.stdout)}.items() >= {
+        "admin": "admin", "alice": "alice", "bob-laptop": "bob"}.items()
+
+
+def test_a_token_without_a_valid_owner_is_refused(server):
+    for name, owner in (("CI Job", None), ("ci-job", "Not A Name")):
+        with pytest.raises(ValueError, match="owner"):
+            create_token(_factory(server), "write", name, owner)
+
+
+def test_the_dashboard_lists_each_study_with_its_owner(server, owners, chromium):
+    from service.api.dashboard_view import listed_name
+
+    listing = server.request("GET", "/api/studies", owners["alice"]).json()["study_summaries"]
+    shown = {study["study_name"]: {attr["key"]: attr["value"] for attr in study["user_attrs"]}.get("owner") for study in listing}
+    assert shown[listed_name("own-alice", "alice")] == "alice" and shown[listed_name("auth-demo", "admin")] == "admin"
+    with Page(chromium) as page:
+        page.headers(_basic(owners["alice"]))
+        text = page.open(f"{server.url}/dashboard", "document.body.innerText.includes('own-alice') && document.body.innerText")
+        assert page.errors == [], page.errors
+    assert listed_name("own-alice", "alice") in text and listed_name("auth-demo", "admin") in text
+
+
+def test_migrating_a_0006_database_gives_its_tokens_and_studies_the_admin_owner(storage_url):
+    from alembic import command
+
+    from service.config import Settings
+    from service.db import _alembic_config, migrate
+
+    engine = sa.create_engine(storage_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(_alembic_config(connection), "0006")
+            connection.execute(sa.text("INSERT INTO regsearch_tokens (name, scope, token_hash, prefix, created_at) "
+                                       "VALUES ('ci', 'write', 'hash', 'rgs_x', CURRENT_TIMESTAMP)"))
+            connection.execute(sa.text(
+                "INSERT INTO regsearch_studies (name, spec, status, n_trials, claimed, claims_total, failed_trials, created_at) "
+                "VALUES ('old', '{}', 'completed', 1, 0, 0, 0, CURRENT_TIMESTAMP)"))
+        assert migrate(Settings(database_url=storage_url)) == "0007"
+        with engine.connect() as connection:
+            assert connection.execute(sa.text("SELECT owner FROM regsearch_tokens")).scalars().all() == ["admin"]
+            assert connection.execute(sa.text("SELECT owner FROM regsearch_studies")).scalars().all() == ["admin"]
+    finally:
+        engine.dispose()
