@@ -489,10 +489,6 @@ def test_whoami_and_the_owner_filter_and_the_cli_agree(server, owners):
     header, *rows = mine.stdout.splitlines()
     assert header.split()[:3] == ["NAME", "OWNER", "STATUS"]
     assert [row.split()[:2] for row in rows] == [["own-alice", "alice"]]
-    everyone = server.cli("studies", "--json", REGSEARCH_TOKEN=owners["alice"])
-    assert {"own-alice": "alice"}.items() <= {s["name"]: s["owner"] for s in json.loads(everyone.stdout)}.items()
-    nobody = server.cli("studies", "--owner", "carol", REGSEARCH_TOKEN=owners["alice"])
-    assert (nobody.returncode, nobody.stdout.strip()) == (0, "no studies of carol")
     refused = server.cli("studies", "delete", "own-alice", REGSEARCH_TOKEN=owners["bob"])
     assert refused.returncode == 1 and _refusal("alice", "delete") in refused.stderr
 
