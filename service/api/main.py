@@ -63,7 +63,7 @@ def announce_auth(settings: Settings, factory) -> None:
             "    export REGSEARCH_TOKEN=$(regsearch token show --url %s)   # the regsearch CLI finds it by itself\n"
             "    curl -H \"Authorization: Bearer $REGSEARCH_TOKEN\" %s/v1/studies\n"
             "    dashboard: user name anything, password the token\n"
-            "  more tokens: regsearch token create --scope read|write|admin [--name NAME]", path, url, url, url,
+            "  more tokens: regsearch token create --scope read|write|admin [--name NAME] [--owner USER]", path, url, url, url,
         )
         return
     kept = read_token_file(settings.token_file, url)
