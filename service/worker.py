@@ -19,6 +19,9 @@ heartbeats guard it:
 4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
    if due, fail trials of dead workers, reclaim slots no trial holds.
 
+Beside the loop, a thread of the process delivers the webhooks' due deliveries
+(:class:`service.webhooks.Dispatcher`), whether or not a trial is training.
+
 The worker keeps one Optuna ``Study`` per active study, with its spec parsed once (validated at the
 API's edge, never again per trial or per sweep), and re-seeds its sampler per trial, so Optuna's trial
 cache survives between trials: the per-trial cost stays flat as the study grows.
@@ -48,6 +51,7 @@ from service.models import SearchStudy, StudyStatus
 from service.objective import Objective, TrainFunction, Trained, TrialOutcome, settle
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
+from service.webhooks import Dispatcher
 from trainer import RegularizationConfig
 
 __all__ = ["KerasTraining", "TrainFunction", "Worker"]
@@ -116,6 +120,7 @@ class Worker:
         poll_interval: float | None = None,
         exit_when_idle: bool = False,
         name: str | None = None,
+        webhooks: bool = True,
     ) -> None:
         self.settings = settings
         self.train = train or KerasTraining(settings.data_dir)
@@ -134,6 +139,8 @@ class Worker:
         #: cache: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
         self._studies: dict[tuple[int, Any], tuple[optuna.Study, StudySpec]] = {}
         self._active_studies = 0
+        #: delivers the webhooks (a thread, started with the loop; off for in-process test workers that ask)
+        self._dispatcher = Dispatcher(settings, self.poll_interval) if webhooks else None
 
     @property
     def shutdown_requested(self) -> bool:
@@ -153,6 +160,8 @@ class Worker:
         self._retry = RetryFailedTrial(self._factory, self.settings.max_retries)
         self._storage = optuna_storage(self.settings, heartbeat=True, on_stale_trial=self._retry)
         self._artifact_store = make_artifact_store(artifact_location(self.settings))
+        if self._dispatcher is not None:
+            self._dispatcher.start()  # once the database is migrated
 
     def run(self) -> int:
         """The worker loop; returns the process exit code."""
@@ -171,6 +180,8 @@ class Worker:
                     break
                 self._shutdown.wait(self.poll_interval)
         log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         if self._engine is not None:
             self._engine.dispose()
         return 0
