@@ -120,7 +120,6 @@ class Worker:
         poll_interval: float | None = None,
         exit_when_idle: bool = False,
         name: str | None = None,
-        webhooks: bool = True,
     ) -> None:
         self.settings = settings
         self.train = train or KerasTraining(settings.data_dir)
@@ -139,8 +138,8 @@ class Worker:
         #: cache: a fresh Study per trial re-reads every finished trial, so the cost grew with the study.
         self._studies: dict[tuple[int, Any], tuple[optuna.Study, StudySpec]] = {}
         self._active_studies = 0
-        #: delivers the webhooks (a thread, started with the loop; off for in-process test workers that ask)
-        self._dispatcher = Dispatcher(settings, self.poll_interval) if webhooks else None
+        #: delivers the webhooks: a thread of :meth:`run`, started once the database is reachable and migrated
+        self._dispatcher = Dispatcher(settings, max(self.poll_interval, 0.25))
 
     @property
     def shutdown_requested(self) -> bool:
@@ -160,8 +159,6 @@ class Worker:
         self._retry = RetryFailedTrial(self._factory, self.settings.max_retries)
         self._storage = optuna_storage(self.settings, heartbeat=True, on_stale_trial=self._retry)
         self._artifact_store = make_artifact_store(artifact_location(self.settings))
-        if self._dispatcher is not None:
-            self._dispatcher.start()  # once the database is migrated
 
     def run(self) -> int:
         """The worker loop; returns the process exit code."""
@@ -180,8 +177,7 @@ class Worker:
                     break
                 self._shutdown.wait(self.poll_interval)
         log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
-        if self._dispatcher is not None:
-            self._dispatcher.stop()
+        self._dispatcher.stop()
         if self._engine is not None:
             self._engine.dispose()
         return 0
@@ -190,6 +186,7 @@ class Worker:
         if self._shutdown.is_set():
             return False
         self._connect()
+        self._dispatcher.start()  # once connected (and migrated); a no-op after the first time
         return self.run_once()
 
     def _log_retry(self, _attempt: int, error: BaseException, wait_s: float) -> None:

@@ -92,6 +92,8 @@ WORKER_REFUSED = [
     "CREATE TABLE stolen (a int)",
     "ALTER TABLE regsearch_studies ADD COLUMN x int",
     "INSERT INTO regsearch_studies (name) VALUES ('forged')",
+    "UPDATE regsearch_webhooks SET url = 'https://attacker.example'",  # a worker reads the hooks, never redirects them
+    "DELETE FROM regsearch_webhook_deliveries",
 ]
 
 
@@ -103,7 +105,9 @@ def test_worker_role_is_refused_tokens_deletes_and_ddl_by_postgresql(role_logins
     # ...while what a worker does is allowed (a real study by this role: test_deploy_processes.py).
     for statement in ("SELECT count(*) FROM regsearch_studies", "SELECT count(*) FROM trials",
                       "UPDATE regsearch_studies SET claimed = claimed WHERE false",
-                      "SELECT study_id FROM studies FOR UPDATE"):
+                      "SELECT study_id FROM studies FOR UPDATE", "SELECT url, secret FROM regsearch_webhooks",
+                      "UPDATE regsearch_webhook_deliveries SET attempts = attempts + 1 WHERE false",
+                      "INSERT INTO regsearch_webhook_deliveries SELECT * FROM regsearch_webhook_deliveries WHERE false"):
         assert outcome(worker, statement) == "allowed", statement
 
 

@@ -21,9 +21,10 @@ SMALL = {"width": 0.25, "epochs": 1, "batch_size": 64, "data": {"train_size": 20
 
 
 class Receiver:
-    """A webhook receiver on 127.0.0.1: records every request; 500 to the first attempt of each new_best delivery."""
+    """A webhook receiver on 127.0.0.1: records every request; by default 500 to the first attempt of each new_best
+    delivery, 200 otherwise (``answer(payload, first)`` chooses the status)."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer=lambda payload, first: 500 if first and payload["event"] == "new_best" else 200) -> None:
         self.requests: list[dict] = []
         self.secrets: dict[int, str] = {}  # hook id -> its secret, as registration returned it
         self.lock = threading.Lock()
@@ -37,7 +38,7 @@ class Receiver:
                     secret = receiver.secrets.get(payload["hook"], "")
                     expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
                     first = not any(request["id"] == payload["id"] for request in receiver.requests)
-                    code = 500 if first and payload["event"] == "new_best" else 200
+                    code = answer(payload, first)
                     receiver.requests.append({
                         "id": payload["id"], "body": body, "payload": payload, "code": code,
                         "signed": hmac.compare_digest(expected, self.headers.get("X-Regsearch-Signature", "")),
@@ -186,3 +187,48 @@ def test_a_failing_study_writes_its_failed_event_in_the_same_transaction(databas
     assert (row.hook_id, row.event, row.status, row.attempts) == (hook_id, "failed", "pending", 0)
     assert body["id"] == row.id and body["study"] == "doomed" and body["data"]["error"] == "bang"
     assert webhooks.sign(secret, row.body.encode()) == "sha256=" + hmac.new(secret.encode(), row.body.encode(), hashlib.sha256).hexdigest()
+
+
+def test_a_delivery_is_retried_with_back_off_then_failed_and_a_host_no_longer_allowed_is_not_called(database):
+    """The dispatcher's pass in-process: a receiver that always answers 500 gets max_attempts attempts, spaced by the
+    back-off, then the delivery is failed; a hook whose host left the allowed list fails at once, uncalled."""
+    import time
+
+    import httpx
+    import sqlalchemy as sa
+
+    from service import coordination, webhooks
+    from service.models import SearchStudy, WebhookDelivery
+
+    settings, factory, _storage = database
+    receiver = Receiver(answer=lambda payload, first: 500)
+    receiver.thread.start()
+    try:
+        settings = settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1, gone.example.org", "webhook_schemes": "http",
+                                               "webhook_max_attempts": 2, "webhook_retry_s": 0.4})
+        with factory.begin() as session:
+            session.add(SearchStudy(name="flaky", spec={}, n_trials=3))
+        with factory.begin() as session:
+            study_id = session.scalar(sa.select(SearchStudy.id).where(SearchStudy.name == "flaky"))
+            hook, secret = webhooks.create_hook(session, owner="admin", url=receiver.url, events=["stopped"], study_id=study_id)
+            receiver.secrets[hook.id] = secret
+            webhooks.create_hook(session, owner="admin", url="http://gone.example.org/x", events=["stopped"], study_id=study_id)
+            assert coordination.stop(session, study_id)
+        settings = settings.model_copy(update={"webhook_allowed_hosts": "127.0.0.1"})  # gone.example.org removed
+        with httpx.Client(timeout=5, trust_env=False) as http:
+            assert webhooks.deliver_due(factory, settings, http) == 2  # both due: one 500, one refused
+            assert webhooks.deliver_due(factory, settings, http) == 0  # the retry waits for its back-off
+            time.sleep(0.5)
+            assert webhooks.deliver_due(factory, settings, http) == 1
+            time.sleep(0.5)
+            assert webhooks.deliver_due(factory, settings, http) == 0  # out of attempts
+        with factory() as session:
+            rows = {row.hook_id == hook.id: row for row in session.scalars(sa.select(WebhookDelivery))}
+        called, refused = rows[True], rows[False]
+        assert (called.status, called.attempts, called.last_status_code) == ("failed", 2, 500)
+        assert (refused.status, refused.attempts, refused.last_status_code) == ("failed", 1, None)
+        assert "host 'gone.example.org' is not allowed" in refused.last_error
+        assert [request["id"] for request in receiver.requests] == [called.id] * 2 and all(r["signed"] for r in receiver.requests)
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
