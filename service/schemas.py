@@ -340,7 +340,7 @@ class WebhookBase(BaseModel):
         description="The events to send: completed, failed, stopped (a study's final statuses), new_best (a new leader). "
         "Default: all four.",
     )
-    study: str | None = Field(None, description="The study whose events to send; null: every study of the owner.")
+    study: str | None = Field(None, pattern=SLUG_PATTERN.pattern, description="The study whose events to send; null: every study of the owner.")
 
 
 class WebhookCreate(WebhookBase):
@@ -350,13 +350,6 @@ class WebhookCreate(WebhookBase):
     @classmethod
     def _once_each(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
         return list(dict.fromkeys(events))
-
-    @field_validator("study")
-    @classmethod
-    def _study_name(cls, name: str | None) -> str | None:
-        if name is not None and not SLUG_PATTERN.match(name):
-            raise ValueError("a study name: 1-64 lowercase letters, digits, '-' or '_'")
-        return name
 
 
 class WebhookPublic(WebhookBase):

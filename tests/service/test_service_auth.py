@@ -62,7 +62,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     token_file = root / "config" / "regsearch" / "tokens.json"
     env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}", REGSEARCH_AUTH="true",
-                   REGSEARCH_TOKEN_FILE=str(token_file))
+                   REGSEARCH_TOKEN_FILE=str(token_file), REGSEARCH_WEBHOOK_ALLOWED_HOSTS="hooks.example.com")
     port = free_port()
     process = spawn([REGSEARCH, "serve", "--port", str(port), "--workers", "0"], env, root / "server.log")
     srv = Server(root=root, env=env, url=f"http://127.0.0.1:{port}", process=process, tokens={})
