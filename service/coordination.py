@@ -190,15 +190,16 @@ def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n
     return _complete(factory, study_id, done)
 
 
-def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any, **values: Any) -> bool:
-    """Mark the study completed if ``conditions`` hold (with ``values`` too), and tell the webhooks; True if this call did."""
+def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any) -> bool:
+    """Mark the study completed if ``conditions`` hold, and tell the webhooks; True if this call did.
+
+    The event carries no best: another worker may record the last trial's leader just after this (its trial is
+    complete in Optuna before its ``record_leader``), and that leader comes as its own ``new_best`` event."""
     now = utc_now()
     with session_scope(factory) as session:
-        if not _conditional(session, study_id, *conditions, status=StudyStatus.COMPLETED, finished_at=now, **values):
+        if not _conditional(session, study_id, *conditions, status=StudyStatus.COMPLETED, finished_at=now):
             return False
-        best = best_record(session, study_id)
-        announce_end(session, study_id, StudyStatus.COMPLETED, now,
-               best=None if best is None else {"trial_number": best.trial_number, "value": best.value, "params": best.params})
+        announce_end(session, study_id, StudyStatus.COMPLETED, now)
         return True
 
 

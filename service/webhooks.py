@@ -41,7 +41,7 @@ from service.models import DeliveryStatus, SearchStudy, Webhook, WebhookDelivery
 
 __all__ = [
     "DestinationRefused", "Dispatcher", "WebhookNotFound", "check_destination", "create_hook", "deliver_due", "delete_hook",
-    "delivery_counts", "emit", "get_hook", "list_deliveries", "list_hooks", "retry_delay", "sign", "study_owner",
+    "delivery_counts", "emit", "forget_studies", "get_hook", "list_deliveries", "list_hooks", "retry_delay", "sign", "study_owner",
 ]
 
 log = logging.getLogger(__name__)
