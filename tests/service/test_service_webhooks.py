@@ -79,3 +79,27 @@ def test_a_delivery_is_retried_with_back_off_then_failed_and_a_host_no_longer_al
         assert [request["id"] for request in receiver.requests] == [called.id] * 2 and all(r["signed"] for r in receiver.requests)
     finally:
         receiver.close()
+
+
+def test_deleting_an_active_study_tells_stopped_once_and_purging_it_drops_its_hooks(database):
+    import sqlalchemy as sa
+
+    from service import studies, webhooks
+    from service.models import SearchStudy, Webhook, WebhookDelivery
+
+    _settings, factory, storage = database
+    with factory.begin() as session:
+        session.add(SearchStudy(name="binned", spec={}, n_trials=3))
+    with factory.begin() as session:
+        study_id = session.scalar(sa.select(SearchStudy.id).where(SearchStudy.name == "binned"))
+        webhooks.create_hook(session, owner="admin", url="https://hooks.example.org/x", events=["stopped"], study_id=study_id)
+        webhooks.create_hook(session, owner="admin", url="https://hooks.example.org/all", events=["stopped"], study_id=None)
+    studies.delete_study(factory, "binned")
+    studies.restore_study(factory, "binned")  # comes back stopped: nothing more to tell
+    studies.delete_study(factory, "binned")
+    with factory() as session:
+        assert sorted(session.scalars(sa.select(WebhookDelivery.event))) == ["stopped", "stopped"]  # once per hook
+    studies.purge_study(factory, storage, "binned")
+    with factory() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(WebhookDelivery)) == 0
+        assert [hook.study_id for hook in session.scalars(sa.select(Webhook))] == [None]  # the owner-wide hook stays
