@@ -1,4 +1,4 @@
-"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance|report``)."""
+"""A small HTTP client for the regsearch API (used by ``regsearch submit|watch|best|studies|trials|importance|report|webhooks``)."""
 
 from __future__ import annotations
 
@@ -168,6 +168,22 @@ class RegsearchClient:
 
     def purge(self, name: str) -> None:
         self._request("DELETE", f"/v1/trash/{name}")
+
+    def add_webhook(self, url: str, events: list[str] | None = None, study: str | None = None) -> dict[str, Any]:
+        """Register a webhook; the answer holds its secret (shown only this once)."""
+        body: dict[str, Any] = {"url": url, "study": study}
+        if events:
+            body["events"] = events
+        return self._request("POST", "/v1/webhooks", json=body).json()
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/webhooks").json()["webhooks"]
+
+    def remove_webhook(self, hook_id: int) -> None:
+        self._request("DELETE", f"/v1/webhooks/{hook_id}")
+
+    def webhook_deliveries(self, hook_id: int, limit: int = 100) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/webhooks/{hook_id}/deliveries", params={"limit": limit}).json()["deliveries"]
 
 
 def _owner(owner: str | None) -> dict[str, str]:

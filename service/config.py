@@ -119,6 +119,23 @@ class Settings(BaseSettings):
         "docker-compose.yml).",
     )
 
+    # Webhooks (docs/api.md, "Webhooks").
+    webhook_allowed_hosts: str = Field(
+        "", description="Comma-separated hosts webhooks may be delivered to (`hooks.example.com`, or `*.example.com` for "
+        "its subdomains; IP addresses as written in the URL); any other host is refused at registration (422) and again "
+        "at delivery. Empty: no webhook can be registered.",
+    )
+    webhook_schemes: str = Field(
+        "https", description="Comma-separated URL schemes webhooks may use (add `http` only for a receiver on a trusted network)."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Seconds a webhook receiver has to answer one delivery attempt.")
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=100, description="Attempts of a delivery before it is marked failed (a 2xx answer ends it delivered)."
+    )
+    webhook_retry_s: float = Field(
+        10.0, gt=0, description="Seconds before a failed delivery's first retry; each later wait doubles, up to an hour."
+    )
+
     @field_validator("admin_token")
     @classmethod
     def _admin_token_is_strong(cls, value: SecretStr | None) -> SecretStr | None:

@@ -11,6 +11,9 @@ statement matches makes the move, the others change nothing. The invariants, one
 * **leaders**: the best-config history gains a row when the leader changes, under the study's row lock
   (:func:`record_leader`).
 
+Each final status (completed, failed, stopped) and each new leader is also written to the webhooks' outbox
+(:func:`service.webhooks.emit`) in the transaction of the UPDATE that made it, by the one caller that did.
+
 Counts of Optuna's trials inside these conditions come from :mod:`service._rdb`.
 """
 
@@ -26,9 +29,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import _rdb
 from service.confirmation import ConfirmSpec, summarize
 from service.db import session_scope
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, utc_now
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, WebhookEvent, iso_utc, utc_now
+from service.webhooks import emit
 
 __all__ = [
+    "announce_end",
     "begin_confirmation",
     "best_record",
     "claim_slot",
@@ -131,17 +136,30 @@ def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: st
 # -- statuses --------------------------------------------------------------------------------------
 
 
+def announce_end(session: Session, study_id: int, status: StudyStatus, finished_at: dt.datetime, **data: Any) -> None:
+    """The outbox's record of a final status, in the transaction of the caller's UPDATE that just made it."""
+    emit(session, study_id, WebhookEvent(status.value), {"status": status.value, "finished_at": iso_utc(finished_at), **data})
+
+
 def stop(session: Session, study_id: int) -> bool:
     """Mark an active study stopped (workers stop its running trials within one epoch)."""
-    return _conditional(session, study_id, SearchStudy.status.in_(ACTIVE_STATUSES), status=StudyStatus.STOPPED, finished_at=utc_now())
+    now = utc_now()
+    if not _conditional(session, study_id, SearchStudy.status.in_(ACTIVE_STATUSES), status=StudyStatus.STOPPED, finished_at=now):
+        return False
+    announce_end(session, study_id, StudyStatus.STOPPED, now)
+    return True
 
 
 def record_failure(factory: sessionmaker[Session], study_id: int, message: str, max_failed_trials: int) -> bool:
     """Count a trial whose training raised; mark the study failed after too many. Return True if it did."""
     with session_scope(factory) as session:
         _conditional(session, study_id, failed_trials=SearchStudy.failed_trials + 1, error=message[:2000])
-        return _conditional(session, study_id, SearchStudy.failed_trials >= max_failed_trials, SearchStudy.status.in_(ACTIVE_STATUSES),
-                            status=StudyStatus.FAILED, finished_at=utc_now())
+        now = utc_now()
+        if not _conditional(session, study_id, SearchStudy.failed_trials >= max_failed_trials, SearchStudy.status.in_(ACTIVE_STATUSES),
+                            status=StudyStatus.FAILED, finished_at=now):
+            return False
+        announce_end(session, study_id, StudyStatus.FAILED, now, error=message[:2000])
+        return True
 
 
 def _search_done(name: str) -> sa.ColumnElement[bool]:
@@ -169,7 +187,20 @@ def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n
         _rdb.count(name, "WAITING") == 0,
     )
     done = confirmation_done if confirm else sa.or_(sa.and_(SearchStudy.status.in_(_SEARCHING), _search_done(name)), confirmation_done)
-    return _update(factory, study_id, done, status=StudyStatus.COMPLETED, finished_at=utc_now())
+    return _complete(factory, study_id, done)
+
+
+def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any) -> bool:
+    """Mark the study completed if ``conditions`` hold, and tell the webhooks; True if this call did.
+
+    The event carries no best: another worker may record the last trial's leader just after this (its trial is
+    complete in Optuna before its ``record_leader``), and that leader comes as its own ``new_best`` event."""
+    now = utc_now()
+    with session_scope(factory) as session:
+        if not _conditional(session, study_id, *conditions, status=StudyStatus.COMPLETED, finished_at=now):
+            return False
+        announce_end(session, study_id, StudyStatus.COMPLETED, now)
+        return True
 
 
 def begin_confirmation(factory: sessionmaker[Session], study_id: int, name: str) -> bool:
@@ -197,8 +228,11 @@ def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_per
 
 def open_confirmation(factory: sessionmaker[Session], study_id: int, planned: int) -> None:
     """The plan is enqueued: open its ``planned`` slots (an empty plan completes the study)."""
-    values: dict[str, Any] = {"confirm_trials": planned} if planned else {"status": StudyStatus.COMPLETED, "finished_at": utc_now()}
-    _update(factory, study_id, SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0, **values)
+    opened = (SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0)
+    if planned:
+        _update(factory, study_id, *opened, confirm_trials=planned)
+    else:
+        _complete(factory, study_id, *opened)
 
 
 # -- leaders ---------------------------------------------------------------------------------------
@@ -238,6 +272,8 @@ def record_leader(
         train_size = next((trial.user_attrs.get("train_size") for trial in trials if trial.number == best.trial_number), None)
         session.add(BestConfigRecord(study_id=study_id, trial_number=best.trial_number, value=float(best.mean),
                                      params=dict(best.params), train_size=train_size, summary=data, created_at=utc_now()))
+        emit(session, study_id, WebhookEvent.NEW_BEST, {"trial_number": best.trial_number, "value": float(best.mean),
+                                                         "params": dict(best.params)})
         return True
 
 

@@ -153,6 +153,16 @@ def _alembic_config(connection: sa.Connection):
     return config
 
 
+def head_revision() -> str:
+    """The newest revision of the service's migrations (what :func:`migrate` brings a database to)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head() or ""
+
+
 def migrate(settings: Settings, attempts: int = 5) -> str:
     """Apply the service's Alembic migrations and create Optuna's tables; return the head revision.
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from service import _rdb
 from service.db import is_sqlite
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus
+from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent
 
 __all__ = ["DOMAIN_METRICS", "SearchCollector", "instrument", "new_registry"]
 
@@ -46,6 +46,9 @@ DOMAIN_METRICS: dict[str, str] = {
     "regsearch_trial_duration_seconds": "Wall time of finished trials (datetime_complete - datetime_start), by study and state.",
     "regsearch_study_best_value": "Best objective value (validation accuracy) found so far, by study.",
     "regsearch_worker_heartbeat_age_seconds": "Seconds since the last heartbeat of each running trial, by worker.",
+    "regsearch_webhook_deliveries": "Webhook deliveries by status (pending, delivered, failed) and event.",
+    "regsearch_webhook_delivery_attempts": "Delivery attempts made, by the deliveries' status and event (attempts above "
+    "deliveries: retries after an error or a non-2xx answer).",
 }
 
 class SearchCollector(Collector):
@@ -116,6 +119,23 @@ class SearchCollector(Collector):
         yield best
 
         yield self._heartbeats(session)
+        yield from self._webhooks(session)
+
+    def _webhooks(self, session: Session) -> Iterator[Metric]:
+        deliveries = GaugeMetricFamily("regsearch_webhook_deliveries", DOMAIN_METRICS["regsearch_webhook_deliveries"],
+                                       labels=["status", "event"])
+        attempts = GaugeMetricFamily("regsearch_webhook_delivery_attempts", DOMAIN_METRICS["regsearch_webhook_delivery_attempts"],
+                                     labels=["status", "event"])
+        rows = {(status, event): (count, tries) for status, event, count, tries in session.execute(
+            sa.select(WebhookDelivery.status, WebhookDelivery.event, sa.func.count(), sa.func.coalesce(sa.func.sum(WebhookDelivery.attempts), 0))
+            .group_by(WebhookDelivery.status, WebhookDelivery.event))}
+        for status in DeliveryStatus:
+            for event in WebhookEvent:
+                count, tries = rows.get((status.value, event.value), (0, 0))
+                deliveries.add_metric([status, event], count)
+                attempts.add_metric([status, event], tries)
+        yield deliveries
+        yield attempts
 
 
     def _heartbeats(self, session: Session) -> Metric:

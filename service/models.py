@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
-    "ACTIVE_STATUSES", "ADMIN_OWNER", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "SearchStudy", "StudyStatus",
-    "TrialStage", "utc_now", "as_utc",
+    "ACTIVE_STATUSES", "ADMIN_OWNER", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "DeliveryStatus",
+    "SearchStudy", "StudyStatus", "TrialStage", "Webhook", "WebhookDelivery", "WebhookEvent", "utc_now", "as_utc",
 ]
 
 #: A study name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.
@@ -152,3 +152,60 @@ class BestConfigRecord(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
 
     study: Mapped[SearchStudy] = relationship(back_populates="best_history")
+
+
+class WebhookEvent(enum.StrEnum):
+    """What a webhook is told about: a study's final statuses, and each new leader of its best-config history."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    NEW_BEST = "new_best"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """A delivery is pending (due at ``next_attempt_at``) until a 2xx answer (delivered) or its last attempt (failed)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Webhook(Base):
+    """A URL an owner registered: for one study (``study_id``) or, without one, for every study of its ``owner``.
+
+    ``secret`` signs each delivery's body (HMAC-SHA256); it is shown once, when the hook is created. It is
+    stored as is (a signature needs it), so whoever reads this table can sign as regsearch.
+    """
+
+    __tablename__ = "regsearch_webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(64), index=True)
+    url: Mapped[str] = mapped_column(sa.String(2000))
+    events: Mapped[list[str]] = mapped_column(sa.JSON)
+    study_id: Mapped[int | None] = mapped_column(sa.ForeignKey("regsearch_studies.id", ondelete="CASCADE"), index=True)
+    secret: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+
+
+class WebhookDelivery(Base):
+    """One event for one hook (the outbox): written in the transaction of the change it reports, sent by a worker's
+    dispatcher (:mod:`service.webhooks`) until an answer is 2xx or its attempts run out. ``id`` is also sent as the
+    ``X-Regsearch-Delivery`` header and in the body, which is stored once, so every attempt sends the same bytes."""
+
+    __tablename__ = "regsearch_webhook_deliveries"
+    __table_args__ = (sa.Index("ix_regsearch_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    hook_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_webhooks.id", ondelete="CASCADE"), index=True)
+    study_id: Mapped[int] = mapped_column(sa.ForeignKey("regsearch_studies.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(sa.String(16))
+    body: Mapped[str] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    last_status_code: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    delivered_at: Mapped[dt.datetime | None]

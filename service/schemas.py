@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializ
 from service.confirmation import ConfirmSpec
 from service._rdb import TRIAL_STATES
 from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
-from service.models import SLUG_PATTERN, StudyStatus, as_utc, iso_utc
+from service.models import SLUG_PATTERN, DeliveryStatus, StudyStatus, WebhookEvent, as_utc, iso_utc
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, Uncertainty, validate_bounds
 
 __all__ = [
@@ -39,6 +39,14 @@ __all__ = [
     "TRIAL_STATES",
     "UtcDateTime",
     "SLUG_PATTERN",
+    "DeliveryCounts",
+    "DeliveryList",
+    "DeliveryOut",
+    "WebhookBase",
+    "WebhookCreate",
+    "WebhookCreated",
+    "WebhookList",
+    "WebhookPublic",
 ]
 
 #: Every timestamp the API returns: in UTC, one format (:func:`service.models.iso_utc`, e.g.
@@ -215,6 +223,14 @@ BestSummary.__doc__ = (
 )
 
 
+class DeliveryCounts(BaseModel):
+    """Webhook deliveries by status."""
+
+    pending: int = Field(0, description="Not yet answered with a 2xx; retried with back-off.")
+    delivered: int = Field(0, description="Answered with a 2xx.")
+    failed: int = Field(0, description="Out of attempts, or refused (a host no longer allowed).")
+
+
 class StudyOut(BaseModel):
     name: str
     owner: str = Field(description="The owner of the token that submitted it: only this owner or an admin may stop, "
@@ -246,6 +262,9 @@ class StudyOut(BaseModel):
     started_at: UtcDateTime | None
     finished_at: UtcDateTime | None
     deleted_at: UtcDateTime | None = Field(None, description="When it was moved to the trash (null unless it is there).")
+    webhooks: DeliveryCounts = Field(
+        default_factory=DeliveryCounts, description="The webhook deliveries of this study's events, by status (GET /v1/webhooks)."
+    )
     links: Links
 
 
@@ -317,3 +336,60 @@ class KerasSettingsOut(BaseModel):
     train_size: int | None
     train_size_rule: str
     uncertainty: dict[str, Any] | None = Field(description="How sure the study is of this best (null for old studies).")
+
+
+# -- webhooks (issue 20) ---------------------------------------------------------------------------
+
+
+class WebhookBase(BaseModel):
+    """A webhook: where regsearch POSTs which events, for one study or every study of its owner."""
+
+    url: str = Field(min_length=1, max_length=2000, description="Where to POST the events (a scheme and host the server allows: "
+                     "REGSEARCH_WEBHOOK_SCHEMES, REGSEARCH_WEBHOOK_ALLOWED_HOSTS).", examples=["https://hooks.example.com/regsearch"])
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: list(WebhookEvent), min_length=1, max_length=len(WebhookEvent),
+        description="The events to send: completed, failed, stopped (a study's final statuses), new_best (a new leader). "
+        "Default: all four.",
+    )
+    study: str | None = Field(None, pattern=SLUG_PATTERN.pattern, description="The study whose events to send; null: every study of the owner.")
+
+
+class WebhookCreate(WebhookBase):
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("events")
+    @classmethod
+    def _once_each(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        return list(dict.fromkeys(events))
+
+
+class WebhookPublic(WebhookBase):
+    id: int
+    owner: str = Field(description="Whose hook it is (the owner of the token that registered it).")
+    created_at: UtcDateTime
+    deliveries: DeliveryCounts
+
+
+class WebhookCreated(WebhookPublic):
+    secret: str = Field(description="The key of the X-Regsearch-Signature HMAC: shown only in this answer, keep it.")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookPublic]
+
+
+class DeliveryOut(BaseModel):
+    id: str = Field(description="The delivery id: the X-Regsearch-Delivery header and the body's id (the same on every attempt).")
+    event: WebhookEvent
+    study: str
+    status: DeliveryStatus
+    attempts: int = Field(description="Attempts made so far.")
+    last_status_code: int | None = Field(description="The receiver's last HTTP status (null: no answer).")
+    last_error: str | None = Field(description="Why the last attempt failed (null once delivered).")
+    created_at: UtcDateTime
+    next_attempt_at: UtcDateTime | None = Field(description="When a pending delivery is tried next (null once it ended).")
+    delivered_at: UtcDateTime | None
+
+
+class DeliveryList(BaseModel):
+    deliveries: list[DeliveryOut]

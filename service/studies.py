@@ -16,7 +16,7 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import _rdb, coordination, features
+from service import _rdb, coordination, features, webhooks
 from service._optuna import METRIC, open_study
 from service.db import session_scope
 from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchStudy, StudyStatus, utc_now
@@ -209,6 +209,12 @@ def delete_study(factory: sessionmaker[Session], name: str) -> None:
     with session_scope(factory) as session:
         # Write first, read nothing: of concurrent deletes exactly one matches (the others 404).
         now = utc_now()
+        stopped = session.execute(
+            sa.update(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_(None), SearchStudy.status.in_(ACTIVE_STATUSES))
+            .values(status=StudyStatus.STOPPED, finished_at=now).returning(SearchStudy.id).execution_options(synchronize_session=False)
+        ).scalar_one_or_none()
+        if stopped is not None:
+            coordination.announce_end(session, stopped, StudyStatus.STOPPED, now)
         trashed = session.execute(
             sa.update(SearchStudy).where(SearchStudy.name == name, SearchStudy.deleted_at.is_(None))
             .values(deleted_at=now,
@@ -254,6 +260,7 @@ def purge_study(factory: sessionmaker[Session], storage: Any, name: str, artifac
         # Write first, read nothing: of concurrent purges exactly one deletes the row (the others 404).
         session.execute(sa.delete(BestConfigRecord).where(
             BestConfigRecord.study_id.in_(sa.select(SearchStudy.id).where(in_scope))))
+        webhooks.forget_studies(session, sa.select(SearchStudy.id).where(in_scope))
         if session.execute(sa.delete(SearchStudy).where(in_scope)).rowcount != 1:
             raise StudyNotFound(name, " in the trash" if trashed_only else "")
     try:

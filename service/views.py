@@ -4,7 +4,8 @@ and its Optuna study. Reads only; the routes (:mod:`service.api.routes.studies`)
 * :func:`study_out` (status, counts, best so far with its uncertainty, the study features' fields, links);
 * :func:`trials_out` and :func:`export_lines` (every trial, nested or as flat rows);
 * :func:`best_config` (the best-config JSON, with its uncertainty and margin over the reference);
-* :func:`importance_out` and :func:`best_model_file`.
+* :func:`importance_out` and :func:`best_model_file`;
+* :func:`webhook_out` and :func:`deliveries_out` (a hook, and its deliveries with their attempts).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import _rdb, features
+from service import _rdb, features, webhooks
 from service._optuna import METRIC, retry_of
 from service.confirmation import Confirmation
 from service.coordination import best_record
 from service.features import ModelInfoOut, MarginOut, WarmStartOut
-from service.models import STAGE_ATTR, BestConfigRecord, SearchStudy, StudyStatus, TrialStage, as_utc
-from service.schemas import BEST_SUMMARY_UNCERTAINTY, BestConfigOut, BestSummary, Links, StudyOut, StudySpec, TrialCounts, TrialList, TrialOut
+from service.models import STAGE_ATTR, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, TrialStage, Webhook, WebhookDelivery, as_utc
+from service.schemas import (
+    BEST_SUMMARY_UNCERTAINTY, BestConfigOut, BestSummary, DeliveryCounts, DeliveryList, DeliveryOut, Links, StudyOut, StudySpec,
+    TrialCounts, TrialList, TrialOut, WebhookCreated, WebhookPublic,
+)
 from service.studies import get_study
 from trainer import TrialMetrics
 
@@ -38,6 +42,8 @@ __all__ = [
     "study_out",
     "trial_counts",
     "trials_out",
+    "deliveries_out",
+    "webhook_out",
 ]
 
 
@@ -76,8 +82,30 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
         deleted_at=as_utc(row.deleted_at),
+        webhooks=DeliveryCounts(**webhooks.delivery_counts(session, study_id=row.id)),
         links=_links(session, row.name),
     )
+
+
+def webhook_out(session: Session, hook: Webhook, secret: str | None = None) -> WebhookPublic:
+    """A hook as the API shows it: with its deliveries by status; with its ``secret`` only when just created."""
+    study = None if hook.study_id is None else session.scalar(sa.select(SearchStudy.name).where(SearchStudy.id == hook.study_id))
+    fields = {"id": hook.id, "url": hook.url, "events": hook.events, "study": study, "owner": hook.owner,
+              "created_at": as_utc(hook.created_at), "deliveries": DeliveryCounts(**webhooks.delivery_counts(session, hook_id=hook.id))}
+    return WebhookPublic(**fields) if secret is None else WebhookCreated(**fields, secret=secret)
+
+
+def deliveries_out(session: Session, hook: Webhook, limit: int = 100) -> DeliveryList:
+    """A hook's latest deliveries, newest first: status, attempts, the receiver's last answer."""
+    names = dict(session.execute(sa.select(SearchStudy.id, SearchStudy.name).where(
+        SearchStudy.id.in_(sa.select(WebhookDelivery.study_id).where(WebhookDelivery.hook_id == hook.id)))).all())
+    return DeliveryList(deliveries=[
+        DeliveryOut(id=row.id, event=row.event, study=names.get(row.study_id, "?"), status=row.status, attempts=row.attempts,
+                    last_status_code=row.last_status_code, last_error=row.last_error, created_at=as_utc(row.created_at),
+                    next_attempt_at=as_utc(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
+                    delivered_at=as_utc(row.delivered_at))
+        for row in webhooks.list_deliveries(session, hook_id=hook.id, limit=limit)
+    ])
 
 
 def _uncertainty(record: BestConfigRecord) -> Confirmation | None:

@@ -19,6 +19,9 @@ heartbeats guard it:
 4. **Sweep** (:mod:`service.sweeps`, when a study is full or the worker is idle): move the study on
    if due, fail trials of dead workers, reclaim slots no trial holds; when idle, purge the trash's expired studies.
 
+Beside the loop, a thread of the process delivers the webhooks' due deliveries
+(:class:`service.webhooks.Dispatcher`), whether or not a trial is training.
+
 The worker keeps one Optuna ``Study`` per active study, with its spec parsed once (validated at the
 API's edge, never again per trial or per sweep), and re-seeds its sampler per trial, so Optuna's trial
 cache survives between trials: the per-trial cost stays flat as the study grows.
@@ -48,6 +51,7 @@ from service.models import SearchStudy, StudyStatus
 from service.objective import Objective, TrainFunction, Trained, TrialOutcome, settle
 from service.retries import RetryFailedTrial
 from service.schemas import StudySpec
+from service.webhooks import Dispatcher
 from trainer import RegularizationConfig
 
 __all__ = ["KerasTraining", "TrainFunction", "Worker"]
@@ -135,6 +139,8 @@ class Worker:
         self._studies: dict[tuple[int, Any], tuple[optuna.Study, StudySpec]] = {}
         self._active_studies = 0
         self._purges_trash = True  # until the database refuses (a worker role's login: sweeps.purge_expired_trash)
+        #: delivers the webhooks: a thread of :meth:`run`, started once the database is reachable and migrated
+        self._dispatcher = Dispatcher(settings, max(self.poll_interval, 0.25))
 
     @property
     def shutdown_requested(self) -> bool:
@@ -172,6 +178,7 @@ class Worker:
                     break
                 self._shutdown.wait(self.poll_interval)
         log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
+        self._dispatcher.stop()
         if self._engine is not None:
             self._engine.dispose()
         return 0
@@ -180,6 +187,7 @@ class Worker:
         if self._shutdown.is_set():
             return False
         self._connect()
+        self._dispatcher.start()  # once connected (and migrated); a no-op after the first time
         return self.run_once()
 
     def _log_retry(self, _attempt: int, error: BaseException, wait_s: float) -> None:

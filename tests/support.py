@@ -1,15 +1,21 @@
-"""Helpers shared by the tests: ports, real subprocesses in their own process groups, waiting, a local service."""
+"""Helpers shared by the tests: ports, real subprocesses in their own process groups, waiting, a local service, a
+webhook receiver."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
@@ -249,3 +255,50 @@ def seed_trials(database_url: str, name: str, values: Sequence[float]) -> None:
     for value in values:
         study.tell(study.ask(distributions(spec)), value)
     coordination.record_leader(factory, row.id, lambda: study.get_trials(deepcopy=False), spec.confirm)
+
+
+class WebhookReceiver:
+    """A webhook receiver on 127.0.0.1: records every request; by default 500 to the first attempt of each new_best
+    delivery, 200 otherwise (``answer(payload, first)`` chooses the status)."""
+
+    def __init__(self, answer=lambda payload, first: 500 if first and payload["event"] == "new_best" else 200) -> None:
+        self.requests: list[dict] = []
+        self.secrets: dict[int, str] = {}  # hook id -> its secret, as registration returned it
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                payload = json.loads(body)
+                with receiver.lock:
+                    secret = receiver.secrets.get(payload["hook"], "")
+                    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+                    first = not any(request["id"] == payload["id"] for request in receiver.requests)
+                    code = answer(payload, first)
+                    receiver.requests.append({
+                        "id": payload["id"], "body": body, "payload": payload, "code": code,
+                        "signed": hmac.compare_digest(expected, self.headers.get("X-Regsearch-Signature", "")),
+                        "delivery_header": self.headers.get("X-Regsearch-Delivery"), "event_header": self.headers.get("X-Regsearch-Event"),
+                    })
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *_args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def delivered(self) -> list[dict]:
+        with self.lock:
+            return [request for request in self.requests if request["code"] == 200]
+
+    def start(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

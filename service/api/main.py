@@ -28,6 +28,7 @@ from service.api.routes import health
 from service.api.routes import report as report_routes
 from service.api.routes import studies as studies_routes
 from service.api.routes import tokens as token_routes
+from service.api.routes import webhooks as webhooks_routes
 from service.config import Settings, artifact_location, get_settings
 from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import ImportanceCache, make_artifact_store
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, *, dashboard: bool = True, appl
     app.include_router(report_routes.router, responses=ERROR_RESPONSES)  # its own read check: bearer or Basic (a browser)
     app.include_router(studies_routes.trash, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     app.include_router(token_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
+    app.include_router(webhooks_routes.router, dependencies=[Depends(require_scope_by_method)], responses=ERROR_RESPONSES)
     metrics.instrument(app)  # /metrics, before the dashboard's catch-all mount
     publish_limits(app, settings)  # this server's n_trials and train_size maxima, in the schema too
     studies_routes.publish_links(app)  # what a client can follow once a POST created a study

@@ -1,6 +1,6 @@
 """The ``regsearch`` command: every subcommand of regsearch lives in this package.
 
-Each module (``client``, ``server``, ``train``, ``retrain``) has a ``register(subparsers)`` function
+Each module (``client``, ``server``, ``train``, ``retrain``, ``tokens``, ``webhooks``) has a ``register(subparsers)`` function
 that adds its parsers and sets ``func`` (called with the parsed arguments; its return value is the
 exit code). Modules are imported only for the subcommand being run, so ``regsearch best`` never pays
 for importing TensorFlow. The training recipe's flags are generated from :class:`trainer.Recipe`
@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "best": "service.cli.client",
     "studies": "service.cli.client",
     "token": "service.cli.tokens",
+    "webhooks": "service.cli.webhooks",
 }
 
 

@@ -43,6 +43,10 @@ WORKER_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "regsearch_best_configs": ("SELECT", "INSERT", "UPDATE"),
     "regsearch_alembic_version": _READ,
     "regsearch_tokens": (),
+    # Webhooks: a worker reads the hooks (their URL and secret, to sign), writes the outbox of the events it
+    # causes (completed, failed, new_best) and records each attempt; registering and removing is the API's.
+    "regsearch_webhooks": _READ,
+    "regsearch_webhook_deliveries": ("SELECT", "INSERT", "UPDATE"),
 }
 #: The API's privileges on every table: rows, never schema.
 API_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 import service
 from service.config import Settings
-from service.db import VERSION_TABLE, migrate
+from service.db import VERSION_TABLE, head_revision, migrate
 from service.migrations.roles import API_ROLE, WORKER_PRIVILEGES, WORKER_ROLE
 
 #: Optuna's own Alembic history table (not in its models' metadata).
@@ -53,7 +53,7 @@ def role_logins(postgres_url):
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     suffix = uuid.uuid4().hex[:8]
     logins = {API_ROLE: f"rgs_test_api_{suffix}", WORKER_ROLE: f"rgs_test_worker_{suffix}"}
-    assert migrate(Settings(database_url=postgres_url)) == "0007"
+    assert migrate(Settings(database_url=postgres_url)) == head_revision()
     with admin.connect() as connection:
         for role, login in logins.items():
             connection.execute(sa.text(f"CREATE ROLE {login} LOGIN IN ROLE {role}"))
@@ -92,6 +92,8 @@ WORKER_REFUSED = [
     "CREATE TABLE stolen (a int)",
     "ALTER TABLE regsearch_studies ADD COLUMN x int",
     "INSERT INTO regsearch_studies (name) VALUES ('forged')",
+    "UPDATE regsearch_webhooks SET url = 'https://attacker.example'",  # a worker reads the hooks, never redirects them
+    "DELETE FROM regsearch_webhook_deliveries",
 ]
 
 
@@ -103,7 +105,9 @@ def test_worker_role_is_refused_tokens_deletes_and_ddl_by_postgresql(role_logins
     # ...while what a worker does is allowed (a real study by this role: test_deploy_processes.py).
     for statement in ("SELECT count(*) FROM regsearch_studies", "SELECT count(*) FROM trials",
                       "UPDATE regsearch_studies SET claimed = claimed WHERE false",
-                      "SELECT study_id FROM studies FOR UPDATE"):
+                      "SELECT study_id FROM studies FOR UPDATE", "SELECT url, secret FROM regsearch_webhooks",
+                      "UPDATE regsearch_webhook_deliveries SET attempts = attempts + 1 WHERE false",
+                      "INSERT INTO regsearch_webhook_deliveries SELECT * FROM regsearch_webhook_deliveries WHERE false"):
         assert outcome(worker, statement) == "allowed", statement
 
 
@@ -201,6 +205,6 @@ def test_every_table_in_the_migrated_database_is_classified_and_migrating_again_
     finally:
         engine.dispose()
     # A second `regsearch migrate` (an upgrade) re-applies the same grants; the roles cannot migrate.
-    assert migrate(Settings(database_url=postgres_url)) == "0007"
+    assert migrate(Settings(database_url=postgres_url)) == head_revision()
     assert outcome(role_logins[WORKER_ROLE], "SELECT * FROM regsearch_tokens") == "refused"
     assert outcome(role_logins[WORKER_ROLE], "SELECT count(*) FROM trials") == "allowed"

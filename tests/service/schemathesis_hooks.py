@@ -5,7 +5,9 @@ One rule of a spec cannot be written in JSON Schema: a search range's ``low`` mu
 tested by hand). Generated ranges are put in order, so ``positive_data_acceptance`` judges
 everything else the schema states. Likewise ``warm_start_from`` must name another *existing* study,
 and each ``enqueue`` config must name searched parameters within the study's own bounds (422s
-otherwise, tested in test_service_features.py): generated bodies leave both out.
+otherwise, tested in test_service_features.py): generated bodies leave both out. A webhook's URL must be on
+the server's allowed hosts (REGSEARCH_WEBHOOK_ALLOWED_HOSTS, a setting; 422 otherwise, tested in
+test_service_webhooks.py): a generated URL that the schema allows is replaced by the one the test server allows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: The webhook URL the schema test's server allows (tests/service/test_service_auth.py sets its allowed hosts).
+ALLOWED_WEBHOOK_URL = "https://hooks.example.com/regsearch"
+
+
 def _in_order(body: Any) -> Any:
+    if isinstance(body, dict) and isinstance(body.get("url"), str) and 1 <= len(body["url"]) <= 2000:
+        body["url"] = ALLOWED_WEBHOOK_URL  # a webhook (no other body has a url): which hosts are allowed is a setting
     if isinstance(body, dict):
         body.pop("warm_start_from", None)  # which studies exist is not the schema's to say
         body.pop("enqueue", None)  # checked against the body's own search_space

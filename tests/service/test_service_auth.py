@@ -64,7 +64,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("auth")
     token_file = root / "config" / "regsearch" / "tokens.json"
     env = base_env(REGSEARCH_DATABASE_URL=f"sqlite:///{root / 'regsearch.db'}", REGSEARCH_AUTH="true",
-                   REGSEARCH_TOKEN_FILE=str(token_file))
+                   REGSEARCH_TOKEN_FILE=str(token_file), REGSEARCH_WEBHOOK_ALLOWED_HOSTS="hooks.example.com")
     port = free_port()
     process = spawn([REGSEARCH, "serve", "--port", str(port), "--workers", "0"], env, root / "server.log")
     srv = Server(root=root, env=env, url=f"http://127.0.0.1:{port}", process=process, tokens={})
@@ -497,6 +497,22 @@ def test_whoami_and_the_owner_filter_and_the_cli_agree(server, owners):
         "admin": "admin", "alice": "alice", "bob-laptop": "bob"}.items()
 
 
+def test_webhooks_are_their_owners_for_a_study_only_its_owner_registers(server, owners):
+    alice, bob, admin = owners["alice"], owners["bob"], server.tokens["admin"]
+    hook = {"url": "https://hooks.example.com/own", "study": "own-alice"}
+    refused = server.request("POST", "/v1/webhooks", bob, json=hook)
+    assert refused.status_code == 403 and refused.json()["detail"] == _refusal("alice", "register a webhook for"), refused.text
+    created = server.request("POST", "/v1/webhooks", alice, json=hook)
+    assert created.status_code == 201 and created.json()["owner"] == "alice" and created.json()["secret"], created.text
+    hook_id = created.json()["id"]
+    assert hook_id not in [listed["id"] for listed in server.request("GET", "/v1/webhooks", bob).json()["webhooks"]]
+    assert server.request("GET", f"/v1/webhooks/{hook_id}/deliveries", bob).status_code == 404
+    assert server.request("DELETE", f"/v1/webhooks/{hook_id}", bob).status_code == 404  # not bob's: as if none
+    assert hook_id in [listed["id"] for listed in server.request("GET", "/v1/webhooks", admin).json()["webhooks"]]
+    assert hook_id in [listed["id"] for listed in server.request("GET", "/v1/webhooks", alice).json()["webhooks"]]
+    assert server.request("DELETE", f"/v1/webhooks/{hook_id}", alice).status_code == 204
+
+
 def test_a_token_without_a_valid_owner_is_refused(server):
     for name, owner in (("CI Job", None), ("ci-job", "Not A Name")):
         with pytest.raises(ValueError, match="owner"):
@@ -523,7 +539,7 @@ def test_migrating_a_0006_database_gives_its_tokens_and_studies_the_admin_owner(
     from alembic import command
 
     from service.config import Settings
-    from service.db import _alembic_config, migrate
+    from service.db import _alembic_config, head_revision, migrate
 
     engine = sa.create_engine(storage_url)
     try:
@@ -534,7 +550,7 @@ def test_migrating_a_0006_database_gives_its_tokens_and_studies_the_admin_owner(
             connection.execute(sa.text(
                 "INSERT INTO regsearch_studies (name, spec, status, n_trials, claimed, claims_total, failed_trials, created_at) "
                 "VALUES ('old', '{}', 'completed', 1, 0, 0, 0, CURRENT_TIMESTAMP)"))
-        assert migrate(Settings(database_url=storage_url)) == "0007"
+        assert migrate(Settings(database_url=storage_url)) == head_revision()
         with engine.connect() as connection:
             assert connection.execute(sa.text("SELECT owner FROM regsearch_tokens")).scalars().all() == ["admin"]
             assert connection.execute(sa.text("SELECT owner FROM regsearch_studies")).scalars().all() == ["admin"]

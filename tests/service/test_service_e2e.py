@@ -1,6 +1,6 @@
 """End to end over real HTTP: a real ``regsearch serve`` (uvicorn), two real ``regsearch worker``
-processes training real Keras networks on the shipped CIFAR-10 subset, the real CLI client, and the
-dashboard rendered by headless Chromium.
+processes training real Keras networks on the shipped CIFAR-10 subset, the real CLI client, the
+dashboard rendered by headless Chromium, and webhooks delivered to a receiver on loopback.
 
 One server and one pair of workers serve the whole module (on one SQLite file); the tests run in
 order and each uses its own study.
@@ -17,9 +17,11 @@ import subprocess
 import tempfile
 import time
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import ROOT, LocalService, free_port, kill_group, wait_until
+from tests.support import ROOT, LocalService, WebhookReceiver, free_port, kill_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +30,17 @@ ARTIFACTS = ROOT / "artifacts"
 
 
 @pytest.fixture(scope="module")
+def receiver():
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    svc = LocalService.at(tmp_path_factory.mktemp("service-e2e"))
+    # Webhooks to the loopback receiver only, over http, retried after 0.3 s (not 10 s).
+    svc = LocalService.at(tmp_path_factory.mktemp("service-e2e"), REGSEARCH_WEBHOOK_ALLOWED_HOSTS="127.0.0.1,*.example.org",
+                          REGSEARCH_WEBHOOK_SCHEMES="http", REGSEARCH_WEBHOOK_RETRY_S="0.3")
     svc.start_server()
     svc.start_workers(2)
     try:
@@ -232,6 +243,108 @@ def test_every_timestamp_the_api_returns_has_one_format(service):
     found = [pair for document in documents for pair in _timestamps(document)]
     assert {key for key, _ in found} >= {"created_at", "started_at", "best_since", "datetime_start", "datetime_complete"}
     assert [pair for pair in found if not TIMESTAMP.match(pair[1])] == []
+
+
+def test_signed_webhooks_reach_a_receiver_at_least_once_with_retries_after_a_500(service, receiver):
+    """Both workers' dispatchers deliver to a receiver on loopback that checks every signature and answers 500 to the
+    first attempt of each new_best delivery (tests/support.py): each event arrives under one delivery id, every attempt
+    the same bytes, the 500s retried; the API lists the deliveries with their attempts. Other studies of this module
+    may still send events to the owner-wide hook: only this test's two are looked at."""
+    # An owner-wide hook through the CLI (auth off: the owner is admin, as every study's), the secret on stdout once.
+    added = service.cli("webhooks", "add", receiver.url)
+    assert added.returncode == 0, added.stderr
+    secret = added.stdout.strip()
+    (listed,) = service.get("/v1/webhooks").json()["webhooks"]
+    assert listed["url"] == receiver.url and listed["study"] is None and "secret" not in listed
+    assert sorted(listed["events"]) == ["completed", "failed", "new_best", "stopped"]
+    receiver.secrets[listed["id"]] = secret
+    everything = listed["id"]
+
+    assert service.post("/v1/studies", json={"name": "e2e-hooked", "n_trials": 2, **SMALL}).status_code == 201
+    assert service.post("/v1/studies", json={"name": "e2e-hooked-stop", "n_trials": 50, **SMALL}).status_code == 201
+    # A hook of one study, for one event, through the API.
+    created = service.post("/v1/webhooks", json={"url": receiver.url, "study": "e2e-hooked", "events": ["completed"]})
+    assert created.status_code == 201, created.text
+    only_completed = created.json()["id"]
+    receiver.secrets[only_completed] = created.json()["secret"]
+    assert service.post("/v1/studies/e2e-hooked-stop/stop").status_code == 200
+
+    service.wait_status("e2e-hooked", ("completed",), timeout=240)
+    def arrived() -> list[dict]:
+        events = {(request["payload"]["hook"], request["payload"]["event"], request["payload"]["study"]) for request in receiver.delivered()}
+        return events >= {(everything, "completed", "e2e-hooked"), (only_completed, "completed", "e2e-hooked"),
+                          (everything, "stopped", "e2e-hooked-stop"), (everything, "new_best", "e2e-hooked")} and receiver.delivered()
+    wait_until(arrived, timeout=60, what="completed, stopped and new_best at the receiver")
+    # A trial of the stopped study may still complete (and lead): wait for it, then for every delivery to settle.
+    wait_until(lambda: service.get("/v1/studies/e2e-hooked-stop").json()["counts"]["running"] == 0, timeout=120, what="the stop")
+    ours = ("e2e-hooked", "e2e-hooked-stop")
+    wait_until(lambda: all(delivery["status"] == "delivered" for hook in (everything, only_completed)
+                           for delivery in service.get(f"/v1/webhooks/{hook}/deliveries").json()["deliveries"]
+                           if delivery["study"] in ours), timeout=60, what="every delivery delivered")
+
+    requests = [request for request in receiver.requests if request["payload"]["study"] in ours]
+    assert all(request["signed"] for request in requests), "every request carries the HMAC of its body under its hook's secret"
+    by_id: dict[str, list[dict]] = {}
+    for request in requests:
+        by_id.setdefault(request["id"], []).append(request)
+        assert request["delivery_header"] == request["id"] and request["event_header"] == request["payload"]["event"]
+    for attempts in by_id.values():
+        assert len({attempt["body"] for attempt in attempts}) == 1, "every attempt of a delivery sends the same bytes"
+        assert sum(attempt["code"] == 200 for attempt in attempts) == 1  # delivered once: no attempt after a 2xx
+    # Each event once per hook (one delivery id each): one completed per hook, one stop, one new_best per new leader.
+    keys = [(attempts[0]["payload"]["hook"], attempts[0]["payload"]["event"], attempts[0]["payload"]["study"],
+             attempts[0]["payload"]["data"].get("trial_number")) for attempts in by_id.values()]
+    assert len(keys) == len(set(keys)), keys
+    assert not any(key[:2] == (only_completed, "new_best") for key in keys)  # that hook asked for completed only
+    completed = next(attempts[0]["payload"] for attempts in by_id.values()
+                     if attempts[0]["payload"]["event"] == "completed" and attempts[0]["payload"]["hook"] == everything)
+    assert completed["data"]["status"] == "completed" and completed["data"]["finished_at"].endswith("Z")
+    new_best = [attempts for attempts in by_id.values() if attempts[0]["payload"]["event"] == "new_best"]
+    best = service.get("/v1/studies/e2e-hooked/best").json()
+    last = max((attempts[0]["payload"] for attempts in new_best if attempts[0]["payload"]["study"] == "e2e-hooked"),
+               key=lambda payload: payload["created_at"])  # the last leader announced is the study's best
+    assert (last["data"]["trial_number"], last["data"]["params"]) == (best["trial_number"], best["params"])
+    assert new_best and all([attempt["code"] for attempt in attempts][:2] == [500, 200] for attempts in new_best)
+
+    # The deliveries as the API records them: status, attempts (2 where the receiver answered 500 first), codes.
+    deliveries = [delivery for delivery in service.get(f"/v1/webhooks/{everything}/deliveries").json()["deliveries"]
+                  if delivery["study"] in ours]
+    assert {delivery["id"] for delivery in deliveries} == {key for key, attempts in by_id.items()
+                                                           if attempts[0]["payload"]["hook"] == everything}
+    for delivery in deliveries:
+        assert delivery["status"] == "delivered" and delivery["last_status_code"] == 200 and delivery["delivered_at"]
+        assert delivery["attempts"] == len(by_id[delivery["id"]]) == (2 if delivery["event"] == "new_best" else 1)
+    shown = service.cli("webhooks", "deliveries", str(everything))
+    assert shown.returncode == 0 and "new_best" in shown.stdout and "delivered" in shown.stdout
+    study = service.get("/v1/studies/e2e-hooked").json()
+    leaders = sum(attempts[0]["payload"]["study"] == "e2e-hooked" for attempts in new_best)
+    assert study["webhooks"] == {"pending": 0, "delivered": leaders + 2, "failed": 0}
+    metrics = {(sample.name, sample.labels.get("event"), sample.labels.get("status")): sample.value
+               for family in text_string_to_metric_families(service.get("/metrics").text) for sample in family.samples}
+    assert metrics[("regsearch_webhook_deliveries", "completed", "delivered")] >= 2
+    assert metrics[("regsearch_webhook_delivery_attempts", "new_best", "delivered")] >= 2 * len(new_best)
+
+    removed = service.cli("webhooks", "remove", str(only_completed))
+    assert removed.returncode == 0, removed.stderr
+    listing = service.cli("webhooks", "list").stdout.splitlines()  # a header, then the owner-wide hook alone
+    assert len(listing) == 2 and listing[1].split()[:3] == [str(everything), "admin", "(all)"] and listing[1].endswith(receiver.url)
+    assert service.get(f"/v1/webhooks/{only_completed}/deliveries").status_code == 404
+    assert httpx.delete(f"{service.url}/v1/webhooks/{everything}", timeout=30).status_code == 204
+    assert service.get("/v1/webhooks").json() == {"webhooks": []}
+
+
+def test_webhook_hosts_and_schemes_outside_the_settings_are_refused_at_registration(service):
+    for url, named in (("http://169.254.169.254/latest/meta-data", "host '169.254.169.254'"), ("http://localhost:8000/", "host 'localhost'"),
+                       ("https://127.0.0.1/hook", "scheme 'https'"), ("http://example.org/x", "host 'example.org'"), ("not a url", "")):
+        answer = service.post("/v1/webhooks", json={"url": url})
+        assert answer.status_code == 422, (url, answer.text)
+        (error,) = answer.json()["detail"]
+        assert error["loc"] == ["body", "url"] and named in error["msg"], error
+    assert service.post("/v1/webhooks", json={"url": "http://a.example.org/x", "events": ["nope"]}).status_code == 422
+    assert service.post("/v1/webhooks", json={"url": "http://a.example.org/x", "study": "missing"}).status_code == 404
+    cli = service.cli("webhooks", "add", "http://10.0.0.1/")
+    assert cli.returncode == 1 and "host '10.0.0.1' is not allowed" in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+    assert httpx.delete(f"{service.url}/v1/webhooks/99999", timeout=30).status_code == 404
 
 
 def test_worker_logs_read_well_and_a_graceful_stop_re_queues_without_a_traceback(service):
