@@ -115,6 +115,13 @@ class ConfirmSpec(BaseModel):
         2, ge=1, le=10, description="Extra runs of each, each with its own seed for the validation split, data order and initialisation."
     )
 
+    max_hours: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="Trial-hours the confirmation stage may use (the sum of its repeats' durations; null: no bound). "
+        "Once spent no repeat starts, running ones finish, the repeats not started are dropped (fail_reason "
+        "confirm-budget) and the study completes with the runs it has.",
+    )
+
     @property
     def enabled(self) -> bool:
         return self.top_k > 0

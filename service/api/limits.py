@@ -50,7 +50,9 @@ def check_server_limits(spec: Any, settings: Settings) -> None:
     for path, (maximum, why) in server_limits(settings).items():
         value: Any = spec
         for part in path:
-            value = getattr(value, part)
+            value = getattr(value, part, None)
+            if value is None:  # a PATCH without the field
+                break
         if value is not None and value > maximum:
             name = ".".join(path)
             errors.append({"type": "less_than_equal", "loc": ("body", *path), "input": value,

@@ -26,7 +26,7 @@ from service.api.deps import (
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.api.hardening import ErrorOut
-from service.schemas import BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
+from service.schemas import BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudyPatch, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -206,6 +206,27 @@ def stop_study(name: str, factory: SessionFactoryDep) -> StudyOut:
     try:
         row = studies.stop_study(factory, name)
     except studies.StudyAlreadyEnded as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    with factory() as session:
+        return views.study_out(session, row)
+
+
+@router.patch(
+    "/{name}",
+    response_model=StudyOut,
+    summary="Change a study's n_trials and budgets; a completed study resumes its search, then confirms again",
+    responses={
+        409: {"description": "The study was stopped or failed, or the edit would resume a search whose budget is spent."},
+        422: {"description": "A field that cannot change (every one but n_trials, max_runtime_s, max_trial_hours), or a bad value."},
+    },
+)
+def edit_study(name: str, patch: StudyPatch, settings: SettingsDep, factory: SessionFactoryDep) -> StudyOut:
+    """Raise or lower ``n_trials``, ``max_runtime_s`` and ``max_trial_hours`` of a queued, running, confirming or
+    completed study (null removes a budget); the rules are :func:`service.studies.edit_study`'s."""
+    check_server_limits(patch, settings)
+    try:
+        row = studies.edit_study(factory, name, patch.model_dump(include=patch.model_fields_set))
+    except (studies.StudyNotEditable, studies.BudgetSpent, studies.StudyConflict) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     with factory() as session:
         return views.study_out(session, row)
