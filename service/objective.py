@@ -180,9 +180,9 @@ class Objective:
                 raise StudyStopped(f"study {self.row.name!r} was stopped")
             if searching:
                 # A spent budget ends the search (one worker records why); its trials end here, pruned, their
-                # epochs kept. A confirmation repeat runs to the end.
+                # epochs kept (a trial at its last epoch completes). A confirmation repeat runs to the end.
                 ended = state.search_ended_by or stages.check_search(self.factory, self.row, state)
-                if ended:
+                if ended and epoch + 1 < self.spec.epochs:
                     raise optuna.TrialPruned(f"epoch {epoch}: the search ended ({ended})")
             if self.shutdown.is_set():
                 raise WorkerShutdown(f"worker {self.worker} is shutting down")
