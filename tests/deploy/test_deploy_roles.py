@@ -53,7 +53,7 @@ def role_logins(postgres_url):
     admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
     suffix = uuid.uuid4().hex[:8]
     logins = {API_ROLE: f"rgs_test_api_{suffix}", WORKER_ROLE: f"rgs_test_worker_{suffix}"}
-    assert migrate(Settings(database_url=postgres_url)) == "0006"
+    assert migrate(Settings(database_url=postgres_url)) == "0008"
     with admin.connect() as connection:
         for role, login in logins.items():
             connection.execute(sa.text(f"CREATE ROLE {login} LOGIN IN ROLE {role}"))
@@ -171,6 +171,6 @@ def test_every_table_in_the_migrated_database_is_classified_and_migrating_again_
     finally:
         engine.dispose()
     # A second `regsearch migrate` (an upgrade) re-applies the same grants; the roles cannot migrate.
-    assert migrate(Settings(database_url=postgres_url)) == "0006"
+    assert migrate(Settings(database_url=postgres_url)) == "0008"
     assert outcome(role_logins[WORKER_ROLE], "SELECT * FROM regsearch_tokens") == "refused"
     assert outcome(role_logins[WORKER_ROLE], "SELECT count(*) FROM trials") == "allowed"

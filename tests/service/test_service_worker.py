@@ -53,7 +53,7 @@ def quick_training(fail_on_calls=()):
 
 def test_migrations_are_idempotent_and_keep_optuna_tables_apart(database):
     settings, factory, _storage = database
-    assert migrate(settings) == migrate(settings) == "0006"
+    assert migrate(settings) == migrate(settings) == "0008"
     tables = set(sa.inspect(create_engine(settings)).get_table_names())
     assert {"regsearch_studies", "regsearch_best_configs", "regsearch_alembic_version"} <= tables
     assert {"studies", "trials", "alembic_version"} <= tables  # Optuna's own, untouched
