@@ -11,13 +11,14 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from service.confirmation import ConfirmSpec
 from service._rdb import TRIAL_STATES
 from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
 from service.models import SLUG_PATTERN, SearchEnd, StudyStatus, as_utc, iso_utc
+from trainer._recipe import _not_a_boolean  # Integer's rule, before a bound the schema states (as train_size)
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, Uncertainty, validate_bounds
 
 __all__ = [
@@ -117,11 +118,14 @@ class StopWhen(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    target: float | None = Field(
-        None, ge=0, le=1, description="End the search once a search trial's validation accuracy reaches this value.")
-    no_improvement_trials: Integer | None = Field(
-        None, ge=1, description="End the search after this many finished search trials in a row without a better best.")
+    target: Annotated[Number, Field(ge=0, le=1)] | None = Field(
+        None, description="End the search once a search trial's validation accuracy reaches this value.")
+    no_improvement_trials: Annotated[int, Field(ge=1), BeforeValidator(_not_a_boolean)] | None = Field(
+        None, description="End the search after this many finished search trials in a row without a better best.")
 
+
+#: A budget: a finite number above 0, never a boolean.
+Budget = Annotated[Number, Field(gt=0, allow_inf_nan=False)]
 
 #: The spec fields PATCH /v1/studies/NAME may change; every other field is fixed at submission.
 MUTABLE_FIELDS = ("n_trials", "max_runtime_s", "max_trial_hours")
@@ -131,14 +135,14 @@ class _Budgets(BaseModel):
     """The fields a running study may change (:data:`MUTABLE_FIELDS`): the search's size and budgets."""
 
     n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
-    max_runtime_s: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+    max_runtime_s: Budget | None = Field(
+        None,
         description="Wall-clock seconds the search may run, from its first trial's start (null: no bound). When it "
         "runs out no search trial starts, running ones end at their current epoch (recorded, pruned) and the study "
         "moves on to confirmation.",
     )
-    max_trial_hours: float | None = Field(
-        None, gt=0, allow_inf_nan=False,
+    max_trial_hours: Budget | None = Field(
+        None,
         description="Trial-hours the search may use: the sum of its search trials' durations (the GPU-hours when each "
         "trial holds one device; null: no bound). Runs out as max_runtime_s does.",
     )
@@ -202,7 +206,7 @@ class StudyPatch(_Budgets):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n_trials": 30, "max_runtime_s": 3600}]})
 
-    n_trials: Integer | None = Field(
+    n_trials: Integer = Field(  # type: ignore[assignment] - absent (None) unless given; never null when given
         None, ge=1, description="The search's trials in total; below the trials already started it ends the search now.")
 
     @model_validator(mode="before")
@@ -216,8 +220,6 @@ class StudyPatch(_Budgets):
                         "immutable_field", "field '{field}' {detail}; mutable: {mutable}",
                         {"field": key, "detail": detail, "mutable": ", ".join(MUTABLE_FIELDS)},
                     )
-            if data.get("n_trials", 1) is None:
-                raise PydanticCustomError("n_trials_null", "n_trials cannot be null", {})
         return data
 
 

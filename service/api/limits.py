@@ -70,15 +70,16 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = build()
         components = schema.get("components", {}).get("schemas", {})
-        owners = {("n_trials",): "StudySpec", ("data", "train_size"): "DataRecipe"}
+        owners = {("n_trials",): ("StudySpec", "StudyPatch"), ("data", "train_size"): ("DataRecipe",)}
         for path, (maximum, why) in server_limits(settings).items():
-            prop = components.get(owners[path], {}).get("properties", {}).get(path[-1])
-            if prop is None:
-                continue
-            for option in prop.get("anyOf", [prop]):
-                if option.get("type") == "integer":
-                    option["maximum"] = min(maximum, option.get("maximum", maximum))
-            prop["description"] = f"{prop.get('description', '')} This server: at most {maximum} ({why}).".strip()
+            for owner in owners[path]:
+                prop = components.get(owner, {}).get("properties", {}).get(path[-1])
+                if prop is None:
+                    continue
+                for option in prop.get("anyOf", [prop]):
+                    if option.get("type") == "integer":
+                        option["maximum"] = min(maximum, option.get("maximum", maximum))
+                prop["description"] = f"{prop.get('description', '')} This server: at most {maximum} ({why}).".strip()
         app.openapi_schema = schema
         return schema
 

@@ -209,7 +209,7 @@ def test_patch_changes_n_trials_and_budgets_and_refuses_every_other_field(sqlite
         ({"n_trials": 6, "stop_when": {"target": 0.5}}, "field 'stop_when' cannot be changed"),
         ({"colour": "red"}, "field 'colour' is not a study field"),
         ({"n_trials": 0}, "greater than or equal to 1"),
-        ({"n_trials": None}, "n_trials cannot be null"),
+        ({"n_trials": None}, "valid integer"),
         ({"n_trials": 51}, "n_trials must be at most 50"),
         ({"max_trial_hours": -1}, "greater than 0"),
     ]:

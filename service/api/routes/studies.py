@@ -268,7 +268,7 @@ def purge_study(name: str, factory: SessionFactoryDep, storage: StorageDep, stor
 
 #: The operations that answer as soon as a POST created the study (best and best/model answer 404 until a
 #: trial completes, by design), published as OpenAPI links of the POST's 200 and 201 answers.
-LINKED_FROM_SUBMIT = (get_study, list_trials, get_importance, stop_study, delete_study)
+LINKED_FROM_SUBMIT = (get_study, list_trials, get_importance, edit_study, stop_study, delete_study)
 
 
 def publish_links(app: FastAPI) -> None:
