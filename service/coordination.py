@@ -204,6 +204,7 @@ def resume_search(session: Session, study_id: int, status: str, n_trials: int, *
     return _conditional(
         session, study_id, SearchStudy.status == status, SearchStudy.search_ended_by.is_not(None),
         _SEARCH_HELD <= n_trials,
+        SearchStudy.confirm_open,  # not while a confirmation plan is half enqueued (its repeats would take search slots)
         status=StudyStatus.RUNNING, search_ended_by=None, n_trials=n_trials, finished_at=None, **values,
     )
 

@@ -65,7 +65,7 @@ class StudyConflict(ValueError):
 
 
 class StudyNotEditable(ValueError):
-    """The study was stopped or failed: its search cannot be changed."""
+    """The study was stopped or failed (its search cannot be changed), or is moving between stages (try again)."""
 
 
 class BudgetSpent(ValueError):
@@ -244,7 +244,7 @@ def edit_study(factory: sessionmaker[Session], name: str, changes: dict[str, Any
                 session.flush()
                 session.refresh(row)
                 return row
-    raise StudyConflict(name, "it changed during the edit; try again")
+    raise StudyNotEditable(f"study {name!r} is moving between stages (its confirmation plan is being enqueued); try the edit again")
 
 
 def delete_study(factory: sessionmaker[Session], name: str) -> None:

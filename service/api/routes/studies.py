@@ -226,7 +226,7 @@ def edit_study(name: str, patch: StudyPatch, settings: SettingsDep, factory: Ses
     check_server_limits(patch, settings)
     try:
         row = studies.edit_study(factory, name, patch.model_dump(include=patch.model_fields_set))
-    except (studies.StudyNotEditable, studies.BudgetSpent, studies.StudyConflict) as error:
+    except (studies.StudyNotEditable, studies.BudgetSpent) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     with factory() as session:
         return views.study_out(session, row)

@@ -25,6 +25,8 @@ def upgrade() -> None:
     op.add_column("regsearch_studies", sa.Column("confirm_open", sa.Boolean(), nullable=False, server_default=sa.true()))
     # A plan being enqueued was marked by confirm_trials = 0 while confirming.
     op.execute("UPDATE regsearch_studies SET confirm_open = false WHERE status = 'confirming' AND confirm_trials = 0")
+    # A study past its search ended it by its n_trials (the only rule there was).
+    op.execute("UPDATE regsearch_studies SET search_ended_by = 'n_trials' WHERE status IN ('confirming', 'completed')")
 
 
 def downgrade() -> None:
