@@ -61,6 +61,8 @@ __all__ = [
     "study_system_attrs",
     "take_waiting",
     "trial_id",
+    "trial_seconds",
+    "waiting_trials",
     "trial_system_attr",
     "unsettled_failures",
 ]
@@ -325,6 +327,31 @@ def trial_durations(session: Session, sqlite: bool) -> list[tuple[str, str, int,
         .group_by(STUDIES.c.study_name, _state())
     )
     return [(study, state_name(state), int(number), float(total)) for study, state, number, total in session.execute(query)]
+
+
+def waiting_trials(session: Session, name: str, where: sa.ColumnElement[bool] | None = None) -> list[int]:
+    """Ids of the study's WAITING trials (those ``where`` selects), oldest first."""
+    query = of_study(sa.select(TRIALS.c.trial_id), name, "WAITING").order_by(TRIALS.c.trial_id)
+    return list(session.scalars(query if where is None else query.where(where)))
+
+
+def trial_seconds(session: Session, name: str | None = None) -> dict[tuple[str, str], float]:
+    """``{(study name, "search" | "confirm"): seconds}``: the summed durations of the trials that started (a
+    running one up to now; warm-start copies, which ran elsewhere, left out), of one study or of all."""
+    start, end = TRIALS.c.datetime_start, TRIALS.c.datetime_complete
+    now = dt.datetime.now()  # Optuna's naive local time
+    if session.get_bind().dialect.name == "sqlite":
+        until = sa.func.coalesce(end, sa.literal(now.isoformat(sep=" "), sa.String))
+        seconds = (sa.func.julianday(until) - sa.func.julianday(start)) * 86400.0
+    else:
+        seconds = sa.extract("epoch", sa.func.coalesce(end, sa.cast(sa.literal(now), sa.DateTime)) - start)
+    stage = sa.case((has_stage(TrialStage.CONFIRM), "confirm"), (search_trial(), "search"), else_=None).label("stage")
+    query = sa.select(STUDIES.c.study_name, stage, sa.func.coalesce(sa.func.sum(seconds), 0.0)).select_from(
+        TRIALS.join(STUDIES, TRIALS.c.study_id == STUDIES.c.study_id)).where(start.is_not(None), _state() != "WAITING")
+    if name is not None:
+        query = query.where(STUDIES.c.study_name == name)
+    rows = session.execute(query.group_by(STUDIES.c.study_name, stage)).all()
+    return {(study, kind): max(0.0, float(total)) for study, kind, total in rows if kind is not None}
 
 
 def running_heartbeats(session: Session) -> list[tuple[str, int, str | None, dt.datetime]]:

@@ -154,6 +154,9 @@ class RegsearchClient:
     def importance(self, name: str, evaluator: str = "ped-anova") -> dict[str, Any]:
         return self._request("GET", f"/v1/studies/{name}/importance", params={"evaluator": evaluator}).json()
 
+    def edit(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PATCH", f"/v1/studies/{name}", json=changes).json()
+
     def stop(self, name: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/studies/{name}/stop").json()
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import optuna
@@ -50,7 +50,7 @@ from scipy import stats
 
 from service.models import STAGE_ATTR, TrialStage
 from service.trials import is_feasible, is_search_trial
-from trainer import Integer  # an int that refuses booleans, as every integer of the spec
+from trainer import Integer, Number  # an int that refuses booleans, as every integer of the spec; a float that does too
 from trainer._best import ParamRange, RunStats, TiedConfig, Uncertainty  # the one uncertainty model (trainer owns it)
 
 __all__ = [
@@ -113,6 +113,13 @@ class ConfirmSpec(BaseModel):
     top_k: Integer = Field(3, ge=0, le=20, description="Distinct top configs re-trained after the search; 0 turns confirmation off.")
     repeats: Integer = Field(
         2, ge=1, le=10, description="Extra runs of each, each with its own seed for the validation split, data order and initialisation."
+    )
+
+    max_hours: Annotated[Number, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="Trial-hours the confirmation stage may use (the sum of its repeats' durations; null: no bound). "
+        "Once spent no repeat starts, running ones finish, the repeats not started are dropped (fail_reason "
+        "confirm-budget) and the study completes with the runs it has.",
     )
 
     @property

@@ -5,9 +5,11 @@ statement matches makes the move, the others change nothing. The invariants, one
 
 * **slots**: no more than ``n_trials`` (plus ``confirm_trials`` once the confirmation stage is
   planned) slots are held at once (:func:`claim_slot`, :func:`release_slot`, :func:`reclaim_leaked_slots`);
-* **statuses**: queued -> running -> (confirming ->) completed, or stopped / failed, never back
-  (:func:`claim_slot`, :func:`stop`, :func:`record_failure`, :func:`begin_confirmation`,
-  :func:`open_confirmation`, :func:`complete_if_done`);
+  no search slot is claimed once the search has ended (:func:`end_search`: a budget or a stopping rule);
+* **statuses**: queued -> running -> (confirming ->) completed, or stopped / failed
+  (:func:`claim_slot`, :func:`stop`, :func:`record_failure`, :func:`end_search`, :func:`begin_confirmation`,
+  :func:`open_confirmation`, :func:`complete_if_done`); back to running only by an edit that resumes an
+  ended search (:func:`resume_search`, PATCH);
 * **leaders**: the best-config history gains a row when the leader changes, under the study's row lock
   (:func:`record_leader`).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import _rdb
 from service.confirmation import ConfirmSpec, summarize
 from service.db import session_scope
-from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchStudy, StudyStatus, WebhookEvent, iso_utc, utc_now
+from service.models import ACTIVE_STATUSES, BestConfigRecord, SearchEnd, SearchStudy, StudyStatus, TrialStage, WebhookEvent, iso_utc, utc_now
 from service.webhooks import emit
 
 __all__ = [
@@ -38,6 +40,9 @@ __all__ = [
     "best_record",
     "claim_slot",
     "complete_if_done",
+    "end_search",
+    "Lifecycle",
+    "lifecycle",
     "has_waiting_trials",
     "open_confirmation",
     "reclaim_leaked_slots",
@@ -46,6 +51,8 @@ __all__ = [
     "release_creation_slots",
     "release_slot",
     "resume_confirmation",
+    "resume_search",
+    "edit_search",
     "runnable_studies",
     "status_of",
     "stop",
@@ -53,6 +60,9 @@ __all__ = [
 ]
 
 _SEARCHING = (StudyStatus.QUEUED.value, StudyStatus.RUNNING.value)
+
+#: The search slots held: ``claimed`` less the confirmation's (a resumed study holds both), never below 0.
+_SEARCH_HELD = sa.case((SearchStudy.claimed > SearchStudy.confirm_trials, SearchStudy.claimed - SearchStudy.confirm_trials), else_=0)
 
 
 def _conditional(session: Session, study_id: int, *conditions: Any, returning: Any = None, **values: Any) -> Any:
@@ -88,6 +98,8 @@ def claim_slot(factory: sessionmaker[Session], study_id: int) -> int | None:
         factory, study_id,
         SearchStudy.claimed < SearchStudy.n_trials + SearchStudy.confirm_trials,
         SearchStudy.status.in_(ACTIVE_STATUSES),
+        # the search until it has ended; the confirmation once its plan is open
+        sa.or_(SearchStudy.search_ended_by.is_(None), sa.and_(SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_open)),
         returning=SearchStudy.claims_total,
         claimed=SearchStudy.claimed + 1,
         claims_total=SearchStudy.claims_total + 1,
@@ -163,41 +175,86 @@ def record_failure(factory: sessionmaker[Session], study_id: int, message: str, 
 
 
 def _search_done(name: str) -> sa.ColumnElement[bool]:
-    """The search's ``n_trials`` have finished (complete or pruned) and no trial runs."""
+    """The search's ``n_trials`` have finished (complete or pruned), or it was ended (:func:`end_search`), and no
+    trial runs."""
     return sa.and_(
-        SearchStudy.claimed >= SearchStudy.n_trials,
-        _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial()) >= SearchStudy.n_trials,
+        sa.or_(
+            SearchStudy.search_ended_by.is_not(None),
+            sa.and_(SearchStudy.claimed >= SearchStudy.n_trials,
+                    _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial()) >= SearchStudy.n_trials),
+        ),
         _rdb.count(name, "RUNNING") == 0,
+    )
+
+
+#: ``search_ended_by`` once the search is over: the rule that ended it early, else its n_trials.
+_ENDED_BY = sa.func.coalesce(SearchStudy.search_ended_by, SearchEnd.N_TRIALS.value)
+
+
+def end_search(factory: sessionmaker[Session], study_id: int, reason: SearchEnd) -> bool:
+    """End a study's search now (a budget ran out, a stopping rule held, PATCH lowered n_trials); True for the one
+    caller that did.
+
+    ``n_trials`` is capped at the search slots already taken and ``search_ended_by`` records ``reason``, so no
+    search slot is claimed again; the trials that run end at their current epoch, pruned with the epochs they
+    reported (:class:`service.objective.Objective`), and once none runs the study moves on as if its n_trials
+    had finished (:func:`begin_confirmation`, :func:`complete_if_done`).
+    """
+    return _update(
+        factory, study_id, SearchStudy.status.in_(_SEARCHING), SearchStudy.search_ended_by.is_(None),
+        search_ended_by=reason.value,
+        n_trials=sa.case((_SEARCH_HELD < SearchStudy.n_trials, _SEARCH_HELD), else_=SearchStudy.n_trials),
+    )
+
+
+def edit_search(session: Session, study_id: int, status: str, ended: bool, **values: Any) -> bool:
+    """PATCH's write when it resumes nothing: ``values`` (spec, budgets, a new ``n_trials``), if the study is still in
+    ``status`` with its search still ``ended`` or not (else the caller decides again)."""
+    ended = SearchStudy.search_ended_by.is_not(None) if ended else SearchStudy.search_ended_by.is_(None)
+    if "n_trials" in values:  # never below the search slots taken (the CHECK constraint holds too)
+        values["n_trials"] = sa.case((_SEARCH_HELD > values["n_trials"], _SEARCH_HELD), else_=values["n_trials"])
+    return _conditional(session, study_id, SearchStudy.status == status, ended, **values)
+
+
+def resume_search(session: Session, study_id: int, status: str, n_trials: int, **values: Any) -> bool:
+    """Resume an ended search (PATCH raised n_trials or a spent budget): running again with ``n_trials`` search
+    trials, if the study is still in ``status`` with its search ended; its confirmation runs again after."""
+    return _conditional(
+        session, study_id, SearchStudy.status == status, SearchStudy.search_ended_by.is_not(None),
+        _SEARCH_HELD <= n_trials,
+        SearchStudy.confirm_open,  # not while a confirmation plan is half enqueued (its repeats would take search slots)
+        status=StudyStatus.RUNNING, search_ended_by=None, n_trials=n_trials, finished_at=None, **values,
     )
 
 
 def complete_if_done(factory: sessionmaker[Session], study_id: int, name: str, n_trials: int, *, confirm: bool = False) -> bool:
     """Mark the study completed once it is done; return True if this call did.
 
-    Done: with ``confirm`` false (confirmation off), ``n_trials`` search trials finished (complete or
-    pruned) and none runs; with it on, the confirmation stage's plan was enqueued (``confirm_trials``
-    set, see :func:`service.stages.advance`) and no trial runs or waits (every repeat finished, or
-    failed out of retries). ``claimed >= n_trials`` is implied (every finished trial holds a slot) and
+    Done: with ``confirm`` false (confirmation off), the search is done (:func:`_search_done`); with it
+    on, the confirmation stage's plan was enqueued and opened (``confirm_open``, see
+    :func:`service.stages.advance`) and no trial runs or waits (every repeat finished, or failed out of
+    retries). ``claimed >= n_trials`` is implied (every finished trial holds a slot) and
     cheap, so the trial counts are only evaluated near the end.
     """
     confirmation_done = sa.and_(
         SearchStudy.status == StudyStatus.CONFIRMING.value,
-        SearchStudy.confirm_trials > 0,
+        SearchStudy.confirm_open,
         _rdb.count(name, "RUNNING") == 0,
         _rdb.count(name, "WAITING") == 0,
     )
     done = confirmation_done if confirm else sa.or_(sa.and_(SearchStudy.status.in_(_SEARCHING), _search_done(name)), confirmation_done)
-    return _complete(factory, study_id, done)
+    return _complete(factory, study_id, done, search_ended_by=_ENDED_BY)
 
 
-def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any) -> bool:
-    """Mark the study completed if ``conditions`` hold, and tell the webhooks; True if this call did.
+def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any, **values: Any) -> bool:
+    """Mark the study completed if ``conditions`` hold (setting ``values`` too), and tell the webhooks; True if
+    this call did.
 
     The event carries no best: another worker may record the last trial's leader just after this (its trial is
     complete in Optuna before its ``record_leader``), and that leader comes as its own ``new_best`` event."""
     now = utc_now()
     with session_scope(factory) as session:
-        if not _conditional(session, study_id, *conditions, status=StudyStatus.COMPLETED, finished_at=now):
+        if not _conditional(session, study_id, *conditions, status=StudyStatus.COMPLETED, finished_at=now, **values):
             return False
         announce_end(session, study_id, StudyStatus.COMPLETED, now)
         return True
@@ -206,11 +263,11 @@ def _complete(factory: sessionmaker[Session], study_id: int, *conditions: Any) -
 def begin_confirmation(factory: sessionmaker[Session], study_id: int, name: str) -> bool:
     """Move a study whose search is done from running to confirming; True for the one caller that did.
 
-    ``confirm_trials`` stays 0, so no slot can be claimed until :func:`open_confirmation` (the
-    caller enqueues the plan first). ``last_claim_at`` marks the move for :func:`resume_confirmation`.
+    ``confirm_open`` is false, so no slot can be claimed until :func:`open_confirmation` (the caller
+    enqueues the plan first). ``last_claim_at`` marks the move for :func:`resume_confirmation`.
     """
     return _update(factory, study_id, SearchStudy.status.in_(_SEARCHING), _search_done(name),
-                   status=StudyStatus.CONFIRMING, confirm_trials=0, last_claim_at=utc_now())
+                   status=StudyStatus.CONFIRMING, confirm_open=False, last_claim_at=utc_now(), search_ended_by=_ENDED_BY)
 
 
 def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_period_s: float) -> bool:
@@ -220,19 +277,26 @@ def resume_confirmation(factory: sessionmaker[Session], study_id: int, grace_per
     return _update(
         factory, study_id,
         SearchStudy.status == StudyStatus.CONFIRMING.value,
-        SearchStudy.confirm_trials == 0,
+        ~SearchStudy.confirm_open,
         sa.or_(SearchStudy.last_claim_at.is_(None), SearchStudy.last_claim_at < now - dt.timedelta(seconds=grace_period_s)),
         last_claim_at=now,
     )
 
 
-def open_confirmation(factory: sessionmaker[Session], study_id: int, planned: int) -> None:
-    """The plan is enqueued: open its ``planned`` slots (an empty plan completes the study)."""
-    opened = (SearchStudy.status == StudyStatus.CONFIRMING.value, SearchStudy.confirm_trials == 0)
-    if planned:
-        _update(factory, study_id, *opened, confirm_trials=planned)
-    else:
-        _complete(factory, study_id, *opened)
+def open_confirmation(factory: sessionmaker[Session], study_id: int, name: str, planned: int) -> None:
+    """The plan is enqueued: open its slots, ``planned`` repeats waiting to run (none: the study completes).
+
+    ``confirm_trials`` becomes the study's repeats that hold or will hold a slot (every repeat but failed ones,
+    whose slots were given back): the plan's size the first time, the earlier plans' repeats plus the new ones
+    when a resumed search confirms again.
+    """
+    opened = (SearchStudy.status == StudyStatus.CONFIRMING.value, ~SearchStudy.confirm_open)
+    if not planned:
+        _complete(factory, study_id, *opened, confirm_open=True)
+        return
+    repeats = _rdb.count(name, "COMPLETE", "PRUNED", "RUNNING", "WAITING", where=_rdb.has_stage(TrialStage.CONFIRM))
+    held = SearchStudy.claimed - SearchStudy.n_trials  # never fewer slots than the study holds
+    _update(factory, study_id, *opened, confirm_open=True, confirm_trials=sa.case((repeats > held, repeats), else_=held))
 
 
 # -- leaders ---------------------------------------------------------------------------------------
@@ -278,6 +342,25 @@ def record_leader(
 
 
 # -- what the workers read -------------------------------------------------------------------------
+
+
+class Lifecycle(NamedTuple):
+    """What a worker checks each epoch: the status, whether the search has ended, and the budgets."""
+
+    status: StudyStatus
+    search_ended_by: str | None
+    started_at: dt.datetime | None
+    max_runtime_s: float | None
+    max_trial_hours: float | None
+
+
+def lifecycle(factory: sessionmaker[Session], study_id: int) -> Lifecycle | None:
+    """The study's :class:`Lifecycle` now (one query), or None once it has been deleted."""
+    with factory() as session:
+        found = session.execute(sa.select(
+            SearchStudy.status, SearchStudy.search_ended_by, SearchStudy.started_at, SearchStudy.max_runtime_s,
+            SearchStudy.max_trial_hours).where(SearchStudy.id == study_id)).first()
+    return None if found is None else Lifecycle(StudyStatus(found[0]), *found[1:])
 
 
 def status_of(factory: sessionmaker[Session], study_id: int) -> StudyStatus | None:

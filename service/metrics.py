@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from service import _rdb
 from service.db import is_sqlite
-from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent
+from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent, as_utc, utc_now
 
 __all__ = ["DOMAIN_METRICS", "SearchCollector", "instrument", "new_registry"]
 
@@ -49,6 +49,14 @@ DOMAIN_METRICS: dict[str, str] = {
     "regsearch_webhook_deliveries": "Webhook deliveries by status (pending, delivered, failed) and event.",
     "regsearch_webhook_delivery_attempts": "Delivery attempts made, by the deliveries' status and event (attempts above "
     "deliveries: retries after an error or a non-2xx answer).",
+    "regsearch_study_runtime_seconds": "Seconds since the study's first trial started (to its end once it ended): "
+    "what max_runtime_s bounds, by study.",
+    "regsearch_study_trial_hours": "Summed trial durations in hours, by study and stage (search: what max_trial_hours "
+    "bounds; confirm: what confirm.max_hours bounds).",
+    "regsearch_study_budget_used_ratio": "Share of each set budget used (1 = spent), by study and budget "
+    "(max_runtime_s, max_trial_hours).",
+    "regsearch_study_search_ended": "1 for the rule that ended each study's search, by study and reason "
+    "(n_trials, max_runtime_s, max_trial_hours, target, no_improvement_trials).",
 }
 
 class SearchCollector(Collector):
@@ -120,6 +128,7 @@ class SearchCollector(Collector):
 
         yield self._heartbeats(session)
         yield from self._webhooks(session)
+        yield from self._budgets(session)
 
     def _webhooks(self, session: Session) -> Iterator[Metric]:
         deliveries = GaugeMetricFamily("regsearch_webhook_deliveries", DOMAIN_METRICS["regsearch_webhook_deliveries"],
@@ -136,6 +145,33 @@ class SearchCollector(Collector):
                 attempts.add_metric([status, event], tries)
         yield deliveries
         yield attempts
+
+    def _budgets(self, session: Session) -> Iterator[Metric]:
+        """Runtime, trial-hours, the share of each budget used, and the rule that ended each search."""
+        names = DOMAIN_METRICS
+        runtime = GaugeMetricFamily("regsearch_study_runtime_seconds", names["regsearch_study_runtime_seconds"], labels=["study"])
+        hours = GaugeMetricFamily("regsearch_study_trial_hours", names["regsearch_study_trial_hours"], labels=["study", "stage"])
+        used = GaugeMetricFamily("regsearch_study_budget_used_ratio", names["regsearch_study_budget_used_ratio"],
+                                 labels=["study", "budget"])
+        ended = GaugeMetricFamily("regsearch_study_search_ended", names["regsearch_study_search_ended"], labels=["study", "reason"])
+        seconds = _rdb.trial_seconds(session)
+        now = utc_now()
+        rows = session.execute(sa.select(SearchStudy.name, SearchStudy.started_at, SearchStudy.finished_at, SearchStudy.max_runtime_s,
+                                         SearchStudy.max_trial_hours, SearchStudy.search_ended_by)
+                               .where(SearchStudy.deleted_at.is_(None)))
+        for name, started, finished, max_runtime_s, max_trial_hours, ended_by in rows:
+            elapsed = 0.0 if started is None else max(0.0, ((as_utc(finished) or now) - as_utc(started)).total_seconds())
+            runtime.add_metric([name], elapsed)
+            search_hours = seconds.get((name, "search"), 0.0) / 3600
+            for stage in ("search", "confirm"):
+                hours.add_metric([name, stage], seconds.get((name, stage), 0.0) / 3600)
+            if max_runtime_s:
+                used.add_metric([name, "max_runtime_s"], elapsed / max_runtime_s)
+            if max_trial_hours:
+                used.add_metric([name, "max_trial_hours"], search_hours / max_trial_hours)
+            if ended_by:
+                ended.add_metric([name, ended_by], 1)
+        yield from (runtime, hours, used, ended)
 
 
     def _heartbeats(self, session: Session) -> Metric:

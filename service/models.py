@@ -17,7 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "ACTIVE_STATUSES", "ADMIN_OWNER", "SEARCH_STAGES", "SLUG_PATTERN", "STAGE_ATTR", "Base", "BestConfigRecord", "DeliveryStatus",
-    "SearchStudy", "StudyStatus", "TrialStage", "Webhook", "WebhookDelivery", "WebhookEvent", "utc_now", "as_utc",
+    "SearchEnd", "SearchStudy", "StudyStatus", "TrialStage", "Webhook", "WebhookDelivery", "WebhookEvent", "utc_now", "as_utc",
 ]
 
 #: A study name: 1-64 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit.
@@ -55,6 +55,16 @@ class TrialStage(enum.StrEnum):
     ENQUEUED = "enqueued"  # a config the study's spec asked to run
     WARM_START = "warm_start"  # a finished trial copied from another study
     CONFIRM = "confirm"  # a repeat of a top config, with another seed (the confirmation stage)
+
+
+class SearchEnd(enum.StrEnum):
+    """Why a study's search ended (``search_ended_by``)."""
+
+    N_TRIALS = "n_trials"  # its n_trials finished (or PATCH lowered n_trials below the trials started)
+    MAX_RUNTIME_S = "max_runtime_s"  # the wall-clock budget from the first trial ran out
+    MAX_TRIAL_HOURS = "max_trial_hours"  # the sum of its search trials' durations ran out
+    TARGET = "target"  # a search trial reached stop_when.target
+    NO_IMPROVEMENT_TRIALS = "no_improvement_trials"  # stop_when.no_improvement_trials finished without a better best
 
 
 #: The stages whose trials count towards ``n_trials``.
@@ -124,6 +134,14 @@ class SearchStudy(Base):
     deleted_at: Mapped[dt.datetime | None]
     #: the owner of the token that created it (:mod:`service.owners`): only they or an admin may change it.
     owner: Mapped[str] = mapped_column(sa.String(64), default=ADMIN_OWNER, server_default=ADMIN_OWNER, index=True)
+    #: the spec's budgets, here so that workers read them fresh (PATCH changes them): see :mod:`service.stages`.
+    max_runtime_s: Mapped[float | None]
+    max_trial_hours: Mapped[float | None]
+    #: which rule ended the search (:class:`SearchEnd`); null while it runs. Ending it early caps ``n_trials``
+    #: at the search slots already taken (:func:`service.coordination.end_search`).
+    search_ended_by: Mapped[str | None] = mapped_column(sa.String(32))
+    #: false while a confirmation plan is being enqueued: no slot can be claimed until it is opened.
+    confirm_open: Mapped[bool] = mapped_column(default=True, server_default=sa.true())
 
     best_history: Mapped[list["BestConfigRecord"]] = relationship(
         back_populates="study", cascade="all, delete-orphan", passive_deletes=True, order_by="BestConfigRecord.id"

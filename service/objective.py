@@ -100,7 +100,8 @@ class Objective:
         self.outcome.trial_id = _rdb.trial_id(trial)
         trial.set_user_attr("worker", self.worker)
         confirming = trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM
-        if not confirming and coordination.status_of(self.factory, self.row.id) == StudyStatus.CONFIRMING:
+        state = None if confirming else coordination.lifecycle(self.factory, self.row.id)
+        if state is not None and state.status == StudyStatus.CONFIRMING:
             # Another worker took the last waiting repeat between our check and our ask: no params drawn,
             # so the failed trial is not retried and its slot is given back.
             trial.set_user_attr("fail_reason", "nothing-to-confirm")
@@ -108,6 +109,10 @@ class Objective:
         params = {
             name: trial.suggest_float(name, dist.low, dist.high, log=dist.log) for name, dist in distributions(self.spec).items()
         }
+        if state is not None and state.search_ended_by is not None:
+            # The search ended (a budget, a stopping rule) after this slot was claimed: recorded, not trained.
+            self.outcome.finished_here = True
+            raise optuna.TrialPruned(f"the search ended ({state.search_ended_by}) before this trial started")
         seed = {"seed": int(trial.user_attrs[SEED_ATTR])} if confirming else {}
         try:
             trained = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial), **seed)
@@ -164,13 +169,21 @@ class Objective:
     def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, Mapping[str, float]], None]:
         history: list[dict[str, float]] = []
         prunable = _prunable(trial)
+        searching = trial.user_attrs.get(STAGE_ATTR) != TrialStage.CONFIRM
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
             history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})
             trial.set_user_attr("history", history)
             trial.report(float(metrics[METRIC]), epoch)
-            if coordination.status_of(self.factory, self.row.id) not in ACTIVE_STATUSES:
+            state = coordination.lifecycle(self.factory, self.row.id)
+            if state is None or state.status not in ACTIVE_STATUSES:
                 raise StudyStopped(f"study {self.row.name!r} was stopped")
+            if searching:
+                # A spent budget ends the search (one worker records why); its trials end here, pruned, their
+                # epochs kept (a trial at its last epoch completes). A confirmation repeat runs to the end.
+                ended = state.search_ended_by or stages.check_search(self.factory, self.row, state)
+                if ended and epoch + 1 < self.spec.epochs:
+                    raise optuna.TrialPruned(f"epoch {epoch}: the search ended ({ended})")
             if self.shutdown.is_set():
                 raise WorkerShutdown(f"worker {self.worker} is shutting down")
             if prunable and trial.should_prune():
@@ -218,4 +231,6 @@ def settle(
     # RUNNING here means the final tell did not reach the database: the heartbeat check fails
     # and re-queues it once its grace period is over.
     if state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+        if is_search_trial(trial):
+            stages.check_search(factory, row, spec=spec, study=study)  # the budgets, then the stop_when rules
         stages.advance(factory, study, row, spec, grace_period_s)

@@ -11,12 +11,14 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationInfo, WithJsonSchema, create_model, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from service.confirmation import ConfirmSpec
 from service._rdb import TRIAL_STATES
 from service.features import ModelInfoOut, MarginOut, ReferenceOut, StudyFeatures, WarmStartOut
-from service.models import SLUG_PATTERN, DeliveryStatus, StudyStatus, WebhookEvent, as_utc, iso_utc
+from service.models import SLUG_PATTERN, DeliveryStatus, SearchEnd, StudyStatus, WebhookEvent, as_utc, iso_utc
+from trainer._recipe import _not_a_boolean  # Integer's rule, before a bound the schema states (as train_size)
 from trainer import SEARCH_SPACE, BestConfig, Integer, Number, ParamSpec, Recipe, TrialMetrics, Uncertainty, validate_bounds
 
 __all__ = [
@@ -31,8 +33,12 @@ __all__ = [
     "SearchSpace",
     "StudyList",
     "StudyStatus",
+    "MUTABLE_FIELDS",
+    "StopWhen",
     "StudyOut",
+    "StudyPatch",
     "StudySpec",
+    "Usage",
     "TrialCounts",
     "TrialList",
     "TrialOut",
@@ -116,7 +122,42 @@ SearchSpace = create_model(
 )
 
 
-class StudySpec(Recipe, StudyFeatures):
+class StopWhen(BaseModel):
+    """The spec's ``stop_when`` block: rules that end the search before its ``n_trials`` (either, both or none)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    target: Annotated[Number, Field(ge=0, le=1)] | None = Field(
+        None, description="End the search once a search trial's validation accuracy reaches this value.")
+    no_improvement_trials: Annotated[int, Field(ge=1), BeforeValidator(_not_a_boolean)] | None = Field(
+        None, description="End the search after this many finished search trials in a row without a better best.")
+
+
+#: A budget: a finite number above 0, never a boolean.
+Budget = Annotated[Number, Field(gt=0, allow_inf_nan=False)]
+
+#: The spec fields PATCH /v1/studies/NAME may change; every other field is fixed at submission.
+MUTABLE_FIELDS = ("n_trials", "max_runtime_s", "max_trial_hours")
+
+
+class _Budgets(BaseModel):
+    """The fields a running study may change (:data:`MUTABLE_FIELDS`): the search's size and budgets."""
+
+    n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
+    max_runtime_s: Budget | None = Field(
+        None,
+        description="Wall-clock seconds the search may run, from its first trial's start (null: no bound). When it "
+        "runs out no search trial starts, running ones end at their current epoch (recorded, pruned) and the study "
+        "moves on to confirmation.",
+    )
+    max_trial_hours: Budget | None = Field(
+        None,
+        description="Trial-hours the search may use: the sum of its search trials' durations (the GPU-hours when each "
+        "trial holds one device; null: no bound). Runs out as max_runtime_s does.",
+    )
+
+
+class StudySpec(Recipe, StudyFeatures, _Budgets):
     """What to search: the training :class:`trainer.Recipe` (model, width, epochs, batch_size,
     learning_rate, data, seed), the study features of :class:`service.features.StudyFeatures`
     (reference, enqueue, warm_start_from, max_gap) and the study's own fields. Every field but
@@ -142,7 +183,6 @@ class StudySpec(Recipe, StudyFeatures):
         description="Unique study name: a slug (lowercase letters, digits, '-' and '_', 1-64 chars).",
         json_schema_extra={"pattern": SLUG_PATTERN.pattern},  # checked by _slug, with a readable message
     )
-    n_trials: Integer = Field(20, ge=1, description="Trials to run in total (capped by REGSEARCH_MAX_TRIALS).")
     search_space: SearchSpace = Field(default_factory=SearchSpace)  # type: ignore[valid-type]
     sampler: SamplerName = Field("tpe", description="tpe (seeded TPE) or random.")
     pruner: PrunerName = Field(
@@ -153,9 +193,10 @@ class StudySpec(Recipe, StudyFeatures):
     )
     confirm: ConfirmSpec = Field(
         default_factory=ConfirmSpec,
-        description="After the search's n_trials: the top_k distinct configs are trained again `repeats` more times "
+        description="After the search: the top_k distinct configs are trained again `repeats` more times "
         "each (new seed and validation split per repeat, paired across configs, unpruned); top_k 0 turns it off.",
     )
+    stop_when: StopWhen = Field(default_factory=StopWhen, description="Rules that end the search early (default: none).")
 
     @field_validator("name")
     @classmethod
@@ -166,6 +207,37 @@ class StudySpec(Recipe, StudyFeatures):
             )
         return value
 
+
+
+class StudyPatch(_Budgets):
+    """``PATCH /v1/studies/NAME``: the fields to change (:data:`MUTABLE_FIELDS`, those given only; null removes a
+    budget). Raising ``n_trials`` or a spent budget of a study whose search ended resumes it (then it confirms again)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n_trials": 30, "max_runtime_s": 3600}]})
+
+    n_trials: Integer = Field(  # type: ignore[assignment] - absent (None) unless given; never null when given
+        None, ge=1, description="The search's trials in total; below the trials already started it ends the search now.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_mutable(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in MUTABLE_FIELDS:
+                    detail = "is not a study field" if key not in StudySpec.model_fields else "cannot be changed on an existing study"
+                    raise PydanticCustomError(
+                        "immutable_field", "field '{field}' {detail}; mutable: {mutable}",
+                        {"field": key, "detail": detail, "mutable": ", ".join(MUTABLE_FIELDS)},
+                    )
+        return data
+
+
+class Usage(BaseModel):
+    """What the study has spent so far (its budgets are in the spec)."""
+
+    runtime_s: float | None = Field(description="Seconds since the first trial started (to the end, once the study ended).")
+    trial_hours: float = Field(description="The sum of the search trials' durations in hours (running ones so far).")
+    confirm_trial_hours: float = Field(description="The same over the confirmation repeats: the confirmation stage's cost.")
 
 
 class Links(BaseModel):
@@ -240,6 +312,10 @@ class StudyOut(BaseModel):
     trials_finished: int = Field(description="Complete plus pruned search trials (the ones that count towards n_trials).")
     confirm_trials: int = Field(0, description="Confirmation trials planned when the search ended (0 before, and when off).")
     confirm_finished: int = Field(0, description="Confirmation trials completed (status confirming while they run).")
+    search_ended_by: SearchEnd | None = Field(
+        None, description="Which rule ended the search: n_trials, max_runtime_s, max_trial_hours, target or "
+        "no_improvement_trials (null while it runs). Ended early, n_trials is the search trials started.")
+    usage: Usage
     counts: TrialCounts = Field(
         description="The study's search trials by state (warm-start trials and confirmation repeats are not counted here)."
     )

@@ -16,17 +16,20 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import _rdb, coordination, features, webhooks
+from service import _rdb, coordination, features, stages, webhooks
 from service._optuna import METRIC, open_study
 from service.db import session_scope
-from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchStudy, StudyStatus, utc_now
+from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchEnd, SearchStudy, StudyStatus, utc_now
 from service.schemas import StudySpec
 
 __all__ = [
+    "BudgetSpent",
     "StudyAlreadyEnded",
     "StudyConflict",
+    "StudyNotEditable",
     "StudyNotFound",
     "delete_study",
+    "edit_study",
     "get_study",
     "list_studies",
     "list_trash",
@@ -62,6 +65,18 @@ class StudyConflict(ValueError):
         self.name = name
 
 
+class StudyNotEditable(ValueError):
+    """The study was stopped or failed (its search cannot be changed), or is moving between stages (try again)."""
+
+
+class BudgetSpent(ValueError):
+    """The edit would resume an ended search whose budget is spent."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _spec_dict(spec: StudySpec) -> dict[str, Any]:
     return spec.model_dump(mode="json")
 
@@ -93,7 +108,7 @@ def submit_study(
     if existing is not None and existing.deleted_at is not None:
         raise StudyConflict(spec.name, "it is in the trash: restore it, purge it, or POST with ?replace=true")
     if existing is not None:
-        if existing.spec != wanted:
+        if _spec_dict(StudySpec.model_validate(existing.spec)) != wanted:  # defaults of fields added since filled in
             raise StudyConflict(spec.name)
         return existing, False
     warm_start = _warm_start(factory, storage, spec) if spec.warm_start_from else None
@@ -110,6 +125,7 @@ def submit_study(
             if row is None:
                 now = utc_now()
                 row = SearchStudy(name=spec.name, spec=wanted, owner=owner, n_trials=spec.n_trials, status=StudyStatus.QUEUED,
+                                  max_runtime_s=spec.max_runtime_s, max_trial_hours=spec.max_trial_hours,
                                   claimed=spec.n_trials, claims_total=0, failed_trials=0, created_at=now,
                                   last_claim_at=now)  # slots held until the Optuna study is set up
                 session.add(row)
@@ -178,7 +194,7 @@ def trashed_names(factory: sessionmaker[Session]) -> set[str]:
 def study_owners(factory: sessionmaker[Session]) -> dict[str, str]:
     """Every study's owner by name (the trash's included)."""
     with factory() as session:
-        return dict(session.execute(sa.select(SearchStudy.name, SearchStudy.owner)).tuples().all())
+        return dict(session.execute(sa.select(SearchStudy.name, SearchStudy.owner)).all())
 
 
 def list_trash(session: Session, owner: str | None = None) -> list[SearchStudy]:
@@ -200,6 +216,49 @@ def stop_study(factory: sessionmaker[Session], name: str) -> SearchStudy:
     if row.status in (StudyStatus.COMPLETED, StudyStatus.FAILED):
         raise StudyAlreadyEnded(name, row.status)
     return row
+
+
+def edit_study(factory: sessionmaker[Session], name: str, changes: dict[str, Any]) -> SearchStudy:
+    """Change a study's ``n_trials`` and budgets (``changes``: the fields given, :data:`service.schemas.MUTABLE_FIELDS`).
+
+    * A search that runs takes the new values (workers read them before each claim and after each epoch);
+      ``n_trials`` below the search trials already started ends the search now (as a budget would).
+    * A search that has ended (running trials finishing, confirming, completed) resumes when the study's
+      ``n_trials`` now exceeds the trials it ran and no budget is spent: running again, then the confirmation
+      stage runs again over the whole search (the repeats already run are kept). An edit that would resume it
+      with a budget spent raises :class:`BudgetSpent`, naming the budget.
+    * A stopped or failed study raises :class:`StudyNotEditable`.
+    """
+    for _attempt in range(5):  # a worker moved the study meanwhile: decide again on its new state
+        with session_scope(factory) as session:
+            row = get_study(session, name)
+            if row.status in (StudyStatus.STOPPED, StudyStatus.FAILED):
+                raise StudyNotEditable(f"study {name!r} is {row.status}; only a queued, running, confirming or completed study can be edited")
+            spec = StudySpec.model_validate({**row.spec, **changes})  # each value validated as at submission
+            budgets = {"max_runtime_s": spec.max_runtime_s, "max_trial_hours": spec.max_trial_hours}
+            values = {"spec": _spec_dict(spec), **budgets}
+            held = max(0, row.claimed - row.confirm_trials)
+            if row.search_ended_by is None:
+                if spec.n_trials < held:
+                    moved = coordination.edit_search(session, row.id, row.status, False, n_trials=held,
+                                                     search_ended_by=SearchEnd.N_TRIALS.value, **values)
+                else:
+                    moved = coordination.edit_search(session, row.id, row.status, False, n_trials=spec.n_trials, **values)
+            elif spec.n_trials > row.n_trials:
+                spent = stages.budget_spent(factory, name, row.started_at, spec.max_runtime_s, spec.max_trial_hours)
+                if spent is not None:
+                    used = stages.usage(session, row)
+                    amount = f"{used.runtime_s:.0f} s" if spent == SearchEnd.MAX_RUNTIME_S else f"{used.trial_hours:.4f} h"
+                    raise BudgetSpent(spent.value, f"{spent.value} {budgets[spent.value]:g} is spent ({amount} used): raise it "
+                                      "in the same edit to resume the search")
+                moved = coordination.resume_search(session, row.id, row.status, spec.n_trials, **values)
+            else:
+                moved = coordination.edit_search(session, row.id, row.status, True, **values)
+            if moved:
+                session.flush()
+                session.refresh(row)
+                return row
+    raise StudyNotEditable(f"study {name!r} is moving between stages (its confirmation plan is being enqueued); try the edit again")
 
 
 def delete_study(factory: sessionmaker[Session], name: str) -> None:

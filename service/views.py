@@ -18,7 +18,7 @@ import optuna
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import _rdb, features, webhooks
+from service import _rdb, features, stages, webhooks
 from service._optuna import METRIC, retry_of
 from service.confirmation import Confirmation
 from service.coordination import best_record
@@ -74,6 +74,8 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
         confirm_finished=session.scalar(sa.select(_rdb.count(row.name, "COMPLETE", where=_rdb.has_stage(TrialStage.CONFIRM)))) or 0,
         counts=trial_counts(session, row.name),
         confirm_trials=row.confirm_trials or 0,
+        search_ended_by=row.search_ended_by,
+        usage=stages.usage(session, row),
         best=None if best is None else _best_summary(best),
         **_features_out(session, row.name, best, spec),
         error=row.error,

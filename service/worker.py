@@ -5,6 +5,7 @@ heartbeats guard it:
 
 1. **Claim a slot** with a conditional UPDATE (:func:`service.coordination.claim_slot`): a study never
    has more than ``n_trials`` slots taken, whatever the number of workers.
+   A spent budget ends the search first (:func:`service.stages.check_search`): no claim then.
 2. **Run the trial** (:class:`service.objective.Objective`): Optuna first fails trials whose worker
    stopped heart-beating (killed, machine lost) and its stale-trial callback,
    :class:`service.retries.RetryFailedTrial`, re-queues each with the same params and gives its
@@ -229,9 +230,14 @@ class Worker:
 
     def _run_trial(self, row: SearchStudy) -> bool:
         if row.status == StudyStatus.CONFIRMING:
+            stages.check_confirmation(self._factory, self._storage, row, self._study(row)[1])  # confirm.max_hours
             with self._factory() as session:
                 if not coordination.has_waiting_trials(session, row.name):
                     return False  # every repeat is running or done: a claim would only sample a stray trial
+        elif row.search_ended_by is None and (row.max_runtime_s is not None or row.max_trial_hours is not None):
+            state = coordination.Lifecycle(StudyStatus(row.status), None, row.started_at, row.max_runtime_s, row.max_trial_hours)
+            if stages.check_search(self._factory, row, state):
+                return False  # a budget ran out: no new search trial
         serial = coordination.claim_slot(self._factory, row.id)
         if serial is None:
             return False

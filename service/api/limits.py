@@ -50,7 +50,9 @@ def check_server_limits(spec: Any, settings: Settings) -> None:
     for path, (maximum, why) in server_limits(settings).items():
         value: Any = spec
         for part in path:
-            value = getattr(value, part)
+            value = getattr(value, part, None)
+            if value is None:  # a PATCH without the field
+                break
         if value is not None and value > maximum:
             name = ".".join(path)
             errors.append({"type": "less_than_equal", "loc": ("body", *path), "input": value,
@@ -68,15 +70,16 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
             return app.openapi_schema
         schema = build()
         components = schema.get("components", {}).get("schemas", {})
-        owners = {("n_trials",): "StudySpec", ("data", "train_size"): "DataRecipe"}
+        owners = {("n_trials",): ("StudySpec", "StudyPatch"), ("data", "train_size"): ("DataRecipe",)}
         for path, (maximum, why) in server_limits(settings).items():
-            prop = components.get(owners[path], {}).get("properties", {}).get(path[-1])
-            if prop is None:
-                continue
-            for option in prop.get("anyOf", [prop]):
-                if option.get("type") == "integer":
-                    option["maximum"] = min(maximum, option.get("maximum", maximum))
-            prop["description"] = f"{prop.get('description', '')} This server: at most {maximum} ({why}).".strip()
+            for owner in owners[path]:
+                prop = components.get(owner, {}).get("properties", {}).get(path[-1])
+                if prop is None:
+                    continue
+                for option in prop.get("anyOf", [prop]):
+                    if option.get("type") == "integer":
+                        option["maximum"] = min(maximum, option.get("maximum", maximum))
+                prop["description"] = f"{prop.get('description', '')} This server: at most {maximum} ({why}).".strip()
         app.openapi_schema = schema
         return schema
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -49,10 +50,16 @@ def register(subparsers) -> None:
     _add_url(best)
     best.set_defaults(func=_best)
 
-    listing = subparsers.add_parser("studies", help="list the studies; delete, restore or purge one; list the trash")
-    listing.add_argument("action", nargs="?", default="list", choices=("list", "delete", "trash", "restore", "purge"),
-                         help="list (default); delete NAME (to the trash); trash (list it); restore NAME; purge NAME (admin)")
-    listing.add_argument("target", nargs="?", metavar="NAME", help="the study to delete, restore or purge")
+    listing = subparsers.add_parser("studies", help="list the studies; edit, delete, restore or purge one; list the trash")
+    listing.add_argument("action", nargs="?", default="list", choices=("list", "edit", "delete", "trash", "restore", "purge"),
+                         help="list (default); edit NAME (its n_trials and budgets, as PATCH /v1/studies/NAME); delete NAME "
+                         "(to the trash); trash (list it); restore NAME; purge NAME (admin)")
+    listing.add_argument("target", nargs="?", metavar="NAME", help="the study to edit, delete, restore or purge")
+    edit = listing.add_argument_group("edit", "the fields to change (the others stay); 'none' removes a budget")
+    edit.add_argument("--n-trials", type=int, help=StudySpec.model_fields["n_trials"].description)
+    for budget in ("max_runtime_s", "max_trial_hours"):
+        edit.add_argument(f"--{budget.replace('_', '-')}", type=_budget, metavar="VALUE|none",
+                          help=StudySpec.model_fields[budget].description.replace("%", "%%"))
     listing.add_argument("--json", action="store_true", help="print the API's JSON")
     mine = listing.add_mutually_exclusive_group()
     mine.add_argument("--mine", action="store_true",
@@ -150,8 +157,9 @@ def _not_json(value: Any, where: str = "") -> str | None:
 def _submit(args) -> int:
     spec = _load_spec(args.spec) if args.spec else {}
     flags = values_from_args(args, StudySpec, exclude=_NOT_FLAGS)
-    if "data" in flags:
-        flags["data"] = {**(spec.get("data") or {}), **flags["data"]}
+    for key, value in flags.items():  # a nested block's flags (data, confirm, stop_when) update the file's block
+        if isinstance(value, dict):
+            flags[key] = {**(spec.get(key) or {}), **value}
     spec.update(flags)
     if "name" not in spec:
         raise CommandError("a study needs a name: --name NAME or a 'name' in the spec file")
@@ -205,6 +213,8 @@ def _watch_study(client, name: str, interval: float) -> int:
     finally:
         bar.close()
     confirmed = f", {study.get('confirm_finished', 0)}/{study['confirm_trials']} confirmation trials" if study.get("confirm_trials") else ""
+    if study.get("search_ended_by") not in (None, "n_trials"):
+        confirmed += f", search ended by {study['search_ended_by']}"
     print(f"study {name} {study['status']}: {study['trials_finished']}/{study['n_trials']} trials{confirmed}, "
           f"{_best_text(study['best'], study.get('margin'))}"
           + (f" - {study['error']}" if study["status"] == "failed" and study.get("error") else ""))
@@ -258,7 +268,47 @@ def _best(args) -> int:
     return 0
 
 
+def _budget(text: str) -> float | str:
+    """A budget flag's value: a number, or ``none`` (the budget removed)."""
+    if text.strip().lower() in ("none", "null"):
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds/hours or 'none', got {text!r}") from None
+    return value
+
+
+def _edit(args) -> int:
+    changes: dict[str, Any] = {}
+    if args.n_trials is not None:
+        changes["n_trials"] = args.n_trials
+    for budget in ("max_runtime_s", "max_trial_hours"):
+        value = getattr(args, budget)
+        if value is not None:
+            changes[budget] = None if value == "none" else value
+    if not changes:
+        raise CommandError("nothing to change: give --n-trials, --max-runtime-s and/or --max-trial-hours")
+    problem = _not_json(changes)
+    if problem:
+        raise CommandError(problem)
+    with _client(args) as client:
+        study = _call(client.edit, args.target, changes)
+    if args.json:
+        print(json.dumps(study, indent=2))
+        return 0
+    spec = study["spec"]
+    budgets = ", ".join(f"{budget} {spec[budget]:g}" for budget in ("max_runtime_s", "max_trial_hours") if spec.get(budget))
+    print(f"study {study['name']} {study['status']}: n_trials {spec['n_trials']}, {budgets or 'no budget'}"
+          + (f" (search ended by {study['search_ended_by']})" if study.get("search_ended_by") else ""))
+    return 0
+
+
 def _studies(args) -> int:
+    if args.action == "edit":
+        if not args.target:
+            raise CommandError("give the study's NAME: regsearch studies edit NAME --n-trials N")
+        return _edit(args)
     if args.action in ("delete", "restore", "purge"):
         if not args.target:
             print(f"regsearch studies {args.action}: give the study's NAME", file=sys.stderr)

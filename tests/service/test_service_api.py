@@ -144,6 +144,11 @@ def test_submit_read_repeat_conflict_stop_delete(client):
         ({"epochs": "many"}, "epochs", "valid integer"),
         ({"max_gap": 0}, "max_gap", "greater than 0"),
         ({"reference": "maybe"}, "reference", "valid boolean"),
+        ({"max_runtime_s": 0}, "max_runtime_s", "greater than 0"),
+        ({"max_trial_hours": "lots"}, "max_trial_hours", "valid number"),
+        ({"stop_when": {"target": 2}}, "stop_when.target", "less than or equal to 1"),
+        ({"stop_when": {"no_improvement_trials": 0}}, "stop_when.no_improvement_trials", "greater than or equal to 1"),
+        ({"confirm": {"max_hours": -1}}, "confirm.max_hours", "greater than 0"),
     ],
 )
 def test_bad_input_is_422_naming_field_and_reason(sqlite_client, change, field, reason):
@@ -189,6 +194,34 @@ def test_missing_name_malformed_json_and_unknown_study(sqlite_client):
     client.post("/v1/studies", json={**SPEC, "name": "format-check"})
     bad_format = client.get("/v1/studies/format-check/best", params={"format": "yaml"})
     assert bad_format.status_code == 422 and bad_format.json()["detail"][0]["loc"] == ["query", "format"]
+
+
+def test_patch_changes_n_trials_and_budgets_and_refuses_every_other_field(sqlite_client):
+    client = sqlite_client
+    assert client.post("/v1/studies", json={**SPEC, "name": "patch-check"}).status_code == 201
+    edited = client.patch("/v1/studies/patch-check", json={"n_trials": 5, "max_runtime_s": 60, "max_trial_hours": 2})
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["n_trials"], body["spec"]["n_trials"], body["spec"]["max_runtime_s"], body["spec"]["max_trial_hours"]) == (5, 5, 60, 2)
+    assert body["search_ended_by"] is None and body["usage"] == {"runtime_s": None, "trial_hours": 0.0, "confirm_trial_hours": 0.0}
+    removed = client.patch("/v1/studies/patch-check", json={"max_runtime_s": None}).json()
+    assert (removed["spec"]["max_runtime_s"], removed["spec"]["max_trial_hours"], removed["n_trials"]) == (None, 2, 5)
+    for change, message in [
+        ({"epochs": 2}, "field 'epochs' cannot be changed on an existing study; mutable: n_trials, max_runtime_s, max_trial_hours"),
+        ({"n_trials": 6, "stop_when": {"target": 0.5}}, "field 'stop_when' cannot be changed"),
+        ({"colour": "red"}, "field 'colour' is not a study field"),
+        ({"n_trials": 0}, "greater than or equal to 1"),
+        ({"n_trials": None}, "valid integer"),
+        ({"n_trials": 51}, "n_trials must be at most 50"),
+        ({"max_trial_hours": -1}, "greater than 0"),
+    ]:
+        refused = client.patch("/v1/studies/patch-check", json=change)
+        assert refused.status_code == 422 and message in refused.text, (change, refused.text)
+    assert client.get("/v1/studies/patch-check").json()["spec"]["n_trials"] == 5  # nothing changed by a refused edit
+    assert client.patch("/v1/studies/ghost", json={"n_trials": 2}).status_code == 404
+    assert client.post("/v1/studies/patch-check/stop").status_code == 200
+    stopped = client.patch("/v1/studies/patch-check", json={"n_trials": 9})
+    assert stopped.status_code == 409 and "is stopped" in stopped.json()["detail"]
 
 
 def test_health_and_openapi(sqlite_client):

@@ -451,7 +451,8 @@ def test_a_write_token_changes_only_its_owners_studies_and_an_admin_all(server, 
     alice, bob, admin = owners["alice"], owners["bob"], server.tokens["admin"]
     other_spec = {**SPEC, "name": "own-bob", "n_trials": 3}
     refused = [("POST", "/v1/studies/own-bob/stop", {}, "stop"), ("DELETE", "/v1/studies/own-bob", {}, "delete"),
-               ("POST", "/v1/studies?replace=true", {"json": other_spec}, "replace")]
+               ("POST", "/v1/studies?replace=true", {"json": other_spec}, "replace"),
+               ("PATCH", "/v1/studies/own-bob", {"json": {"n_trials": 3}}, "change")]
     for method, path, kwargs, action in refused:
         response = server.request(method, path, alice, **kwargs)
         assert response.status_code == 403 and response.json()["detail"] == _refusal("bob", action), (path, response.text)

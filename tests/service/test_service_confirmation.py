@@ -333,3 +333,65 @@ def test_a_repeat_loads_another_split_of_the_same_pool(cifar_dir):
     assert rows(search.x_train) | rows(search.x_val) == rows(repeat.x_train) | rows(repeat.x_val)  # the same pool
     assert rows(search.x_val) != rows(repeat.x_val) and len(repeat.x_val) == len(search.x_val) == 20
     assert np.array_equal(np.bincount(repeat.y_val.ravel(), minlength=10), np.bincount(search.y_val.ravel(), minlength=10))
+
+
+class EditsWhileTraining(KnownScores):
+    """KnownScores, each epoch a little slow; the first epoch of the second trial started runs ``edit`` (made while
+    trials run, as a PATCH would; two trials started, so an n_trials of 1 is below them)."""
+
+    def __init__(self, base_seed: int, edit) -> None:
+        super().__init__(base_seed)
+        self.edit, self.started = edit, {}
+
+    def __call__(self, spec, config, on_epoch_end, seed=None):
+        with self.lock:
+            index = self.started.get(spec.name, 0)
+            self.started[spec.name] = index + 1
+
+        def slow(epoch, metrics):
+            time.sleep(0.05)
+            if spec.name == "edit-lower" and index == 1 and epoch == 0:
+                self.edit()
+            on_epoch_end(epoch, metrics)
+
+        return super().__call__(spec, config, slow, seed)
+
+
+def test_lowering_n_trials_ends_the_search_then_raising_it_resumes_and_a_spent_confirmation_budget_drops_repeats(database):
+    """Issue 20 with real workers on stand-in training: an edit below the trials started ends the search (the running
+    trials end at their epoch, pruned, their epochs kept); an edit that would resume a search whose budget is spent is
+    refused naming it; raising n_trials resumes a completed search; confirm.max_hours bounds the confirmation."""
+    settings, factory, storage = database
+    lower = StudySpec(name="edit-lower", n_trials=8, epochs=3, pruner="none", seed=3, reference=False, confirm={"top_k": 0})
+    bounded = StudySpec(name="edit-confirm", n_trials=3, epochs=1, pruner="none", seed=3, reference=False,
+                        confirm={"top_k": 2, "repeats": 2, "max_hours": 1e-7})
+    for spec in (lower, bounded):
+        studies.submit_study(factory, storage, spec)
+    run_workers(settings, EditsWhileTraining(3, lambda: studies.edit_study(factory, "edit-lower", {"n_trials": 1})))
+
+    with factory() as session:
+        row = studies.get_study(session, "edit-lower")
+        out = views.study_out(session, row)
+    assert (out.status, out.search_ended_by, out.spec.n_trials) == ("completed", "n_trials", 1)
+    trials = trials_of(storage, "edit-lower")
+    assert len(trials) == out.n_trials == out.trials_finished < 8
+    assert all(trial.state.name in ("COMPLETE", "PRUNED") for trial in trials)
+    assert any(trial.state.name == "PRUNED" and 1 <= len(trial.intermediate_values) < 3 for trial in trials), [
+        (trial.number, trial.state.name, len(trial.intermediate_values)) for trial in trials]
+
+    with pytest.raises(studies.BudgetSpent, match="max_runtime_s 0.001 is spent"):
+        studies.edit_study(factory, "edit-lower", {"n_trials": out.n_trials + 1, "max_runtime_s": 0.001})
+    resumed = studies.edit_study(factory, "edit-lower", {"n_trials": out.n_trials + 1, "max_runtime_s": None})
+    assert (resumed.status, resumed.search_ended_by, resumed.n_trials) == ("running", None, out.n_trials + 1)
+    run_workers(settings, KnownScores(3))
+    with factory() as session:
+        again = views.study_out(session, studies.get_study(session, "edit-lower"))
+    assert (again.status, again.search_ended_by, again.trials_finished) == ("completed", "n_trials", out.n_trials + 1)
+
+    with factory() as session:
+        confirm = views.study_out(session, studies.get_study(session, "edit-confirm"))
+    repeats = [trial for trial in trials_of(storage, "edit-confirm") if trial.user_attrs.get("stage") == "confirm"]
+    dropped = [trial for trial in repeats if trial.user_attrs.get("fail_reason") == "confirm-budget"]
+    assert confirm.status == "completed" and confirm.usage.confirm_trial_hours > 1e-7
+    assert len(repeats) == 4 and 1 <= len(dropped) <= 3 and confirm.confirm_finished == 4 - len(dropped)
+    assert all(trial.state.name == "FAIL" for trial in dropped)

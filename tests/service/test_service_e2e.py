@@ -136,6 +136,69 @@ def test_study_with_confirmation_answers_with_mean_interval_ties_and_ranges(serv
     assert shown.returncode == 0 and f"mean {best['mean']:.4f} over 2 run(s)" in shown.stdout and "confirmed" in shown.stdout
 
 
+def test_budgets_stopping_rules_and_edits_end_and_resume_searches_losing_nothing(service):
+    """Issue 20 on real networks, five tiny studies served side by side: a time budget and a trial-hours budget end
+    their searches early (running trials recorded as pruned with their epochs, then confirmation, whose own cost is
+    reported), each stopping rule ends its search, PATCH (and the CLI) raises a completed study's n_trials, which
+    searches further and confirms again, and a fixed field is refused."""
+    tiny = {**SMALL, "pruner": "none", "reference": False}
+    flags = ["--width", "0.25", "--batch-size", "64", "--train-size", "300", "--no-reference", "--pruner", "none"]
+    # Trials far longer than the time budget: it runs out while one trains (which ends at its epoch, pruned).
+    submitted = service.cli("submit", "--name", "e2e-runtime", "--n-trials", "40", "--epochs", "200", "--top-k", "0",
+                            "--max-runtime-s", "3", *flags)
+    assert submitted.returncode == 0, submitted.stderr
+    specs = [
+        {"name": "e2e-hours", "n_trials": 40, "max_trial_hours": 0.002, **tiny, "confirm": {"top_k": 1, "repeats": 1}},
+        {"name": "e2e-target", "n_trials": 40, "stop_when": {"target": 0.0}, **tiny},
+        {"name": "e2e-patience", "n_trials": 40, "stop_when": {"no_improvement_trials": 1}, **tiny},
+        {"name": "e2e-patch", "n_trials": 2, **tiny, "confirm": {"top_k": 1, "repeats": 1}},
+    ]
+    for spec in specs:
+        assert service.post("/v1/studies", json=spec).status_code == 201
+    final = ("completed", "failed", "stopped")
+
+    runtime = service.wait_status("e2e-runtime", final, timeout=300)
+    assert (runtime["status"], runtime["search_ended_by"]) == ("completed", "max_runtime_s"), service.logs()
+    trials = service.get("/v1/studies/e2e-runtime/trials").json()["trials"]
+    assert runtime["spec"]["max_runtime_s"] == 3 and runtime["usage"]["runtime_s"] >= 3
+    # Nothing lost: every trial started is recorded, complete or pruned (a running one at its current epoch).
+    assert len(trials) == runtime["n_trials"] == runtime["trials_finished"] < 40
+    assert all(trial["state"] in ("complete", "pruned") for trial in trials)
+    assert any(trial["state"] == "pruned" and 1 <= len(trial["intermediate_values"]) < 200 for trial in trials), trials
+
+    hours = service.wait_status("e2e-hours", final, timeout=300)
+    assert (hours["status"], hours["search_ended_by"]) == ("completed", "max_trial_hours"), service.logs()
+    assert hours["usage"]["trial_hours"] >= 0.002 and hours["trials_finished"] == hours["n_trials"] < 40
+    assert hours["confirm_trials"] == hours["confirm_finished"] == 1 and hours["usage"]["confirm_trial_hours"] > 0
+
+    for name, rule in (("e2e-target", "target"), ("e2e-patience", "no_improvement_trials")):
+        study = service.wait_status(name, final, timeout=300)
+        assert (study["status"], study["search_ended_by"]) == ("completed", rule), service.logs()
+        assert study["trials_finished"] == study["n_trials"] < 40 and study["counts"]["failed"] == 0
+
+    first = service.wait_status("e2e-patch", final, timeout=300)
+    assert (first["status"], first["search_ended_by"], first["confirm_trials"]) == ("completed", "n_trials", 1)
+    refused = httpx.patch(f"{service.url}/v1/studies/e2e-patch", json={"n_trials": 3, "epochs": 2}, timeout=60)
+    assert refused.status_code == 422 and "field 'epochs' cannot be changed" in refused.text
+    assert "mutable: n_trials, max_runtime_s, max_trial_hours" in refused.text
+    edited = service.cli("studies", "edit", "e2e-patch", "--n-trials", "3")
+    assert edited.returncode == 0 and "study e2e-patch running: n_trials 3" in edited.stdout, edited.stderr
+    again = service.wait_status("e2e-patch", final, timeout=300)
+    assert (again["status"], again["search_ended_by"], again["trials_finished"]) == ("completed", "n_trials", 3)
+    trials = service.get("/v1/studies/e2e-patch/trials").json()["trials"]
+    search = sorted((t for t in trials if t["stage"] == "search"), key=lambda t: (-t["value"], t["number"]))
+    repeats = [trial for trial in trials if trial["stage"] == "confirm"]
+    assert len(search) == 3 and all(trial["state"] == "complete" for trial in trials)
+    # Confirmed again over the whole search: the top config of the three has its repeat (the first one's is kept).
+    assert search[0]["number"] in {trial["confirms"] for trial in repeats}
+    assert again["confirm_trials"] == again["confirm_finished"] == len(repeats) and again["best"]["n"] == 2
+
+    exposition = service.get("/metrics").text
+    assert 'regsearch_study_search_ended{reason="max_runtime_s",study="e2e-runtime"} 1.0' in exposition
+    assert 'regsearch_study_trial_hours{stage="confirm",study="e2e-hours"}' in exposition
+    assert 'regsearch_study_budget_used_ratio{budget="max_trial_hours",study="e2e-hours"}' in exposition
+
+
 def test_cli_errors_are_one_line(service):
     unknown = service.cli("best", "ghost")
     assert unknown.returncode == 1

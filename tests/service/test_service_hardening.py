@@ -120,7 +120,7 @@ def test_unknown_v1_paths_and_wrong_methods_get_json_404_and_405(server):
         response = server.request("GET", path)
         assert response.status_code == 404 and response.headers["content-type"] == "application/json", path
     wrong = server.request("PUT", "/v1/studies/anything", json={})
-    assert wrong.status_code == 405 and wrong.headers["allow"] == "DELETE, GET, HEAD"
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "DELETE, GET, HEAD, PATCH"
     assert server.request("PATCH", "/v1/studies").status_code == 405
     assert server.request("TRACE", "/healthz").status_code == 405
 

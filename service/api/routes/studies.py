@@ -27,7 +27,7 @@ from service.api.deps import (
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
 from service.api.hardening import ErrorOut
-from service.schemas import SLUG_PATTERN, BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudySpec, TrialList
+from service.schemas import SLUG_PATTERN, BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudyPatch, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
 
@@ -228,6 +228,29 @@ def stop_study(name: str, factory: SessionFactoryDep, token: MethodAccess) -> St
         return views.study_out(session, row)
 
 
+@router.patch(
+    "/{name}",
+    response_model=StudyOut,
+    summary="Change a study's n_trials and budgets; a completed study resumes its search, then confirms again",
+    responses={
+        **owner_only("change"),
+        409: {"description": "The study was stopped or failed, or the edit would resume a search whose budget is spent."},
+        422: {"description": "A field that cannot change (every one but n_trials, max_runtime_s, max_trial_hours), or a bad value."},
+    },
+)
+def edit_study(name: str, patch: StudyPatch, settings: SettingsDep, factory: SessionFactoryDep, token: MethodAccess) -> StudyOut:
+    """Raise or lower ``n_trials``, ``max_runtime_s`` and ``max_trial_hours`` of a queued, running, confirming or
+    completed study (null removes a budget); the rules are :func:`service.studies.edit_study`'s."""
+    check_server_limits(patch, settings)
+    owners.require_owner(factory, token, name, "change")
+    try:
+        row = studies.edit_study(factory, name, patch.model_dump(include=patch.model_fields_set))
+    except (studies.StudyNotEditable, studies.BudgetSpent) as error:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+    with factory() as session:
+        return views.study_out(session, row)
+
+
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=owner_only("delete"),
                summary="Move a study to the trash: hidden, stopped if active, restorable until purged")
 def delete_study(name: str, settings: SettingsDep, factory: SessionFactoryDep, storage: StorageDep, store: ArtifactStoreDep,
@@ -269,7 +292,7 @@ def purge_study(name: str, factory: SessionFactoryDep, storage: StorageDep, stor
 
 #: The operations that answer as soon as a POST created the study (best and best/model answer 404 until a
 #: trial completes, by design), published as OpenAPI links of the POST's 200 and 201 answers.
-LINKED_FROM_SUBMIT = (get_study, list_trials, get_importance, stop_study, delete_study)
+LINKED_FROM_SUBMIT = (get_study, list_trials, get_importance, edit_study, stop_study, delete_study)
 
 
 def publish_links(app: FastAPI) -> None:
