@@ -296,7 +296,8 @@ class IdempotentTrialCreation:
             created = super()._create_new_trial(study_id, template_trial)
         finally:
             self._creation.token = None
-        self.mark_started(created._trial_id)
+        if template_trial is None:  # asked for; not a trial enqueued (by a retry callback, say) meanwhile
+            self.mark_started(created._trial_id)
         return created
 
     def mark_started(self, trial_id: int | None) -> None:

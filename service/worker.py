@@ -249,12 +249,12 @@ class Worker:
         has params (a queued trial's), then give its slot back: failed before another worker can take that slot,
         it never stays RUNNING beside the slot's next trial, an orphan until a sweep fails it."""
         try:
+            if through_outages(self._storage.get_trial, trial_id).state != optuna.trial.TrialState.RUNNING:
+                raise optuna.exceptions.UpdateFinishedTrialError("already failed by a sweep")
+            through_outages(self._storage.set_trial_user_attr, trial_id, "fail_reason", ORPHANED)
+            through_outages(self._storage.set_trial_state_values, trial_id, optuna.trial.TrialState.FAIL)
             trial = through_outages(self._storage.get_trial, trial_id)
-            if trial.state == optuna.trial.TrialState.RUNNING:
-                through_outages(self._storage.set_trial_user_attr, trial_id, "fail_reason", ORPHANED)
-                through_outages(self._storage.set_trial_state_values, trial_id, optuna.trial.TrialState.FAIL)
-                trial = through_outages(self._storage.get_trial, trial_id)
-        except Exception as error:  # noqa: BLE001 - the sweeps fail it later; the slot comes back now
+        except Exception as error:  # noqa: BLE001 - a sweep fails it (or did); the slot comes back now
             log.warning("worker %s: trial id %d, started by an ask that raised, not failed (%s)", self.name, trial_id, error)
             coordination.release_slot(self._factory, row.id)
             return
