@@ -8,6 +8,8 @@ depends on how Optuna stores a study lives in this module:
 * the table views (:data:`STUDIES`, :data:`TRIALS`, the attribute tables, ...) and the state names;
 * :func:`of_study`, the one trials-of-a-study query every count and lookup is built on;
 * the SQL rules on trial stages (:func:`search_trial`, :func:`has_stage`, :func:`holds_slot`);
+* trial creation and the taking of a queued trial, each exactly once even when a dropped connection cuts
+  its commit (:class:`IdempotentTrialCreation`, :func:`take_waiting`);
 * the settle writes, the unsettled-failure and orphan queries of the sweeps, the metrics' queries;
 * the private attributes of Optuna's objects (:func:`trial_id`, :func:`study_id`, :func:`storage_of`,
   :func:`artifact_path`) and the one filter of Optuna's ``ExperimentalWarning`` (:func:`quiet`);
@@ -21,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import threading
+import uuid
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,12 +36,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.models import SEARCH_STAGES, STAGE_ATTR, TrialStage
 
 __all__ = [
+    "CREATION_ATTR",
     "FINISHED_STATES",
     "SETTLED",
     "STUDIES",
     "TRIALS",
     "TRIAL_STATES",
     "WORKER_PRIVILEGES",
+    "IdempotentTrialCreation",
     "artifact_path",
     "claim_settlement",
     "count",
@@ -235,13 +241,87 @@ def take_waiting(engine: sa.Engine, trial_id: int) -> bool:
     UPDATE``: a row lock on PostgreSQL, nothing on SQLite (two workers could both read WAITING and both run
     the trial). One statement is atomic on both: SQLite serializes writers (waiting up to its busy timeout),
     PostgreSQL re-checks the condition on the row it waited for. ``datetime_start`` is set as Optuna does.
+    A commit cut by a dropped connection may have landed: the trial is then this caller's if it runs with
+    exactly the start time this caller wrote (else the error is raised, and the trial is either still
+    WAITING or another worker's, or, if even that read fails, an orphan for the sweeps).
     """
-    with engine.begin() as connection:
-        taken = connection.execute(
-            sa.update(TRIALS).where(TRIALS.c.trial_id == trial_id, _state() == "WAITING")
-            .values(state="RUNNING", datetime_start=dt.datetime.now())  # Optuna's naive local time
-        )
-    return taken.rowcount == 1
+    started = dt.datetime.now()  # Optuna's naive local time; to the microsecond, this call's mark
+    try:
+        with engine.begin() as connection:
+            taken = connection.execute(
+                sa.update(TRIALS).where(TRIALS.c.trial_id == trial_id, _state() == "WAITING")
+                .values(state="RUNNING", datetime_start=started)
+            )
+        return taken.rowcount == 1
+    except sa.exc.DBAPIError:
+        try:
+            with engine.connect() as connection:
+                row = connection.execute(sa.select(TRIALS.c.state, TRIALS.c.datetime_start).where(TRIALS.c.trial_id == trial_id)).first()
+        except sa.exc.DBAPIError:
+            row = None
+        if row is not None and state_name(row.state) == "RUNNING" and _as_datetime(row.datetime_start) == started:
+            return True
+        raise
+
+
+def _as_datetime(value: Any) -> Any:
+    """A ``DateTime`` column's value as a datetime (SQLite's text, as the table views read it, parsed)."""
+    return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+#: System attribute of a trial created by ``ask`` (not enqueued): a token drawn for its creation, written in the
+#: transaction that creates it (see :class:`IdempotentTrialCreation`).
+CREATION_ATTR = "regsearch:creation"
+
+
+class IdempotentTrialCreation:
+    """A mixin of Optuna's ``RDBStorage`` whose trial creation is idempotent: one ``ask``, one trial.
+
+    Optuna retries a trial creation whose commit raised; but a commit cut by a dropped connection may
+    have landed on the server, and the retry then creates a second trial while the first stays RUNNING
+    with no worker (an orphan: no heartbeat, no params, until a sweep fails it). So each creation draws a
+    token, and a fresh trial (not an enqueued one, which has a template) carries it in
+    :data:`CREATION_ATTR`, written in the transaction that creates it; an attempt that finds the token
+    (read under the study row lock Optuna takes first) returns that trial instead of adding another.
+
+    It also tells which trial this thread's ``ask`` started (:meth:`started_trial`; the storage's taking of a
+    queued trial calls :meth:`mark_started`): an ``ask`` that raised after its trial existed (its next read
+    cut by a dropped connection) leaves that trial to its caller (:meth:`service.worker.Worker.fail_unrun`).
+    """
+
+    _creation = threading.local()  # this thread's creation token under way, and the trial its last ask started
+
+    def _create_new_trial(self, study_id: int, template_trial: Any = None) -> Any:
+        self._creation.token = uuid.uuid4().hex
+        try:
+            created = super()._create_new_trial(study_id, template_trial)
+        finally:
+            self._creation.token = None
+        if template_trial is None:  # asked for; not a trial enqueued (by a retry callback, say) meanwhile
+            self.mark_started(created._trial_id)
+        return created
+
+    def mark_started(self, trial_id: int | None) -> None:
+        """Record (None: forget) the trial this thread's ``ask`` started."""
+        self._creation.started = trial_id
+
+    def started_trial(self) -> int | None:
+        """The id of the trial this thread's ``ask`` created or took from the queue since ``mark_started(None)``."""
+        return getattr(self._creation, "started", None)
+
+    def _get_prepared_new_trial(self, study_id: int, template_trial: Any, session: Session) -> Any:
+        token = getattr(self._creation, "token", None)
+        if token is None or template_trial is not None:
+            return super()._get_prepared_new_trial(study_id, template_trial, session)
+        from optuna.storages._rdb.models import TrialModel
+
+        attrs, value = TRIAL_SYSTEM_ATTRS, json.dumps(token)
+        landed = session.scalar(sa.select(attrs.c.trial_id).where(attrs.c.key == CREATION_ATTR, attrs.c.value_json == value))
+        if landed is not None:
+            return session.get(TrialModel, landed)
+        trial = super()._get_prepared_new_trial(study_id, template_trial, session)
+        session.execute(sa.insert(attrs).values(trial_id=trial.trial_id, key=CREATION_ATTR, value_json=value))
+        return trial
 
 
 # -- the settle writes, beside Optuna's retry callback -------------------------------------------------
@@ -299,8 +379,7 @@ def orphaned_trials(session: Session, name: str, grace_period: float) -> list[in
     )
     found = []
     for key, started, state in session.execute(query).all():
-        if isinstance(started, str):
-            started = dt.datetime.fromisoformat(started)
+        started = _as_datetime(started)
         if state_name(state) == "RUNNING" and (started is None or started <= cutoff):
             found.append(key)
     return found
@@ -368,9 +447,7 @@ def running_heartbeats(session: Session) -> list[tuple[str, int, str | None, dt.
     )
     rows = []
     for study, number, worker_json, heartbeat in session.execute(query):
-        if isinstance(heartbeat, str):
-            heartbeat = dt.datetime.fromisoformat(heartbeat)
-        rows.append((study, int(number), json.loads(worker_json) if worker_json else None, heartbeat))
+        rows.append((study, int(number), json.loads(worker_json) if worker_json else None, _as_datetime(heartbeat)))
     return rows
 
 

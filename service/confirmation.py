@@ -77,6 +77,7 @@ __all__ = [
     "paired_test",
     "repeat_seed",
     "robust_ranges",
+    "search_rank",
     "summarize",
     "top_configs",
 ]
@@ -169,7 +170,7 @@ def _with_references(trials: Sequence[optuna.trial.FrozenTrial], top: list[optun
     keys = {_params_key(trial.params) for trial in top}
     references = sorted(
         (trial for trial in trials if _candidate(trial) and trial.user_attrs.get(STAGE_ATTR) == TrialStage.REFERENCE),
-        key=lambda trial: (-trial.value, trial.number),
+        key=search_rank,
     )
     extra = []
     for trial in references:
@@ -178,6 +179,13 @@ def _with_references(trials: Sequence[optuna.trial.FrozenTrial], top: list[optun
             keys.add(key)
             extra.append(trial)
     return [*top, *extra]
+
+
+def search_rank(trial: optuna.trial.FrozenTrial) -> tuple[float, int]:
+    """The order of complete search trials: the higher value first, ties to the lower trial number (whichever
+    finished first, so the order never depends on timing). The one rule for ties: the leader, the best and the kept models
+    (:func:`service.features.kept_models`) all follow it through :func:`top_configs`."""
+    return -trial.value, trial.number
 
 
 def _params_key(params: Mapping[str, float]) -> tuple:
@@ -198,7 +206,7 @@ def top_configs(trials: Iterable[optuna.trial.FrozenTrial], top_k: int) -> list[
     if top_k == 0:
         return []
     candidates = [trial for trial in trials if _candidate(trial)]
-    candidates.sort(key=lambda trial: (-trial.value, trial.number))
+    candidates.sort(key=search_rank)
     chosen: list[optuna.trial.FrozenTrial] = []
     seen: set[tuple] = set()
     for trial in candidates:

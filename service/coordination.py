@@ -317,8 +317,8 @@ def record_leader(
     Under the study's row lock (an UPDATE that changes nothing), ``read_trials()`` (the Optuna study's
     trials, read after the lock is taken so that the last writer saw every finished run) is summarized
     by :func:`service.confirmation.summarize`. A new row is appended when the leader (the config of the
-    highest mean; during the search, the highest single value, so a row when it strictly improves)
-    differs from the last row's; otherwise the last row's value (the mean) and summary are updated.
+    highest mean; during the search, the highest single value, ties to the lower trial number:
+    :func:`service.confirmation.search_rank`) differs from the last row's; otherwise the last row's value (the mean) and summary are updated.
     """
     with session_scope(factory) as session:
         if not _conditional(session, study_id, id=SearchStudy.id):  # the row lock; False once deleted

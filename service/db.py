@@ -115,7 +115,8 @@ def optuna_storage(
 
 @functools.cache
 def _storage_class():
-    """``RDBStorage`` whose queued trials are taken exactly once and whose heartbeat survives a failed write.
+    """``RDBStorage`` whose trials are created (:class:`service._rdb.IdempotentTrialCreation`) and queued trials
+    taken exactly once, even through a dropped connection, and whose heartbeat survives a failed write.
 
     Optuna records heartbeats from a background thread that ends at the first exception, so one
     write lost to a dropped connection would leave a live trial silent until another worker fails
@@ -123,16 +124,19 @@ def _storage_class():
     """
     import optuna
 
-    from service._rdb import take_waiting
+    from service._rdb import IdempotentTrialCreation, take_waiting
 
-    class RDBStorage(optuna.storages.RDBStorage):
+    class RDBStorage(IdempotentTrialCreation, optuna.storages.RDBStorage):
         def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
             # Optuna pops a queued trial (the reference, an enqueued config, a warm start's, a retry, a
             # confirmation repeat) by reading it WAITING, then setting it RUNNING; its row lock does not
             # exist on SQLite, where two workers could both take the trial. One conditional UPDATE
             # instead: exactly one worker's statement matches, and a loser's ``ask`` tries the next.
             if state == optuna.trial.TrialState.RUNNING and values is None:
-                return take_waiting(self.engine, trial_id)
+                taken = take_waiting(self.engine, trial_id)
+                if taken:
+                    self.mark_started(trial_id)
+                return taken
             return super().set_trial_state_values(trial_id, state, values)
 
         def record_heartbeat(self, trial_id: int) -> None:

@@ -34,7 +34,7 @@ from service.confirmation import CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR
 from service.features import trial_params
 from service.models import ACTIVE_STATUSES, STAGE_ATTR, StudyStatus
 
-__all__ = ["OUTAGES", "SETTLED", "WORKER_LOST", "RetryFailedTrial", "retry_unsettled_failures", "through_outages"]
+__all__ = ["ORPHANED", "OUTAGES", "SETTLED", "WORKER_LOST", "RetryFailedTrial", "retry_unsettled_failures", "through_outages"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ KEPT_ATTRS = (STAGE_ATTR, CONFIRMS_ATTR, REPEAT_ATTR, SEED_ATTR)
 
 #: ``fail_reason`` of a trial whose worker stopped heart-beating (killed, machine lost).
 WORKER_LOST = "worker lost"
+#: ``fail_reason`` of a RUNNING trial nobody runs: its ``ask`` raised after starting it (:mod:`service.sweeps`).
+ORPHANED = "orphaned"
 
 #: What a lost connection raises (directly, or through Optuna's storage); not a refused statement.
 OUTAGES = (sa.exc.OperationalError, sa.exc.InterfaceError, optuna.exceptions.StorageInternalError)
@@ -106,7 +108,7 @@ class RetryFailedTrial:
                 # but keeps what the trial is (KEPT_ATTRS), so a confirmation repeat stays one.
                 fresh = copy.deepcopy(trial)
                 fresh.user_attrs = {key: value for key, value in trial.user_attrs.items() if key in KEPT_ATTRS}
-                fresh.system_attrs = {key: value for key, value in trial.system_attrs.items() if key != SETTLED}
+                fresh.system_attrs = {key: value for key, value in trial.system_attrs.items() if key not in (SETTLED, _rdb.CREATION_ATTR)}
                 through_outages(self._retry, study, fresh)  # before the release, so that the retry takes the slot
         finally:
             if release:

@@ -5,8 +5,8 @@ A worker sweeps a study whose slots are all taken (or any study, when it is idle
 * **stale trials**: a RUNNING trial whose worker stopped heart-beating for the grace period is
   failed by Optuna's own check, which calls the storage's
   :class:`~service.retries.RetryFailedTrial` (retry with the same params, slot given back);
-* **orphaned trials**: a RUNNING trial with neither a heartbeat nor a param (its creation raced a
-  dropped connection) is invisible to that check; it is marked failed here;
+* **orphaned trials**: a RUNNING trial with neither a heartbeat nor a param (its ``ask`` raised, and
+  its worker could not fail it) is invisible to that check; it is marked failed here;
 * **unsettled failures**: a failed trial whose retry was never queued (a connection dropped between
   Optuna failing it and calling back) is re-queued by :func:`service.retries.retry_unsettled_failures`;
 * **leaked slots**: slots no trial holds (a worker killed between its claim and its trial) are given
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import _rdb, coordination, studies
 from service.models import SearchStudy
-from service.retries import retry_unsettled_failures
+from service.retries import ORPHANED, retry_unsettled_failures
 
 __all__ = ["fail_orphaned_trials", "fail_stale_trials", "purge_expired_trash", "sweep_ended_studies", "sweep_study"]
 
@@ -72,16 +72,17 @@ def fail_stale_trials(
 def fail_orphaned_trials(factory: sessionmaker[Session], storage: Any, name: str, grace_period: float) -> None:
     """Fail RUNNING trials older than the grace period that never recorded a heartbeat nor drew a param.
 
-    Optuna's stale-trial check skips trials without a heartbeat row. A trial whose creation raced a
-    dropped database connection (``ask`` raised in its worker, which gave the slot back) stays
-    RUNNING with neither forever, and its study would never complete. Its slot was already returned
-    and it has no params to retry, so it is only marked failed.
+    Optuna's stale-trial check skips trials without a heartbeat row. A trial whose ``ask`` raised after
+    starting it (a read cut by a dropped connection) is failed at once by its worker
+    (:meth:`service.worker.Worker.fail_unrun`), unless the database stayed out longer than its retries or
+    the worker died first: such a trial stays RUNNING with neither forever, and its study would never
+    complete. Its slot was already returned and it has no params to retry, so it is only marked failed.
     """
     with factory() as session:
         trial_ids = _rdb.orphaned_trials(session, name, grace_period)
     for trial_id in trial_ids:
         try:
-            storage.set_trial_user_attr(trial_id, "fail_reason", "orphaned")
+            storage.set_trial_user_attr(trial_id, "fail_reason", ORPHANED)
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker got there first

@@ -50,7 +50,7 @@ from service.db import create_engine, migrate, optuna_storage, session_factory
 from service.features import make_artifact_store
 from service.models import SearchStudy, StudyStatus
 from service.objective import Objective, TrainFunction, Trained, TrialOutcome, settle
-from service.retries import RetryFailedTrial
+from service.retries import ORPHANED, RetryFailedTrial, through_outages
 from service.schemas import StudySpec
 from service.webhooks import Dispatcher
 from trainer import RegularizationConfig
@@ -242,6 +242,7 @@ class Worker:
         if serial is None:
             return False
         outcome = TrialOutcome()  # filled in by the objective: optimize returns nothing (see TrialOutcome)
+        self._storage.mark_started(None)
         try:
             study, spec = self._study(row, serial)
             objective = Objective(self.train, self._factory, row, spec, self.name, self._shutdown,
@@ -249,13 +250,35 @@ class Worker:
             study.optimize(objective, n_trials=1, catch=(Exception,))  # heartbeats run only inside optimize
         finally:
             if outcome.trial_id is None:
-                coordination.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
+                unrun = self._storage.started_trial()
+                if unrun is not None:  # ask started a trial, then raised (its next read cut by a dropped connection)
+                    self.fail_unrun(study, row, unrun)
+                else:
+                    coordination.release_slot(self._factory, row.id)  # no trial was created: the slot was never used
             else:
                 self.trials_run += 1
                 settle(outcome, factory=self._factory, storage=self._storage, retry=self._retry, study=study,
                        row=row, spec=spec, max_failed_trials=self.settings.max_failed_trials,
                        grace_period_s=self.settings.grace_period)
         return True
+
+    def fail_unrun(self, study: optuna.Study, row: SearchStudy, trial_id: int) -> None:
+        """Fail the trial this worker's ``ask`` started before raising (its objective never ran), re-queue it if it
+        has params (a queued trial's), then give its slot back: failed before another worker can take that slot,
+        it never stays RUNNING beside the slot's next trial, an orphan until a sweep fails it."""
+        try:
+            if through_outages(self._storage.get_trial, trial_id).state != optuna.trial.TrialState.RUNNING:
+                raise optuna.exceptions.UpdateFinishedTrialError("already failed by a sweep")
+            through_outages(self._storage.set_trial_user_attr, trial_id, "fail_reason", ORPHANED)
+            through_outages(self._storage.set_trial_state_values, trial_id, optuna.trial.TrialState.FAIL)
+            trial = through_outages(self._storage.get_trial, trial_id)
+        except Exception as error:  # noqa: BLE001 - a sweep fails it (or did); the slot comes back now
+            log.warning("worker %s: trial id %d, started by an ask that raised, not failed (%s)", self.name, trial_id, error)
+            coordination.release_slot(self._factory, row.id)
+            return
+        log.warning("worker %s: study %s: trial %d, started by an ask that raised, marked failed", self.name, row.name,
+                    trial.number)
+        self._retry.retry(study, trial, row.id, reason=ORPHANED)  # re-queued if it has params; the slot given back
 
     def _sweep(self, row: SearchStudy) -> None:
         """For a study whose slots are all taken: move it on if due, else clean up after dead workers."""

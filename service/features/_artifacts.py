@@ -148,6 +148,25 @@ def kept_models(trials: list[FrozenTrial], confirm: ConfirmSpec | None = None) -
     return kept
 
 
+def _ranked_view(study: optuna.Study, number: int | None = None, value: float | None = None) -> list[FrozenTrial]:
+    """The study's trials as :func:`kept_models` ranks them while trials still run: a running trial that stored
+    a model (and trial ``number``, about to store one with ``value``) counts as complete with its value.
+
+    One ranking for the running and the finished, and :func:`top_configs`'s rule for ties (the lower trial
+    number first), the rule that names the best: of two tied trials finishing concurrently, in any order,
+    the lower-numbered keeps its model and the other's goes (or is never uploaded).
+    """
+    view = []
+    for other in study.get_trials(deepcopy=False):
+        record = other.system_attrs.get(MODEL_ATTR)
+        if not other.state.is_finished() and (other.number == number or record):
+            other = copy.deepcopy(other)
+            other.state = TrialState.COMPLETE
+            other.value = value if other.number == number else float(record["value"])
+        view.append(other)
+    return view
+
+
 def store_model(
     study: optuna.Study, trial: Any, value: float, model_or_result: Any, store: Any, confirm: ConfirmSpec | None = None
 ) -> ModelInfoOut | None:
@@ -164,10 +183,7 @@ def store_model(
     """
     from trainer._keras_file import save_keras_model
 
-    keep, keep_reference = _keep(confirm)
-    ranked = top_configs(study.get_trials(deepcopy=False), keep)
-    wanted = len(ranked) < keep or float(value) > ranked[-1].value or (keep_reference and is_reference(trial))
-    if not wanted:
+    if trial.number not in kept_models(_ranked_view(study, trial.number, float(value)), confirm):
         return None
     storage = storage_of(study)
     with tempfile.TemporaryDirectory(prefix="regsearch-model-") as directory:
@@ -177,16 +193,9 @@ def store_model(
     record = ModelInfoOut(artifact_id=artifact_id, trial_number=trial.number, value=float(value), size_bytes=size,
                           filename=MODEL_FILENAME)
     storage.set_trial_system_attr(trial_id(trial), MODEL_ATTR, record.model_dump())
-    # Every stored model ranked by its value, this one's and those of trials still running included (their
-    # records carry their values), so that a displaced config loses its file now; and this trial's own
-    # upload goes again if a better one was stored meanwhile by another worker.
-    ranked_trials = []
-    for other in study.get_trials(deepcopy=False):
-        other_record = other.system_attrs.get(MODEL_ATTR)
-        if other_record and not other.state.is_finished():
-            other = copy.deepcopy(other)
-            other.state, other.value = TrialState.COMPLETE, float(other_record["value"])
-        ranked_trials.append(other)
+    # Ranked again now that this record is visible to the others: a displaced config loses its file, and this
+    # trial's own upload goes again if a better one was stored meanwhile by another worker.
+    ranked_trials = _ranked_view(study)
     kept = kept_models(ranked_trials, confirm)
     for other in ranked_trials:
         other_record = other.system_attrs.get(MODEL_ATTR)

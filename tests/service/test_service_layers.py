@@ -15,7 +15,7 @@ from service import _rdb
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "service" / "_rdb.py"
 #: Optuna's private attributes the service reads (through service._rdb's accessors everywhere else).
-PRIVATE_ATTRIBUTES = {"_trial_id", "_study_id", "_storage", "_get_filepath"}
+PRIVATE_ATTRIBUTES = {"_trial_id", "_study_id", "_storage", "_get_filepath", "_create_new_trial", "_get_prepared_new_trial"}
 #: Optuna table names too common to match as bare strings ("trials" is also a CLI command): matched in SQL only.
 COMMON_NAMES = {"studies", "trials"}
 SQL_TABLE = re.compile(rf"\b(?:FROM|JOIN|INTO|UPDATE)\s+({'|'.join(sorted(_rdb.WORKER_PRIVILEGES))})\b")

@@ -84,6 +84,9 @@ def test_claims_never_exceed_n_trials_under_contention(database):
     assert coordination.claim_slot(factory, row.id) is None
 
 
+# Several heartbeats (the fixture's 1 s is one): under load a live trial must not be failed as lost, which
+# would add a retry and a failed trial to the counts below. Nothing here waits for the grace period.
+@pytest.mark.parametrize("grace_period", [4])
 def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(database):
     settings, factory, storage = database
     studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="retry", n_trials=6, epochs=3, pruner="none"))
@@ -108,6 +111,85 @@ def test_failed_trial_is_retried_with_its_params_and_study_ends_at_n_trials(data
     assert values == sorted(values) and len(set(values)) == len(values)  # a row only when the best improves
     assert values[-1] == max(trial.value for trial in finished)
     assert history[-1].train_size == 270
+
+
+def _commits_cut_after_landing(engine, cuts, statement_start):
+    """Make the next ``cuts`` commits on ``engine`` of transactions that ran a statement starting ``statement_start``
+    land, then raise as a dropped connection does (the client never hears that the server committed); returns the
+    cuts made."""
+    made = []
+
+    def before_cursor_execute(conn, _cursor, statement, *_args):
+        if statement.lstrip().upper().startswith(statement_start.upper()):
+            conn.info[statement_start] = True
+
+    def commit(conn):
+        if conn.info.pop(statement_start, False) and len(made) < cuts:
+            made.append(statement_start)
+            conn.connection.dbapi_connection.commit()  # the server commits...
+            raise sa.exc.OperationalError("COMMIT", {}, RuntimeError("server closed the connection unexpectedly"))
+
+    sa.event.listen(engine, "before_cursor_execute", before_cursor_execute)
+    sa.event.listen(engine, "commit", commit)
+    return made
+
+
+def test_a_trial_creation_whose_commit_landed_but_raised_creates_one_trial(database):
+    """Optuna retries a creation whose commit raised; when that commit had landed, the retry must find its trial,
+    not leave it RUNNING with no worker (an orphan beside the slot's trial: one trial more than n_trials)."""
+    settings, _factory, _storage = database
+    storage = optuna_storage(settings, heartbeat=True)  # the workers' storage
+    study = optuna.create_study(storage=storage, study_name="cut-commit", direction="maximize")
+    cut = _commits_cut_after_landing(storage.engine, 1, "INSERT INTO trials ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # heartbeats outside optimize
+        trial = study.ask()
+        assert cut == ["INSERT INTO trials "]  # the first attempt's commit landed, then raised
+        assert [(t.number, t.state.name) for t in study.get_trials()] == [(0, "RUNNING")] and trial.number == 0
+        study.tell(trial, 0.5)
+        assert study.ask().number == 1  # the next creation is a trial of its own
+        # Taking a queued trial: the conditional UPDATE's commit landed, then raised; the trial is this caller's.
+        study.enqueue_trial({"dropout_conv": 0.4})
+        cut = _commits_cut_after_landing(storage.engine, 1, "UPDATE trials SET state")
+        queued = study.ask()
+    assert cut == ["UPDATE trials SET state"] and queued.number == 2
+    assert queued.suggest_float("dropout_conv", 0.3, 0.5) == 0.4
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "RUNNING", "RUNNING"]
+    storage.engine.dispose()
+
+
+def test_a_trial_whose_ask_raised_after_creating_it_is_failed_before_its_slot_is_given_back(database):
+    """The read right after a trial's creation is cut (a dropped connection): ``ask`` raises, the objective never runs.
+    The worker fails that trial before giving its slot back, so it never runs beside the slot's next trial."""
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(confirm=NO_CONFIRM, name="unrun", n_trials=2, epochs=1, pruner="none",
+                                                     reference=False))
+    worker = Worker(settings, train=quick_training(), exit_when_idle=True, name="test-cut")
+    worker._connect()
+    steps = []  # "insert", then "commit" of the first trial's creation, then "cut" of the next read
+
+    def before_cursor_execute(conn, _cursor, statement, *_args):
+        if not steps and statement.lstrip().upper().startswith("INSERT INTO TRIALS "):
+            steps.append("insert")
+        elif steps == ["insert", "commit"] and statement.lstrip().upper().startswith("SELECT"):
+            steps.append("cut")
+            raise sa.exc.OperationalError(statement, {}, RuntimeError("server closed the connection unexpectedly"))
+
+    def commit(conn):
+        if steps == ["insert"]:
+            steps.append("commit")
+
+    sa.event.listen(worker._storage.engine, "before_cursor_execute", before_cursor_execute)
+    sa.event.listen(worker._storage.engine, "commit", commit)
+    worker.run()
+
+    assert steps == ["insert", "commit", "cut"]
+    trials = optuna.load_study(study_name="unrun", storage=storage).trials
+    assert [(t.state.name, t.user_attrs.get("fail_reason"), bool(t.params)) for t in trials] == [
+        ("FAIL", "orphaned", False), ("COMPLETE", None, True), ("COMPLETE", None, True)]
+    assert trials[0].datetime_complete <= trials[1].datetime_start  # failed before the next trial was created
+    with factory() as session:
+        assert (studies.get_study(session, "unrun").status, studies.get_study(session, "unrun").claimed) == ("completed", 2)
 
 
 def test_trial_of_a_dead_worker_is_failed_and_rerun_with_same_params(database):

@@ -12,7 +12,7 @@ import numpy as np
 import optuna
 import pytest
 
-from service.confirmation import ConfirmSpec
+from service.confirmation import ConfirmSpec, summarize
 from service.features import (
     MODEL_ATTR,
     NoBestModel,
@@ -161,6 +161,25 @@ def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(r
     assert third.trial_number == 3 and run(0.35, result) is None
     assert _files(tmp_path / "artifacts") == sorted(record.artifact_id for record in (reference, first, third))
     assert disk_usage(study, make_artifact_store(tmp_path / "artifacts"), confirm)["artifacts"] == 3
+
+
+def test_tied_trials_finishing_in_any_order_keep_the_model_of_the_best(result, sqlite_url, tmp_path):
+    """Two workers' tied trials: the later-numbered one finishes first, yet the best (ties: the lower number)
+    has its model, and the other's file goes."""
+    store = make_artifact_store(tmp_path / "artifacts")
+    study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="tie")
+    first, second, third = (study.ask({spec.name: optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.log)
+                                       for spec in SEARCH_SPACE}) for _ in range(3))
+    later = store_model(study, second, 0.5, result, store)  # trial 1 finishes first, trial 0 still runs
+    assert later.trial_number == 1
+    study.tell(second, 0.5)
+    earlier = store_model(study, first, 0.5, result, store)  # the tie goes to trial 0, which names the best
+    study.tell(first, 0.5)
+    assert earlier.trial_number == 0 and _files(tmp_path / "artifacts") == [earlier.artifact_id]
+    assert store_model(study, third, 0.5, result, store) is None  # a later tie never displaces it
+    study.tell(third, 0.5)
+    best = summarize(study.get_trials(), ConfirmSpec(top_k=0)).best
+    assert best.trial_number == 0 and download_model(study, store, 0, tmp_path / "best.keras") == earlier
 
 
 def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
