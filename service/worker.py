@@ -166,22 +166,24 @@ class Worker:
         """The worker loop; returns the process exit code."""
         log.info("worker %s started", self.name)
         retrying = backoff(first=0.5, cap=self.settings.db_retry_max_s, stop=self._shutdown, on_retry=self._log_retry)
-        while not self._shutdown.is_set():
-            try:
-                did_work = retrying(self._work)
-            except Exception:  # noqa: BLE001 - re-raised only once a shutdown ended the retries
-                break
-            if not did_work:
-                # An active study with nothing to claim still has trials running (or a slot about
-                # to be reclaimed): one of them may fail and need a retry, so an exit-when-idle
-                # worker stays until every study it could serve has ended.
-                if self.exit_when_idle and not self._active_studies:
+        try:
+            while not self._shutdown.is_set():
+                try:
+                    did_work = retrying(self._work)
+                except Exception:  # noqa: BLE001 - re-raised only once a shutdown ended the retries
                     break
-                self._shutdown.wait(self.poll_interval)
-        log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
-        self._dispatcher.stop()
-        if self._engine is not None:
-            self._engine.dispose()
+                if not did_work:
+                    # An active study with nothing to claim still has trials running (or a slot about
+                    # to be reclaimed): one of them may fail and need a retry, so an exit-when-idle
+                    # worker stays until every study it could serve has ended.
+                    if self.exit_when_idle and not self._active_studies:
+                        break
+                    self._shutdown.wait(self.poll_interval)
+            log.info("worker %s stopped after %d trial(s)", self.name, self.trials_run)
+        finally:  # the delivery thread never outlives the loop, however it ends
+            self._dispatcher.stop()
+            if self._engine is not None:
+                self._engine.dispose()
         return 0
 
     def _work(self) -> bool:
