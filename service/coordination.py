@@ -54,7 +54,6 @@ __all__ = [
     "resume_search",
     "edit_search",
     "runnable_studies",
-    "status_of",
     "stop",
     "studies_with_running_trials",
 ]
@@ -361,13 +360,6 @@ def lifecycle(factory: sessionmaker[Session], study_id: int) -> Lifecycle | None
             SearchStudy.status, SearchStudy.search_ended_by, SearchStudy.started_at, SearchStudy.max_runtime_s,
             SearchStudy.max_trial_hours).where(SearchStudy.id == study_id)).first()
     return None if found is None else Lifecycle(StudyStatus(found[0]), *found[1:])
-
-
-def status_of(factory: sessionmaker[Session], study_id: int) -> StudyStatus | None:
-    """The study's current status, or None once it has been deleted."""
-    with factory() as session:
-        status = session.scalar(sa.select(SearchStudy.status).where(SearchStudy.id == study_id))
-    return None if status is None else StudyStatus(status)
 
 
 def runnable_studies(session: Session) -> list[SearchStudy]:

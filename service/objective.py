@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import _rdb, coordination, features, stages
 from service._optuna import METRIC, distributions
-from service.confirmation import SEED_ATTR
+from service.confirmation import SEED_ATTR, is_confirmation
 from service.models import ACTIVE_STATUSES, STAGE_ATTR, SearchStudy, StudyStatus, TrialStage
 from service.retries import RetryFailedTrial, through_outages
 from service.schemas import StudySpec
@@ -99,7 +99,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         self.outcome.trial_id = _rdb.trial_id(trial)
         trial.set_user_attr("worker", self.worker)
-        confirming = trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM
+        confirming = is_confirmation(trial)
         state = None if confirming else coordination.lifecycle(self.factory, self.row.id)
         if state is not None and state.status == StudyStatus.CONFIRMING:
             # Another worker took the last waiting repeat between our check and our ask: no params drawn,
@@ -115,7 +115,7 @@ class Objective:
             raise optuna.TrialPruned(f"the search ended ({state.search_ended_by}) before this trial started")
         seed = {"seed": int(trial.user_attrs[SEED_ATTR])} if confirming else {}
         try:
-            trained = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial), **seed)
+            trained = self.train(self.spec, RegularizationConfig.from_dict(params), self._epoch_reporter(trial, searching=not confirming), **seed)
         except optuna.TrialPruned:
             self.outcome.finished_here = True
             raise
@@ -166,10 +166,9 @@ class Objective:
         if record is not None:
             log.info("study %s: stored the model of trial %d (%d bytes)", self.row.name, trial.number, record.size_bytes)
 
-    def _epoch_reporter(self, trial: optuna.Trial) -> Callable[[int, Mapping[str, float]], None]:
+    def _epoch_reporter(self, trial: optuna.Trial, *, searching: bool) -> Callable[[int, Mapping[str, float]], None]:
         history: list[dict[str, float]] = []
         prunable = _prunable(trial)
-        searching = trial.user_attrs.get(STAGE_ATTR) != TrialStage.CONFIRM
 
         def on_epoch_end(epoch: int, metrics: Mapping[str, float]) -> None:
             history.append({key: float(value) for key, value in metrics.items() if isinstance(value, (int, float))})

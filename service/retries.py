@@ -100,7 +100,8 @@ class RetryFailedTrial:
             # Its params: those drawn, or those it was enqueued with (a reference that failed before drawing any).
             params = trial_params(trial)
             if status is None and params:  # read again: the trial may have ended (stopped, failed) its study
-                status = through_outages(coordination.status_of, self._factory, study_id)
+                state = through_outages(coordination.lifecycle, self._factory, study_id)
+                status = None if state is None else state.status
             if params and status in ACTIVE_STATUSES:
                 log.warning("study %s: trial %d failed (%s); re-queued with the same params unless out of retries",
                             study.study_name, trial.number, trial.user_attrs.get("fail_reason", reason))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import optuna
@@ -52,10 +52,13 @@ log = logging.getLogger(__name__)
 
 
 def advance(
-    factory: sessionmaker[Session], study: optuna.Study, row: SearchStudy, spec: StudySpec, grace_period_s: float
+    factory: sessionmaker[Session], study: optuna.Study, row: SearchStudy, spec: StudySpec, grace_period_s: float,
+    *, check_budget: bool = True,
 ) -> bool:
-    """Move the study to its next stage if it is due; return True once it has completed (by this call)."""
-    check_confirmation(factory, _rdb.storage_of(study), row, spec)
+    """Move the study to its next stage if it is due; return True once it has completed (by this call).
+    ``check_budget``: check the confirmation's budget first (False where the caller just did)."""
+    if check_budget:
+        check_confirmation(factory, _rdb.storage_of(study), row, spec)
     if coordination.complete_if_done(factory, row.id, row.name, row.n_trials, confirm=spec.confirm.enabled):
         return True
     if not spec.confirm.enabled:
@@ -111,8 +114,9 @@ def budget_spent(factory: sessionmaker[Session], name: str, started_at: Any, max
     return None
 
 
-def stop_rule(trials: Iterable[optuna.trial.FrozenTrial], rules: StopWhen) -> SearchEnd | None:
-    """The ``stop_when`` rule the finished search trials meet, or None.
+def stop_rule(read_trials: Callable[[], Iterable[optuna.trial.FrozenTrial]], rules: StopWhen) -> SearchEnd | None:
+    """The ``stop_when`` rule the finished search trials meet, or None. ``read_trials`` is called only when
+    ``rules`` has a rule (most studies have none: no read of the study's trials after each of them).
 
     ``target``: a complete, feasible search trial reached it. ``no_improvement_trials``: that many search trials
     finished (complete or pruned, in the order they finished) since the best value last improved (or since the
@@ -121,7 +125,7 @@ def stop_rule(trials: Iterable[optuna.trial.FrozenTrial], rules: StopWhen) -> Se
     if rules.target is None and rules.no_improvement_trials is None:
         return None
     finished = sorted(
-        (trial for trial in trials if is_search_trial(trial) and trial.state in _FINISHED and trial.datetime_complete),
+        (trial for trial in read_trials() if is_search_trial(trial) and trial.state in _FINISHED and trial.datetime_complete),
         key=lambda trial: (trial.datetime_complete, trial.number),
     )
     best, since = -math.inf, 0
@@ -155,7 +159,7 @@ def check_search(factory: sessionmaker[Session], row: SearchStudy, state: coordi
         return None
     reason = budget_spent(factory, row.name, state.started_at, state.max_runtime_s, state.max_trial_hours)
     if reason is None and spec is not None and study is not None:
-        reason = stop_rule(study.get_trials(deepcopy=False), spec.stop_when)
+        reason = stop_rule(lambda: study.get_trials(deepcopy=False), spec.stop_when)
     if reason is not None and coordination.end_search(factory, row.id, reason):
         log.info("study %s: search ended by %s", row.name, reason)
         return reason

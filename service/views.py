@@ -65,14 +65,15 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
     """
     best = best_record(session, row.id)
     spec = spec if spec is not None else StudySpec.model_validate(row.spec)
+    counts = trial_counts(session, row.name)
     return StudyOut(
         name=row.name,
         owner=row.owner,
         status=row.status,
         n_trials=row.n_trials,
-        trials_finished=session.scalar(sa.select(_rdb.count(row.name, "COMPLETE", "PRUNED", where=_rdb.search_trial()))) or 0,
+        trials_finished=counts.complete + counts.pruned,  # the search trials finished (counts are of search trials)
         confirm_finished=session.scalar(sa.select(_rdb.count(row.name, "COMPLETE", where=_rdb.has_stage(TrialStage.CONFIRM)))) or 0,
-        counts=trial_counts(session, row.name),
+        counts=counts,
         confirm_trials=row.confirm_trials or 0,
         search_ended_by=row.search_ended_by,
         usage=stages.usage(session, row),

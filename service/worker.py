@@ -288,6 +288,7 @@ class Worker:
             study, spec = self._study(row)
         except KeyError:
             return
-        if stages.advance(self._factory, study, row, spec, self.settings.grace_period):
+        # check_budget=False: _run_trial checked a confirming study's budget just before this sweep
+        if stages.advance(self._factory, study, row, spec, self.settings.grace_period, check_budget=False):
             return
         sweeps.sweep_study(self._factory, self._storage, study, row, self.settings.grace_period)

@@ -47,11 +47,11 @@ from trainer._gap import train_sample_indices
 from trainer._models import Knobs, build_search_model
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._space import RegularizationConfig
+from trainer._sparsity import weight_stats
 from trainer._train import seeded_start
 
 __all__ = ["LaneEngine", "LaneShape", "epoch_order", "lanes_unsupported", "resolve_lane_precision"]
 
-SPARSITY_THRESHOLD = 1e-3
 
 
 def resolve_lane_precision(precision: str) -> str:
@@ -465,7 +465,7 @@ class LaneEngine:
         val_loss, val_accuracy = self._evaluate(lane["trainable"], non_trainable, data.x_val, data.y_val)
         _, train_accuracy = self._evaluate(lane["trainable"], non_trainable, data.x_train[job.gap_index],
                                            data.y_train[job.gap_index])
-        kernels = np.concatenate([np.abs(np.asarray(lane["trainable"][i], np.float64)).ravel() for i in self._kernel_index])
+        weight_l1, weight_l2, sparsity = weight_stats(lane["trainable"][i] for i in self._kernel_index)  # as trainer.train
         job.epoch += 1
         metrics = {
             "epoch": job.epoch,
@@ -475,9 +475,9 @@ class LaneEngine:
             "val_accuracy": val_accuracy,
             "train_accuracy": train_accuracy,
             "gap": train_accuracy - val_accuracy,
-            "weight_l1": float(kernels.sum()),
-            "weight_l2": float(np.sqrt(np.square(kernels).sum())),
-            "sparsity": float(np.mean(kernels < SPARSITY_THRESHOLD)),
+            "weight_l1": weight_l1,
+            "weight_l2": weight_l2,
+            "sparsity": sparsity,
             "train_time_s": train_time,
             "epoch_time_s": time.perf_counter() - job.epoch_started,
             "images_per_second": job.steps_per_epoch * settings.batch_size / train_time if train_time > 0 else float("nan"),

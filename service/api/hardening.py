@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["COMMON_RESPONSES", "ERROR_RESPONSES", "ErrorGuard", "ErrorOut", "HeaderTimeoutH11", "InputGuard", "http_protocol", "ValidationErrorOut", "excerpt", "json_error", "validation_error_handler"]
+__all__ = ["COMMON_RESPONSES", "ERROR_RESPONSES", "ErrorGuard", "ErrorOut", "HeaderTimeoutH11", "InputGuard", "http_protocol", "ValidationErrorOut", "excerpt", "owner_only", "json_error", "validation_error_handler"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 EXCERPT_CHARS = 80
@@ -73,6 +73,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorOut, "description": "A request body that is not application/json."},
     422: {"model": ValidationErrorOut, "description": "Invalid input: each error names the field and the reason."},
 }
+
+
+def owner_only(action: str) -> dict[int | str, dict[str, Any]]:
+    """The 403 of a route that changes a study (:func:`service.owners.require_owner`), documented."""
+    return {403: {"model": ErrorOut, "description": "The token's scope is too small (read < write < admin), or the "
+                  f"study is another owner's: only its owner or an admin may {action} it (the answer names the owner)."}}
 
 
 def excerpt(value: Any) -> Any:

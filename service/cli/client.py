@@ -244,10 +244,7 @@ def _best(args) -> int:
     else:
         text = json.dumps(best, indent=2) + "\n"
     if args.output:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as error:
-            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
+        _write_text(args.output, text)
         print(f"wrote {args.output}")
         return 0
     if args.json or args.format:
@@ -386,10 +383,7 @@ def _trials_table(client, args) -> int:
         lines.append("  ".join(cells))
     text = "\n".join(lines) + "\n"
     if args.output:
-        try:
-            Path(args.output).write_text(text)
-        except OSError as error:
-            raise CommandError(f"cannot write {args.output}: {error.strerror}") from None
+        _write_text(args.output, text)
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -409,10 +403,18 @@ def _importance(args) -> int:
 
 
 # -- issue 19 --
+def _write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path``; an OS error is the CLI's one line."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror}") from None
+
+
 def _report(args) -> int:
     output = args.output or f"{args.name}-report.html"
     with _client(args) as client:
         page = _call(client.report, args.name)
-    Path(output).write_text(page, encoding="utf-8")
+    _write_text(output, page)
     print(f"wrote {output} ({len(page.encode('utf-8')) / 1e6:.1f} MB): open it in a browser; it works offline")
     return 0

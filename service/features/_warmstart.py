@@ -38,6 +38,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from service.confirmation import CONFIRMS_ATTR, is_confirmation
 from service.features._bounds import search_bounds
 from service.features._constraints import GAP_CONSTRAINT, gap_constraint
 from service.features._reference import reference_config
@@ -175,20 +176,18 @@ def warm_start_trials(
     distributions = {
         spec.name: FloatDistribution(bounds[spec.name][0], bounds[spec.name][1], log=spec.log) for spec in SEARCH_SPACE
     }
-    from service.confirmation import CONFIRMS_ATTR
-
     source_trials = [trial for trial in source_trials
                      if trial.state == TrialState.COMPLETE and trial.value is not None and math.isfinite(trial.value)]
     # One row per config: a confirmation repeat re-trains a search trial's config with another seed, so its
     # value joins that trial's (their mean), never a row of its own (the sampler would see one config as several).
     repeats: dict[int, list[float]] = {}
     for trial in source_trials:
-        if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM:
+        if is_confirmation(trial):
             repeats.setdefault(trial.user_attrs.get(CONFIRMS_ATTR), []).append(float(trial.value))
     trials: list[FrozenTrial] = []
     out_of_bounds = no_gap = 0
     for trial in source_trials:
-        if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM:
+        if is_confirmation(trial):
             continue
         runs = [float(trial.value), *repeats.get(trial.number, [])]
         _check_params(trial, source_name)

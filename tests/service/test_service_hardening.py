@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from service.features import MIN_TRIALS
-from tests.support import REGSEARCH, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy
+from tests.support import REGSEARCH, base_env, free_port, kill_group, seed_trials, spawn, wait_healthy, wait_until
 
 SPEC = {"name": "guard-demo", "n_trials": 2, "epochs": 1, "width": 0.25, "data": {"train_size": 300}}
 JSON = {"Content-Type": "application/json"}
@@ -232,9 +232,7 @@ def test_an_unexpected_error_is_a_short_500_that_closes_its_connection_and_the_n
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     try:
-        wait_until_up = time.monotonic() + 30
-        while not uv.started and time.monotonic() < wait_until_up:
-            time.sleep(0.05)
+        wait_until(lambda: uv.started, timeout=30, interval=0.05, what="uvicorn to start")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:  # one kept-alive pool
             for _ in range(3):
                 failed = client.get("/boom")

@@ -33,7 +33,8 @@ report: dict = {}
 
 
 def history(result) -> list[dict]:
-    return [{key: epoch[key] for key in ("loss", "accuracy", "val_loss", "val_accuracy", "train_accuracy", "weight_l1")}
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "train_accuracy", "weight_l1", "weight_l2", "sparsity")
+    return [{key: epoch[key] for key in keys}
             for epoch in result.history]
 
 

@@ -26,7 +26,7 @@ from service.api.deps import (
     require_admin,
 )
 from service.features import EXPORT_COLUMNS_TEXT, ImportanceOut, TrialRow
-from service.api.hardening import ErrorOut
+from service.api.hardening import ErrorOut, owner_only
 from service.schemas import SLUG_PATTERN, BestConfigOut, KerasSettingsOut, StudyList, StudyOut, StudyPatch, StudySpec, TrialList
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"])
@@ -34,12 +34,6 @@ router = APIRouter(prefix="/v1/studies", tags=["studies"])
 #: ``?owner=``: the listings of one owner's studies (``regsearch studies --mine`` sends its token's owner).
 OwnerFilter = Annotated[str | None, Query(description="Only this owner's studies.", pattern=SLUG_PATTERN.pattern,
                                           max_length=64)]
-
-
-def owner_only(action: str) -> dict[int | str, dict[str, Any]]:
-    """The 403 of a route that changes a study (:func:`service.owners.require_owner`), documented."""
-    return {403: {"model": ErrorOut, "description": "The token's scope is too small (read < write < admin), or the "
-                  f"study is another owner's: only its owner or an admin may {action} it (the answer names the owner)."}}
 
 
 @router.post(
@@ -67,7 +61,6 @@ def submit_study(
     studies.purge_expired(factory, storage, store, settings.trash_days)  # frees the names of expired studies
     if replace:
         owners.require_owner(factory, token, spec.name, "replace")
-        cache.forget(spec.name)
     try:
         row, created = studies.submit_study(factory, storage, spec, replace=replace, artifact_store=store,
                                             owner=owners.caller_owner(token))
@@ -78,7 +71,9 @@ def submit_study(
             [{"type": "value_error", "loc": ("body", "warm_start_from"), "msg": str(error).removeprefix("warm_start_from: "),
               "input": spec.warm_start_from}]
         ) from None
-    if not created:
+    if created:  # the name starts afresh (the old study replaced, or purged from the trash by anyone, workers included)
+        cache.forget(spec.name)
+    else:
         response.status_code = status.HTTP_200_OK
     with factory() as session:
         return views.study_out(session, row, spec)

@@ -6,18 +6,22 @@ sees every hook. A hook for one study may be registered by that study's owner or
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from service import owners, studies, views, webhooks
+from service.api.hardening import ErrorOut, ValidationErrorOut, owner_only
 from service.api.deps import MethodAccess, SessionDep, SessionFactoryDep, SettingsDep
 from service.api.read_cache import TokenInfo
 from service.db import session_scope
 from service.schemas import DeliveryList, WebhookCreate, WebhookCreated, WebhookList, WebhookPublic
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+#: the 404 of a hook that does not exist or is another owner's (the same answer: no hint that it exists)
+_NOT_YOURS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut, "description": "No such hook of yours."}}
 
 HookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The hook's id (from POST or GET /v1/webhooks).")]
 
@@ -33,9 +37,10 @@ def _visible_to(token: TokenInfo | None) -> str | None:
     response_model=WebhookCreated,
     summary="Register a webhook (its secret is in this answer only)",
     responses={
-        403: {"description": "The study belongs to another owner."},
-        404: {"description": "Unknown study."},
-        422: {"description": "Invalid field, or a URL whose scheme or host this server does not allow (the error names it)."},
+        **owner_only("register a webhook for"),
+        404: {"model": ErrorOut, "description": "Unknown study."},
+        422: {"model": ValidationErrorOut,
+              "description": "Invalid field, or a URL whose scheme or host this server does not allow (the error names it)."},
     },
 )
 def create_webhook(hook: WebhookCreate, token: MethodAccess, settings: SettingsDep, factory: SessionFactoryDep) -> WebhookCreated:
@@ -61,13 +66,13 @@ def list_webhooks(token: MethodAccess, session: SessionDep) -> WebhookList:
     return WebhookList(webhooks=[views.webhook_out(session, hook) for hook in webhooks.list_hooks(session, owner=_visible_to(token))])
 
 
-@router.get("/{hook_id}", response_model=WebhookPublic, summary="One webhook", responses={404: {"description": "No such hook of yours."}})
+@router.get("/{hook_id}", response_model=WebhookPublic, summary="One webhook", responses=_NOT_YOURS)
 def get_webhook(hook_id: HookId, token: MethodAccess, session: SessionDep) -> WebhookPublic:
     return views.webhook_out(session, _hook(session, hook_id, token))
 
 
 @router.delete("/{hook_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove a webhook (its pending deliveries are dropped)",
-               responses={404: {"description": "No such hook of yours."}})
+               responses=_NOT_YOURS)
 def delete_webhook(hook_id: HookId, token: MethodAccess, factory: SessionFactoryDep) -> Response:
     with session_scope(factory) as session:
         try:
@@ -81,7 +86,7 @@ def delete_webhook(hook_id: HookId, token: MethodAccess, factory: SessionFactory
     "/{hook_id}/deliveries",
     response_model=DeliveryList,
     summary="A webhook's latest deliveries: event, status, attempts, the receiver's last answer",
-    responses={404: {"description": "No such hook of yours."}},
+    responses=_NOT_YOURS,
 )
 def list_webhook_deliveries(
     hook_id: HookId, token: MethodAccess, session: SessionDep,
