@@ -99,9 +99,10 @@ def retry_delay(attempts: int, first_s: float) -> float:
 
 
 def create_hook(session: Session, *, owner: str, url: str, events: Iterable[str], study_id: int | None) -> tuple[Webhook, str]:
-    """Register a hook; return it and its secret (stored for signing, shown to the caller only this once)."""
+    """Register a hook; return it and its secret (stored for signing, shown to the caller only this once). ``events``
+    as :class:`~service.schemas.WebhookCreate` validated them, each once."""
     secret = secrets.token_hex(32)
-    hook = Webhook(owner=owner, url=url, events=list(dict.fromkeys(events)), study_id=study_id, secret=secret, created_at=utc_now())
+    hook = Webhook(owner=owner, url=url, events=list(events), study_id=study_id, secret=secret, created_at=utc_now())
     session.add(hook)
     session.flush()
     return hook, secret
