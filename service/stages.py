@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -91,9 +91,11 @@ def enqueue_plan(study: optuna.Study, spec: StudySpec) -> int:
 # -- budgets and stopping rules ---------------------------------------------------------------------
 
 
-def usage(session: Session, row: SearchStudy) -> Usage:
-    """What the study has spent: runtime from its first trial's start, trial-hours of the search and of the confirmation."""
-    seconds = _rdb.trial_seconds(session, row.name)
+def usage(session: Session, row: SearchStudy, seconds: Mapping[tuple[str, str], float] | None = None) -> Usage:
+    """What the study has spent: runtime from its first trial's start, trial-hours of the search and of the confirmation.
+    ``seconds``: :func:`service._rdb.trial_seconds` of several studies, read at once by a caller that lists them
+    (read here, for this study alone, otherwise)."""
+    seconds = seconds if seconds is not None else _rdb.trial_seconds(session, row.name)
     started = as_utc(row.started_at)
     runtime = None if started is None else max(0.0, ((as_utc(row.finished_at) or utc_now()) - started).total_seconds())
     return Usage(runtime_s=runtime, trial_hours=seconds.get((row.name, "search"), 0.0) / 3600,
