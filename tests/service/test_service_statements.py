@@ -37,7 +37,7 @@ class Statements(list):
         if self.thread is None or threading.get_ident() == self.thread:
             self.append((statement, repr(parameters)))
 
-    def count(self, predicate: Callable[[str, str], bool]) -> int:  # type: ignore[override]
+    def matching(self, predicate: Callable[[str, str], bool]) -> int:
         return sum(1 for sql, parameters in self if predicate(sql, parameters))
 
 
@@ -93,9 +93,9 @@ def test_listing_studies_reads_usage_and_webhook_counts_once_whatever_the_number
             costs[listed] = statements
         page = {study["name"]: study for study in response.json()["studies"]}
 
-    assert costs[0].count(sums_durations) == costs[0].count(reads_deliveries) == 0
-    assert costs[3].count(sums_durations) == 1, [sql for sql, _ in costs[3] if sums_durations(sql)]
-    assert costs[3].count(reads_deliveries) == 1
+    assert costs[0].matching(sums_durations) == costs[0].matching(reads_deliveries) == 0
+    assert costs[3].matching(sums_durations) == 1, [sql for sql, _ in costs[3] if sums_durations(sql)]
+    assert costs[3].matching(reads_deliveries) == 1
     # The batched reads answer what each study's own page answers.
     for name, study in single.items():
         assert page[name]["usage"]["trial_hours"] == study["usage"]["trial_hours"] > 0
@@ -114,8 +114,8 @@ def test_the_best_and_the_study_read_the_reference_trials_once(storage_url):
     best, study = best.json(), study.json()
     assert best["is_reference"] is False and best["value"] == 0.7
     assert best["margin"]["value"] == study["margin"]["value"] == 0.7 - 0.5
-    assert best_reads.count(reads_reference_trials) == 1
-    assert study_reads.count(reads_reference_trials) == 1
+    assert best_reads.matching(reads_reference_trials) == 1
+    assert study_reads.matching(reads_reference_trials) == 1
 
 
 class CountedEpochs:
@@ -148,7 +148,7 @@ def test_an_epoch_report_checks_the_trial_hours_in_the_query_it_makes_anyway(dat
     for statements in reports:
         rows = [sql for sql, _ in statements if "regsearch_studies" in sql]
         assert len(rows) == 1 and sums_durations(rows[0]), rows  # the lifecycle, with the trial-hours in it
-        assert statements.count(sums_durations) == 1
+        assert statements.matching(sums_durations) == 1
     with factory() as session:
         tight = studies.get_study(session, "tight")
     assert (tight.status, tight.search_ended_by) == ("completed", "max_trial_hours")
