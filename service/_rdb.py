@@ -443,7 +443,8 @@ def _seconds_so_far() -> sa.ColumnElement[float]:
     return seconds_between(TRIALS.c.datetime_start, sa.func.coalesce(TRIALS.c.datetime_complete, now))
 
 
-#: The trials whose durations a study's usage sums: those that started (warm-start copies, which ran elsewhere, never did).
+#: The trials whose durations count: those that started (their stage then tells search from confirmation; warm-start
+#: copies, which ran elsewhere, are neither).
 _STARTED = sa.and_(TRIALS.c.datetime_start.is_not(None), _state() != "WAITING")
 
 
