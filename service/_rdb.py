@@ -10,6 +10,7 @@ depends on how Optuna stores a study lives in this module:
 * the SQL rules on trial stages (:func:`search_trial`, :func:`has_stage`, :func:`holds_slot`);
 * trial creation and the taking of a queued trial, each exactly once even when a dropped connection cuts
   its commit (:class:`IdempotentTrialCreation`, :func:`take_waiting`);
+* a trial's duration in SQL (:class:`seconds_between`, each dialect's once) and the summed trial seconds;
 * the settle writes, the unsettled-failure and orphan queries of the sweeps, the metrics' queries;
 * the private attributes of Optuna's objects (:func:`trial_id`, :func:`study_id`, :func:`storage_of`,
   :func:`artifact_path`) and the one filter of Optuna's ``ExperimentalWarning`` (:func:`quiet`);
@@ -31,7 +32,9 @@ from typing import Any
 
 import optuna
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.functions import FunctionElement
 
 from service.models import SEARCH_STAGES, STAGE_ATTR, TrialStage
 
@@ -58,6 +61,7 @@ __all__ = [
     "quiet",
     "record_fail_reason",
     "reference_trials",
+    "search_seconds",
     "search_trial",
     "stale_trial_callback",
     "state_counts",
@@ -373,16 +377,36 @@ def unsettled_failures(session: Session, name: str, grace_period: float) -> set[
 def orphaned_trials(session: Session, name: str, grace_period: float) -> list[int]:
     """Ids of the study's RUNNING trials older than the grace period with neither a heartbeat nor a param."""
     cutoff = dt.datetime.now() - dt.timedelta(seconds=grace_period)  # Optuna's naive local time
-    query = of_study(sa.select(TRIALS.c.trial_id, TRIALS.c.datetime_start, TRIALS.c.state), name).where(
+    query = of_study(sa.select(TRIALS.c.trial_id), name, "RUNNING").where(
+        sa.or_(TRIALS.c.datetime_start.is_(None), TRIALS.c.datetime_start <= cutoff),
         ~sa.exists().where(TRIAL_HEARTBEATS.c.trial_id == TRIALS.c.trial_id),
         ~sa.exists().where(TRIAL_PARAMS.c.trial_id == TRIALS.c.trial_id),
     )
-    found = []
-    for key, started, state in session.execute(query).all():
-        started = _as_datetime(started)
-        if state_name(state) == "RUNNING" and (started is None or started <= cutoff):
-            found.append(key)
-    return found
+    return list(session.scalars(query))
+
+
+# -- a trial's duration in SQL ----------------------------------------------------------------------
+
+
+class seconds_between(FunctionElement):  # noqa: N801 - used like a SQL function
+    """Seconds from ``start`` to ``end`` (two ``DateTime`` expressions), as a float. The SQL differs by dialect
+    (SQLite has no interval type): each is written once, below, and SQLAlchemy picks it when compiling."""
+
+    type = sa.Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(seconds_between)
+def _seconds_between(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = element.clauses
+    return compiler.process(sa.extract("epoch", end - start), **kw)
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_between_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = element.clauses
+    return compiler.process((sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0, **kw)
 
 
 # -- the metrics' queries --------------------------------------------------------------------------
@@ -395,12 +419,11 @@ def trials_by_study_and_state(session: Session) -> list[tuple[str, str, int]]:
     return [(study, state_name(state), int(number)) for study, state, number in session.execute(query)]
 
 
-def trial_durations(session: Session, sqlite: bool) -> list[tuple[str, str, int, float]]:
+def trial_durations(session: Session) -> list[tuple[str, str, int, float]]:
     """``(study name, state name, count, total seconds)`` of the finished trials."""
     start, end = TRIALS.c.datetime_start, TRIALS.c.datetime_complete
-    seconds = (sa.func.julianday(end) - sa.func.julianday(start)) * 86400.0 if sqlite else sa.extract("epoch", end - start)
     query = (
-        sa.select(STUDIES.c.study_name, _state(), sa.func.count(), sa.func.coalesce(sa.func.sum(seconds), 0.0))
+        sa.select(STUDIES.c.study_name, _state(), sa.func.count(), sa.func.coalesce(sa.func.sum(seconds_between(start, end)), 0.0))
         .select_from(TRIALS.join(STUDIES, TRIALS.c.study_id == STUDIES.c.study_id))
         .where(_state().in_(FINISHED_STATES), start.is_not(None), end.is_not(None))
         .group_by(STUDIES.c.study_name, _state())
@@ -414,23 +437,35 @@ def waiting_trials(session: Session, name: str, where: sa.ColumnElement[bool] | 
     return list(session.scalars(query if where is None else query.where(where)))
 
 
-def trial_seconds(session: Session, name: str | None = None) -> dict[tuple[str, str], float]:
+def _seconds_so_far() -> sa.ColumnElement[float]:
+    """A started trial's seconds: to its end, or for a running one up to now."""
+    now = sa.literal(dt.datetime.now(), sa.DateTime)  # Optuna's naive local time
+    return seconds_between(TRIALS.c.datetime_start, sa.func.coalesce(TRIALS.c.datetime_complete, now))
+
+
+#: The trials whose durations count: those that started (their stage then tells search from confirmation; warm-start
+#: copies, which ran elsewhere, are neither).
+_STARTED = sa.and_(TRIALS.c.datetime_start.is_not(None), _state() != "WAITING")
+
+
+def trial_seconds(session: Session, *names: str) -> dict[tuple[str, str], float]:
     """``{(study name, "search" | "confirm"): seconds}``: the summed durations of the trials that started (a
-    running one up to now; warm-start copies, which ran elsewhere, left out), of one study or of all."""
-    start, end = TRIALS.c.datetime_start, TRIALS.c.datetime_complete
-    now = dt.datetime.now()  # Optuna's naive local time
-    if session.get_bind().dialect.name == "sqlite":
-        until = sa.func.coalesce(end, sa.literal(now.isoformat(sep=" "), sa.String))
-        seconds = (sa.func.julianday(until) - sa.func.julianday(start)) * 86400.0
-    else:
-        seconds = sa.extract("epoch", sa.func.coalesce(end, sa.cast(sa.literal(now), sa.DateTime)) - start)
+    running one up to now; warm-start copies left out), of the studies ``names`` (of all when none is named),
+    in one query whatever their number."""
     stage = sa.case((has_stage(TrialStage.CONFIRM), "confirm"), (search_trial(), "search"), else_=None).label("stage")
-    query = sa.select(STUDIES.c.study_name, stage, sa.func.coalesce(sa.func.sum(seconds), 0.0)).select_from(
-        TRIALS.join(STUDIES, TRIALS.c.study_id == STUDIES.c.study_id)).where(start.is_not(None), _state() != "WAITING")
-    if name is not None:
-        query = query.where(STUDIES.c.study_name == name)
+    query = sa.select(STUDIES.c.study_name, stage, sa.func.coalesce(sa.func.sum(_seconds_so_far()), 0.0)).select_from(
+        TRIALS.join(STUDIES, TRIALS.c.study_id == STUDIES.c.study_id)).where(_STARTED)
+    if names:
+        query = query.where(STUDIES.c.study_name.in_(names))
     rows = session.execute(query.group_by(STUDIES.c.study_name, stage)).all()
     return {(study, kind): max(0.0, float(total)) for study, kind, total in rows if kind is not None}
+
+
+def search_seconds(name: Any) -> sa.ScalarSelect:
+    """The search trials' part of :func:`trial_seconds` for the study named ``name`` (a value or a column), as a
+    scalar subquery: a budget check folds it into the query it makes anyway."""
+    query = of_study(sa.select(sa.func.coalesce(sa.func.sum(_seconds_so_far()), 0.0)), name).where(_STARTED, search_trial())
+    return query.scalar_subquery()
 
 
 def running_heartbeats(session: Session) -> list[tuple[str, int, str | None, dt.datetime]]:

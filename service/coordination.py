@@ -344,22 +344,31 @@ def record_leader(
 
 
 class Lifecycle(NamedTuple):
-    """What a worker checks each epoch: the status, whether the search has ended, and the budgets."""
+    """What a worker checks each epoch: the status, whether the search has ended, and the budgets with what the
+    search has spent of its trial-hours (``search_trial_hours``, read only when ``max_trial_hours`` is set)."""
 
     status: StudyStatus
     search_ended_by: str | None
     started_at: dt.datetime | None
     max_runtime_s: float | None
     max_trial_hours: float | None
+    search_trial_hours: float
+
+
+def _search_trial_hours() -> sa.ColumnElement[float]:
+    """The search trials' summed hours up to now, in the lifecycle's query: a correlated subquery evaluated only for a
+    study that started with a ``max_trial_hours`` (SQL's CASE evaluates the branch it takes, and no other)."""
+    budgeted = sa.and_(SearchStudy.max_trial_hours.is_not(None), SearchStudy.started_at.is_not(None))
+    return sa.case((budgeted, _rdb.search_seconds(SearchStudy.name) / 3600.0), else_=0.0)
 
 
 def lifecycle(factory: sessionmaker[Session], study_id: int) -> Lifecycle | None:
-    """The study's :class:`Lifecycle` now (one query), or None once it has been deleted."""
+    """The study's :class:`Lifecycle` now (one query, its trial-hours included), or None once it has been deleted."""
     with factory() as session:
         found = session.execute(sa.select(
             SearchStudy.status, SearchStudy.search_ended_by, SearchStudy.started_at, SearchStudy.max_runtime_s,
-            SearchStudy.max_trial_hours).where(SearchStudy.id == study_id)).first()
-    return None if found is None else Lifecycle(StudyStatus(found[0]), *found[1:])
+            SearchStudy.max_trial_hours, _search_trial_hours()).where(SearchStudy.id == study_id)).first()
+    return None if found is None else Lifecycle(StudyStatus(found[0]), *found[1:5], float(found[5] or 0.0))
 
 
 def runnable_studies(session: Session) -> list[SearchStudy]:

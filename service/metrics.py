@@ -27,9 +27,8 @@ from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
 from sqlalchemy.orm import Session
 
-from service import _rdb
-from service.db import is_sqlite
-from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent, as_utc, utc_now
+from service import _rdb, stages
+from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent
 
 __all__ = ["DOMAIN_METRICS", "SearchCollector", "instrument", "new_registry"]
 
@@ -62,9 +61,8 @@ DOMAIN_METRICS: dict[str, str] = {
 class SearchCollector(Collector):
     """Reads the search's state from SQL on every scrape (a few GROUP BY queries)."""
 
-    def __init__(self, session_factory: Callable[[], Session], database_url: str) -> None:
+    def __init__(self, session_factory: Callable[[], Session]) -> None:
         self.session_factory = session_factory
-        self.sqlite = is_sqlite(database_url)
 
     def describe(self) -> list[Metric]:
         return []  # dynamic: prometheus-client must not call collect() at registration
@@ -114,7 +112,7 @@ class SearchCollector(Collector):
         duration = SummaryMetricFamily(
             "regsearch_trial_duration_seconds", DOMAIN_METRICS["regsearch_trial_duration_seconds"], labels=["study", "state"]
         )
-        for study, trial_state, count, total in _rdb.trial_durations(session, self.sqlite):
+        for study, trial_state, count, total in _rdb.trial_durations(session):
             duration.add_metric([study, trial_state.lower()], count_value=count, sum_value=total)
         yield duration
 
@@ -155,24 +153,19 @@ class SearchCollector(Collector):
                                  labels=["study", "budget"])
         ended = GaugeMetricFamily("regsearch_study_search_ended", names["regsearch_study_search_ended"], labels=["study", "reason"])
         seconds = _rdb.trial_seconds(session)
-        now = utc_now()
-        rows = session.execute(sa.select(SearchStudy.name, SearchStudy.started_at, SearchStudy.finished_at, SearchStudy.max_runtime_s,
-                                         SearchStudy.max_trial_hours, SearchStudy.search_ended_by)
-                               .where(SearchStudy.deleted_at.is_(None)))
-        for name, started, finished, max_runtime_s, max_trial_hours, ended_by in rows:
-            elapsed = 0.0 if started is None else max(0.0, ((as_utc(finished) or now) - as_utc(started)).total_seconds())
-            runtime.add_metric([name], elapsed)
-            search_hours = seconds.get((name, "search"), 0.0) / 3600
-            for stage in ("search", "confirm"):
-                hours.add_metric([name, stage], seconds.get((name, stage), 0.0) / 3600)
-            if max_runtime_s:
-                used.add_metric([name, "max_runtime_s"], elapsed / max_runtime_s)
-            if max_trial_hours:
-                used.add_metric([name, "max_trial_hours"], search_hours / max_trial_hours)
-            if ended_by:
-                ended.add_metric([name, ended_by], 1)
+        for row in session.scalars(sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None))):
+            spent = stages.usage(session, row, seconds)
+            elapsed = spent.runtime_s or 0.0
+            runtime.add_metric([row.name], elapsed)
+            hours.add_metric([row.name, "search"], spent.trial_hours)
+            hours.add_metric([row.name, "confirm"], spent.confirm_trial_hours)
+            if row.max_runtime_s:
+                used.add_metric([row.name, "max_runtime_s"], elapsed / row.max_runtime_s)
+            if row.max_trial_hours:
+                used.add_metric([row.name, "max_trial_hours"], spent.trial_hours / row.max_trial_hours)
+            if row.search_ended_by:
+                ended.add_metric([row.name, row.search_ended_by], 1)
         yield from (runtime, hours, used, ended)
-
 
     def _heartbeats(self, session: Session) -> Metric:
         """Age of each running trial's heartbeat, on the database's clock (as Optuna's stale check)."""
@@ -201,6 +194,6 @@ def instrument(app: FastAPI) -> None:
 
     registry = new_registry()
     Instrumentator(should_group_status_codes=False, excluded_handlers=["/metrics"], registry=registry).instrument(app)
-    registry.register(SearchCollector(app.state.session_factory, app.state.settings.database_url))
+    registry.register(SearchCollector(app.state.session_factory))
     app.state.metrics_registry = registry
     app.include_router(metrics_routes.router)

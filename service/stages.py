@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import optuna
@@ -91,26 +91,28 @@ def enqueue_plan(study: optuna.Study, spec: StudySpec) -> int:
 # -- budgets and stopping rules ---------------------------------------------------------------------
 
 
-def usage(session: Session, row: SearchStudy) -> Usage:
-    """What the study has spent: runtime from its first trial's start, trial-hours of the search and of the confirmation."""
-    seconds = _rdb.trial_seconds(session, row.name)
+def usage(session: Session, row: SearchStudy, seconds: Mapping[tuple[str, str], float] | None = None) -> Usage:
+    """What the study has spent: runtime from its first trial's start, trial-hours of the search and of the confirmation.
+    ``seconds``: :func:`service._rdb.trial_seconds` of several studies, read at once by a caller that lists them
+    (read here, for this study alone, otherwise)."""
+    seconds = seconds if seconds is not None else _rdb.trial_seconds(session, row.name)
     started = as_utc(row.started_at)
     runtime = None if started is None else max(0.0, ((as_utc(row.finished_at) or utc_now()) - started).total_seconds())
     return Usage(runtime_s=runtime, trial_hours=seconds.get((row.name, "search"), 0.0) / 3600,
                  confirm_trial_hours=seconds.get((row.name, "confirm"), 0.0) / 3600)
 
 
-def budget_spent(factory: sessionmaker[Session], name: str, started_at: Any, max_runtime_s: float | None,
-                 max_trial_hours: float | None) -> SearchEnd | None:
-    """The search budget that has run out, or None (the runtime read without a query; trial-hours with one)."""
+def budget_spent(started_at: Any, max_runtime_s: float | None, max_trial_hours: float | None,
+                 search_trial_hours: float) -> SearchEnd | None:
+    """The search budget that has run out, or None (no query: the caller read the search's trial-hours, with the
+    budgets in :func:`service.coordination.lifecycle`, or from :func:`usage`)."""
     started = as_utc(started_at)
-    if max_runtime_s is not None and started is not None and (utc_now() - started).total_seconds() >= max_runtime_s:
+    if started is None:
+        return None
+    if max_runtime_s is not None and (utc_now() - started).total_seconds() >= max_runtime_s:
         return SearchEnd.MAX_RUNTIME_S
-    if max_trial_hours is not None and started is not None:
-        with factory() as session:
-            spent = _rdb.trial_seconds(session, name).get((name, "search"), 0.0) / 3600
-        if spent >= max_trial_hours:
-            return SearchEnd.MAX_TRIAL_HOURS
+    if max_trial_hours is not None and search_trial_hours >= max_trial_hours:
+        return SearchEnd.MAX_TRIAL_HOURS
     return None
 
 
@@ -157,7 +159,7 @@ def check_search(factory: sessionmaker[Session], row: SearchStudy, state: coordi
     state = state if state is not None else coordination.lifecycle(factory, row.id)
     if state is None or state.search_ended_by is not None or state.status not in (StudyStatus.QUEUED, StudyStatus.RUNNING):
         return None
-    reason = budget_spent(factory, row.name, state.started_at, state.max_runtime_s, state.max_trial_hours)
+    reason = budget_spent(state.started_at, state.max_runtime_s, state.max_trial_hours, state.search_trial_hours)
     if reason is None and spec is not None and study is not None:
         reason = stop_rule(lambda: study.get_trials(deepcopy=False), spec.stop_when)
     if reason is not None and coordination.end_search(factory, row.id, reason):

@@ -239,15 +239,13 @@ def edit_study(factory: sessionmaker[Session], name: str, changes: dict[str, Any
             values = {"spec": _spec_dict(spec), **budgets}
             held = max(0, row.claimed - row.confirm_trials)
             if row.search_ended_by is None:
-                if spec.n_trials < held:
-                    moved = coordination.edit_search(session, row.id, row.status, False, n_trials=held,
-                                                     search_ended_by=SearchEnd.N_TRIALS.value, **values)
-                else:
-                    moved = coordination.edit_search(session, row.id, row.status, False, n_trials=spec.n_trials, **values)
+                # n_trials below the search slots held: edit_search keeps it at those, and the search ends (as a budget would)
+                ended = {"search_ended_by": SearchEnd.N_TRIALS.value} if spec.n_trials < held else {}
+                moved = coordination.edit_search(session, row.id, row.status, False, n_trials=spec.n_trials, **ended, **values)
             elif spec.n_trials > row.n_trials:
-                spent = stages.budget_spent(factory, name, row.started_at, spec.max_runtime_s, spec.max_trial_hours)
+                used = stages.usage(session, row)
+                spent = stages.budget_spent(row.started_at, spec.max_runtime_s, spec.max_trial_hours, used.trial_hours)
                 if spent is not None:
-                    used = stages.usage(session, row)
                     amount = f"{used.runtime_s:.0f} s" if spent == SearchEnd.MAX_RUNTIME_S else f"{used.trial_hours:.4f} h"
                     raise BudgetSpent(spent.value, f"{spent.value} {budgets[spent.value]:g} is spent ({amount} used): raise it "
                                       "in the same edit to resume the search")

@@ -1,7 +1,8 @@
 """What the API answers: the response models assembled from the study's row, its best-config history
 and its Optuna study. Reads only; the routes (:mod:`service.api.routes.studies`) stay thin.
 
-* :func:`study_out` (status, counts, best so far with its uncertainty, the study features' fields, links);
+* :func:`study_out` (status, counts, best so far with its uncertainty, the study features' fields, links), and
+  :func:`studies_out` for a listing;
 * :func:`trials_out` and :func:`export_lines` (every trial, nested or as flat rows);
 * :func:`best_config` (the best-config JSON, with its uncertainty and margin over the reference);
 * :func:`importance_out` and :func:`best_model_file`;
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -37,8 +39,8 @@ __all__ = [
     "export_lines",
     "importance_out",
     "is_reference_best",
-    "margin_out",
     "record_margin",
+    "studies_out",
     "study_out",
     "trial_counts",
     "trials_out",
@@ -58,14 +60,18 @@ def trial_counts(session: Session, name: str) -> TrialCounts:
     return TrialCounts(**counts)
 
 
-def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None) -> StudyOut:
+def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None, *,
+              seconds: Mapping[tuple[str, str], float] | None = None, deliveries: Mapping[str, int] | None = None) -> StudyOut:
     """The study as the API shows it: status, trial counts, best so far, spec and links.
 
-    ``spec``: the row's spec when the caller holds it parsed already (the row's JSON otherwise).
+    ``spec``: the row's spec when the caller holds it parsed already (the row's JSON otherwise). ``seconds`` and
+    ``deliveries``: the study's trial seconds and webhook deliveries when :func:`studies_out` read them for a whole
+    listing at once (read here otherwise).
     """
     best = best_record(session, row.id)
     spec = spec if spec is not None else StudySpec.model_validate(row.spec)
     counts = trial_counts(session, row.name)
+    deliveries = deliveries if deliveries is not None else webhooks.delivery_counts(session, [row.id], of="study")[row.id]
     return StudyOut(
         name=row.name,
         owner=row.owner,
@@ -76,7 +82,7 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
         counts=counts,
         confirm_trials=row.confirm_trials or 0,
         search_ended_by=row.search_ended_by,
-        usage=stages.usage(session, row),
+        usage=stages.usage(session, row, seconds),
         best=None if best is None else _best_summary(best),
         **_features_out(session, row.name, best, spec),
         error=row.error,
@@ -85,16 +91,27 @@ def study_out(session: Session, row: SearchStudy, spec: StudySpec | None = None)
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
         deleted_at=as_utc(row.deleted_at),
-        webhooks=DeliveryCounts(**webhooks.delivery_counts(session, study_id=row.id)),
+        webhooks=DeliveryCounts(**deliveries),
         links=_links(session, row.name),
     )
+
+
+def studies_out(session: Session, rows: Sequence[SearchStudy]) -> list[StudyOut]:
+    """The listed studies as :func:`study_out` shows each; their trial seconds and webhook deliveries read in one
+    query each for the whole listing, not two per study."""
+    if not rows:
+        return []
+    seconds = _rdb.trial_seconds(session, *(row.name for row in rows))
+    deliveries = webhooks.delivery_counts(session, [row.id for row in rows], of="study")
+    return [study_out(session, row, seconds=seconds, deliveries=deliveries[row.id]) for row in rows]
 
 
 def webhook_out(session: Session, hook: Webhook, secret: str | None = None) -> WebhookPublic:
     """A hook as the API shows it: with its deliveries by status; with its ``secret`` only when just created."""
     study = None if hook.study_id is None else session.scalar(sa.select(SearchStudy.name).where(SearchStudy.id == hook.study_id))
     fields = {"id": hook.id, "url": hook.url, "events": hook.events, "study": study, "owner": hook.owner,
-              "created_at": as_utc(hook.created_at), "deliveries": DeliveryCounts(**webhooks.delivery_counts(session, hook_id=hook.id))}
+              "created_at": as_utc(hook.created_at),
+              "deliveries": DeliveryCounts(**webhooks.delivery_counts(session, [hook.id], of="hook")[hook.id])}
     return WebhookPublic(**fields) if secret is None else WebhookCreated(**fields, secret=secret)
 
 
@@ -181,32 +198,21 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 # -- issue 11: what the study features add to the answers --
 
 
-def margin_out(session: Session, name: str, best: float | list[float] | None, reference: list[float] | None = None) -> MarginOut | None:
-    """The best's margin over the reference: ``best`` is the best's value (or its repeats' values);
-    ``reference`` the reference's values (default: its single search runs)."""
-    if best is None:
-        return None
-    if reference is None:
-        reference = [value for _, value in _rdb.reference_trials(session, name)]
-    return features.margin(best, reference)
-
-
-def record_margin(session: Session, name: str, record: BestConfigRecord | None) -> MarginOut | None:
-    """The recorded best's margin over the reference. With the confirmation stage (issue 10) the reference
-    is confirmed like a top config: the best's runs against the reference's runs (an interval once both
-    have two); otherwise the single values."""
-    if record is None:
-        return None
-    references = {number for number, _ in _rdb.reference_trials(session, name)}
-    if record.trial_number in references:
+def record_margin(record: BestConfigRecord, references: list[tuple[int, float]]) -> MarginOut | None:
+    """The recorded best's margin over the reference (``references``: :func:`service._rdb.reference_trials`, read
+    once by the caller). With the confirmation stage (issue 10) the reference is confirmed like a top config: the
+    best's runs against the reference's runs (an interval once both have two); otherwise the single values."""
+    if is_reference_best(record, references):
         return None  # the best is the reference itself: no margin of a config over itself (BestConfig.is_reference)
+    search_runs = [value for _, value in references]
     summary = _uncertainty(record)
     if summary is None or not summary.best.values:
-        return margin_out(session, name, record.value)
+        return features.margin(record.value, search_runs)
+    numbers = {number for number, _ in references}
     reference_runs = [
-        float(value) for candidate in summary.candidates if candidate.trial_number in references for value in candidate.values.values()
+        float(value) for candidate in summary.candidates if candidate.trial_number in numbers for value in candidate.values.values()
     ]
-    return margin_out(session, name, [float(value) for value in summary.best.values.values()], reference_runs or None)
+    return features.margin([float(value) for value in summary.best.values.values()], reference_runs or search_runs)
 
 
 def _features_out(session: Session, name: str, best: BestConfigRecord | None, spec: StudySpec) -> dict[str, Any]:
@@ -215,15 +221,16 @@ def _features_out(session: Session, name: str, best: BestConfigRecord | None, sp
     model = None if best is None else _rdb.trial_system_attr(session, name, best.trial_number, features.MODEL_ATTR)
     return {
         "reference": features.reference_config(spec.search_space) if spec.reference else None,
-        "margin": record_margin(session, name, best),
+        "margin": None if best is None else record_margin(best, _rdb.reference_trials(session, name)),
         "warm_start": WarmStartOut.model_validate(warm_start) if warm_start else None,
         "model": ModelInfoOut.model_validate(model) if model else None,
     }
 
 
-def is_reference_best(session: Session, name: str, record: BestConfigRecord | None) -> bool | None:
-    """Whether the recorded best is the study's reference run (the defaults); None before any best."""
-    return None if record is None else record.trial_number in {number for number, _ in _rdb.reference_trials(session, name)}
+def is_reference_best(record: BestConfigRecord, references: list[tuple[int, float]]) -> bool:
+    """Whether the recorded best is the study's reference run (the defaults; ``references``:
+    :func:`service._rdb.reference_trials`)."""
+    return record.trial_number in {number for number, _ in references}
 
 
 def best_config(session: Session, row: SearchStudy, data_dir: str | None = None) -> BestConfigOut | None:
@@ -235,6 +242,7 @@ def best_config(session: Session, row: SearchStudy, data_dir: str | None = None)
         return None
     spec = StudySpec.model_validate(row.spec)
     summary = _uncertainty(record)
+    references = _rdb.reference_trials(session, row.name)  # read once: the margin and is_reference both rest on it
     return BestConfigOut(
         **spec.recipe().model_dump(),
         **(summary.uncertainty().model_dump(exclude={"is_reference"}) if summary is not None else {}),
@@ -245,8 +253,8 @@ def best_config(session: Session, row: SearchStudy, data_dir: str | None = None)
         metric=METRIC,
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
-        margin=record_margin(session, row.name, record),
-        is_reference=is_reference_best(session, row.name, record),
+        margin=record_margin(record, references),
+        is_reference=is_reference_best(record, references),
         data_dir=data_dir,
     )
 

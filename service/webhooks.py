@@ -28,8 +28,8 @@ import logging
 import secrets
 import threading
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Collection, Iterable
+from typing import Any, Literal
 
 import httpx
 import sqlalchemy as sa
@@ -99,9 +99,10 @@ def retry_delay(attempts: int, first_s: float) -> float:
 
 
 def create_hook(session: Session, *, owner: str, url: str, events: Iterable[str], study_id: int | None) -> tuple[Webhook, str]:
-    """Register a hook; return it and its secret (stored for signing, shown to the caller only this once)."""
+    """Register a hook; return it and its secret (stored for signing, shown to the caller only this once). ``events``
+    as :class:`~service.schemas.WebhookCreate` validated them, each once."""
     secret = secrets.token_hex(32)
-    hook = Webhook(owner=owner, url=url, events=list(dict.fromkeys(events)), study_id=study_id, secret=secret, created_at=utc_now())
+    hook = Webhook(owner=owner, url=url, events=list(events), study_id=study_id, secret=secret, created_at=utc_now())
     session.add(hook)
     session.flush()
     return hook, secret
@@ -138,15 +139,15 @@ def list_deliveries(session: Session, *, hook_id: int, limit: int = 100) -> list
     ))
 
 
-def delivery_counts(session: Session, *, study_id: int | None = None, hook_id: int | None = None) -> dict[str, int]:
-    """Deliveries by status, of a study or of a hook."""
-    query = sa.select(WebhookDelivery.status, sa.func.count()).group_by(WebhookDelivery.status)
-    if study_id is not None:
-        query = query.where(WebhookDelivery.study_id == study_id)
-    if hook_id is not None:
-        query = query.where(WebhookDelivery.hook_id == hook_id)
-    counts = dict(session.execute(query).all())
-    return {status.value: counts.get(status.value, 0) for status in DeliveryStatus}
+def delivery_counts(session: Session, ids: Collection[int], *, of: Literal["study", "hook"]) -> dict[int, dict[str, int]]:
+    """Deliveries by status, of each study (``of="study"``) or each hook in ``ids``: one query for all of them."""
+    key = WebhookDelivery.study_id if of == "study" else WebhookDelivery.hook_id
+    found: dict[int, dict[str, int]] = {}
+    if ids:
+        query = sa.select(key, WebhookDelivery.status, sa.func.count()).where(key.in_(ids)).group_by(key, WebhookDelivery.status)
+        for owner_id, status, number in session.execute(query):
+            found.setdefault(owner_id, {})[status] = number
+    return {owner_id: {status.value: found.get(owner_id, {}).get(status.value, 0) for status in DeliveryStatus} for owner_id in ids}
 
 
 def forget_studies(session: Session, study_ids: Any) -> None:

@@ -237,7 +237,9 @@ class Worker:
                 if not coordination.has_waiting_trials(session, row.name):
                     return False  # every repeat is running or done: a claim would only sample a stray trial
         elif row.search_ended_by is None and (row.max_runtime_s is not None or row.max_trial_hours is not None):
-            state = coordination.Lifecycle(StudyStatus(row.status), None, row.started_at, row.max_runtime_s, row.max_trial_hours)
+            # The runtime is the row's arithmetic; the trial-hours need a read, the lifecycle's (check_search makes it).
+            state = None if row.max_trial_hours is not None else coordination.Lifecycle(
+                StudyStatus(row.status), None, row.started_at, row.max_runtime_s, None, 0.0)
             if stages.check_search(self._factory, row, state):
                 return False  # a budget ran out: no new search trial
         serial = coordination.claim_slot(self._factory, row.id)

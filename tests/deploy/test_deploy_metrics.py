@@ -71,7 +71,7 @@ def test_real_server_exposes_every_declared_metric_and_the_dashboard_uses_only_t
 def test_a_scrape_reports_an_unreadable_database_instead_of_failing(tmp_path):
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SearchCollector(sessionmaker(engine), str(engine.url)))
+    registry.register(SearchCollector(sessionmaker(engine)))
     exposed = families(generate_latest(registry).decode())
     assert set(exposed) == {"regsearch_database_up"}
     text = generate_latest(registry).decode()

@@ -13,7 +13,8 @@ from tests.support import WebhookReceiver
 
 
 def test_a_failing_study_writes_its_failed_event_in_the_same_transaction(database):
-    """The failed event, which the module's workers never cause: record_failure's last straw writes the outbox row."""
+    """The failed event, which the module's workers never cause: record_failure's last straw writes the outbox row,
+    in the transaction of the UPDATE that fails the study (the engine's own begin and commit events tell)."""
     import sqlalchemy as sa
 
     from service import coordination, webhooks
@@ -27,9 +28,32 @@ def test_a_failing_study_writes_its_failed_event_in_the_same_transaction(databas
         hook, secret = webhooks.create_hook(session, owner="admin", url="https://hooks.example.org/x", events=["failed"], study_id=None)
         webhooks.create_hook(session, owner="someone-else", url="https://hooks.example.org/y", events=["failed"], study_id=None)
         hook_id = hook.id
-    assert not coordination.record_failure(factory, study_id, "boom", max_failed_trials=2)
-    assert coordination.record_failure(factory, study_id, "bang", max_failed_trials=2)
-    assert not coordination.record_failure(factory, study_id, "again", max_failed_trials=2)  # once only
+    engine, events = factory.kw["bind"], []
+    listeners = {"begin": lambda _conn: events.append("begin"), "commit": lambda _conn: events.append("commit"),
+                 "rollback": lambda _conn: events.append("rollback"),
+                 "before_cursor_execute": lambda _conn, _cursor, sql, params, _ctx, _many: events.append((sql, repr(params)))}
+    for name, listener in listeners.items():
+        sa.event.listen(engine, name, listener)
+    try:
+        assert not coordination.record_failure(factory, study_id, "boom", max_failed_trials=2)
+        assert coordination.record_failure(factory, study_id, "bang", max_failed_trials=2)
+        assert not coordination.record_failure(factory, study_id, "again", max_failed_trials=2)  # once only
+    finally:
+        for name, listener in listeners.items():
+            sa.event.remove(engine, name, listener)
+    transactions, current = [], None
+    for event in events:
+        if event == "begin":
+            current = []
+        elif event in ("commit", "rollback"):
+            transactions.append((event, current))
+            current = None
+        elif current is not None:
+            current.append(event)
+    (written,) = [(end, statements) for end, statements in transactions
+                  if any(sql.startswith("INSERT INTO regsearch_webhook_deliveries") for sql, _ in statements)]
+    assert written[0] == "commit"
+    assert any(sql.startswith("UPDATE regsearch_studies SET status") and "'failed'" in params for sql, params in written[1]), written
     with factory() as session:
         (row,) = session.scalars(sa.select(WebhookDelivery)).all()  # the admin's hook only: another owner's stays quiet
     body = json.loads(row.body)

@@ -81,7 +81,7 @@ def submit_study(
 
 @router.get("", response_model=StudyList, summary="List studies (every owner's, or one owner's)")
 def list_studies(session: SessionDep, owner: OwnerFilter = None) -> StudyList:
-    return StudyList(studies=[views.study_out(session, row) for row in studies.list_studies(session, owner)])
+    return StudyList(studies=views.studies_out(session, studies.list_studies(session, owner)))
 
 
 @router.get("/{name}", response_model=StudyOut, summary="A study's status, trial counts and best so far")
@@ -264,7 +264,7 @@ def list_trash(settings: SettingsDep, factory: SessionFactoryDep, storage: Stora
                owner: OwnerFilter = None) -> StudyList:
     studies.purge_expired(factory, storage, store, settings.trash_days)
     with factory() as session:
-        return StudyList(studies=[views.study_out(session, row) for row in studies.list_trash(session, owner)])
+        return StudyList(studies=views.studies_out(session, studies.list_trash(session, owner)))
 
 
 @trash.post("/{name}/restore", response_model=StudyOut, responses=owner_only("restore"),
