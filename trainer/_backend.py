@@ -23,7 +23,7 @@ import importlib.metadata
 import os
 from typing import Any
 
-__all__ = ["BACKENDS", "Device", "backend_name", "configure_memory", "describe", "devices", "has_gpu", "pipeline_options"]
+__all__ = ["BACKENDS", "Device", "backend_name", "configure_memory", "describe", "devices", "feed", "has_gpu", "pipeline_options"]
 
 #: The backends the trainer is tested on (``make test`` runs the trainer tests on both).
 BACKENDS = ("tensorflow", "jax")
@@ -104,6 +104,31 @@ def pipeline_options() -> dict[str, Any]:
     if backend_name() == "tensorflow":
         return {"workers": 2, "use_multiprocessing": False, "max_queue_size": 4}
     return {}
+
+
+def feed(batches: Any, epochs: int) -> tuple[Any, list[Any], int | None]:
+    """What ``model.fit`` reads to train ``epochs`` epochs of :class:`trainer._pipeline.Batches`:
+    ``(input, callbacks, steps_per_epoch)``.
+
+    The batches themselves on JAX and torch. On TensorFlow, whole batches without augmentation go in
+    as the same batches gathered inside the graph: a ``tf.data`` pipeline over every epoch's
+    :meth:`~trainer._pipeline.Batches.order` (computed here, so the batches stay those of the other
+    backends), with no prefetch thread and no autotuning. Keras reads a PyDataset through
+    ``Dataset.from_generator``, a Python call per step that cost 4% of the step on 2 cores
+    (benchmarks/trainer_throughput.py's step ratio); a prefetch thread cost more than it hid there.
+    """
+    if backend_name() != "tensorflow" or batches.augmenter is not None or not batches.drop_remainder:
+        return batches, [batches.follower()], None
+    import numpy as np
+    import tensorflow as tf
+
+    steps, size = len(batches), batches.batch_size
+    orders = np.stack([batches.order(epoch)[: steps * size] for epoch in range(epochs)]).reshape(-1, size).astype(np.int32)
+    images, labels = tf.convert_to_tensor(batches.images), tf.convert_to_tensor(batches.labels)
+    dataset = tf.data.Dataset.from_tensor_slices(orders).map(lambda indices: (tf.cast(tf.gather(images, indices), tf.float32), tf.gather(labels, indices)))
+    options = tf.data.Options()
+    options.autotune.enabled = False  # no autotuning thread for the iterator's destruction to wait on
+    return dataset.with_options(options), [], steps
 
 
 def has_gpu() -> bool:

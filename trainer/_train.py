@@ -270,6 +270,10 @@ class _SearchModel:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         optimizer.build(self.model.trainable_variables)
+        # The compiled metrics' variables, created now: on TensorFlow, Keras otherwise creates them while
+        # tracing the first train step, and a tf.function that creates variables is traced twice (the
+        # second trace was 1.2 s of the first trial's 3 s of build and trace). start_trial resets them.
+        self.model.compute_metrics(None, np.zeros((1,), "int32"), np.full((1, num_classes), 1.0 / num_classes, "float32"))
         self.optimizer = optimizer
         self._optimizer_start = [keras.ops.convert_to_numpy(variable.value).copy() for variable in optimizer.variables]
         self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
@@ -497,7 +501,8 @@ def train(
         history: list[dict[str, float]] = []
         reporter = _epoch_reporter(searchable, data, settings, config, history, on_epoch_end)
         try:
-            searchable.model.fit(train_batches, epochs=settings.epochs, verbose=0, shuffle=False, callbacks=[train_batches.follower(), reporter, *callbacks])
+            fed, followers, steps = _backend.feed(train_batches, settings.epochs)
+            searchable.model.fit(fed, epochs=settings.epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[*followers, reporter, *callbacks])
             weights = plain_weights(searchable.model)
         finally:
             if not settings.reuse_compiled:

@@ -128,3 +128,25 @@ def test_fit_reads_epoch_e_in_epoch_e_s_order(cifar_dir):
     model.fit(batches, epochs=3, verbose=0, callbacks=[batches.follower()])
     assert sorted(set(read)) == [0, 1, 2] and read == sorted(read)
     assert read.count(1) == read.count(2) == len(batches)  # (TensorFlow may also peek at a batch of epoch 0)
+
+
+def test_what_fit_reads_is_every_epoch_s_batches_in_order(cifar_dir):
+    """``_backend.feed``, what ``train`` hands ``fit``: on TensorFlow an in-graph pipeline, which must give
+    exactly ``Batches.batch(epoch, index)`` for every epoch; elsewhere the batches themselves."""
+    from trainer import _backend
+
+    data = load_cifar10(cifar_dir, train_size=100, seed=0)
+    batches = make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3, drop_remainder=True)
+    fed, callbacks, steps = _backend.feed(batches, 3)
+    if keras.backend.backend() != "tensorflow":
+        assert fed is batches and steps is None and len(callbacks) == 1
+        return
+    read = list(fed.as_numpy_iterator())
+    assert steps == len(batches) and not callbacks and len(read) == 3 * len(batches)
+    for position, (images, labels) in enumerate(read):
+        expected_images, expected_labels = batches.batch(*divmod(position, len(batches)))
+        assert images.dtype == np.float32
+        np.testing.assert_array_equal(images, keras.ops.convert_to_numpy(expected_images))
+        np.testing.assert_array_equal(labels, keras.ops.convert_to_numpy(expected_labels))
+    augmented = make_dataset(data.x_train, data.y_train, 16, shuffle=True, augment=True, seed=3, drop_remainder=True)
+    assert _backend.feed(augmented, 3)[0] is augmented  # augmentation stays in the PyDataset
