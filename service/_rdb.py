@@ -27,7 +27,7 @@ import json
 import threading
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import optuna
@@ -448,15 +448,17 @@ def _seconds_so_far() -> sa.ColumnElement[float]:
 _STARTED = sa.and_(TRIALS.c.datetime_start.is_not(None), _state() != "WAITING")
 
 
-def trial_seconds(session: Session, *names: str) -> dict[tuple[str, str], float]:
+def trial_seconds(session: Session, names: Collection[str] | None = None) -> dict[tuple[str, str], float]:
     """``{(study name, "search" | "confirm"): seconds}``: the summed durations of the trials that started (a
-    running one up to now; warm-start copies left out), of the studies ``names`` (of all when none is named),
-    in one query whatever their number."""
+    running one up to now; warm-start copies left out), of the studies ``names`` (of every study when None; an
+    empty collection reads nothing), in one query whatever their number."""
+    if names is not None and not names:
+        return {}
     stage = sa.case((has_stage(TrialStage.CONFIRM), "confirm"), (search_trial(), "search"), else_=None).label("stage")
     query = sa.select(STUDIES.c.study_name, stage, sa.func.coalesce(sa.func.sum(_seconds_so_far()), 0.0)).select_from(
         TRIALS.join(STUDIES, TRIALS.c.study_id == STUDIES.c.study_id)).where(_STARTED)
-    if names:
-        query = query.where(STUDIES.c.study_name.in_(names))
+    if names is not None:
+        query = query.where(STUDIES.c.study_name.in_(list(names)))
     rows = session.execute(query.group_by(STUDIES.c.study_name, stage)).all()
     return {(study, kind): max(0.0, float(total)) for study, kind, total in rows if kind is not None}
 

@@ -357,8 +357,10 @@ class Lifecycle(NamedTuple):
 
 def _search_trial_hours() -> sa.ColumnElement[float]:
     """The search trials' summed hours up to now, in the lifecycle's query: a correlated subquery evaluated only for a
-    study that started with a ``max_trial_hours`` (SQL's CASE evaluates the branch it takes, and no other)."""
-    budgeted = sa.and_(SearchStudy.max_trial_hours.is_not(None), SearchStudy.started_at.is_not(None))
+    study still searching, started, with a ``max_trial_hours`` (what :func:`service.stages.check_search` looks at;
+    SQL's CASE evaluates the branch it takes, and no other: confirmation repeats never pay for the sum)."""
+    budgeted = sa.and_(SearchStudy.max_trial_hours.is_not(None), SearchStudy.started_at.is_not(None),
+                       SearchStudy.search_ended_by.is_(None), SearchStudy.status.in_(_SEARCHING))
     return sa.case((budgeted, _rdb.search_seconds(SearchStudy.name) / 3600.0), else_=0.0)
 
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_fastapi_instrumentator import Instrumentator
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from service import _rdb, stages
 from service.models import ACTIVE_STATUSES, BestConfigRecord, DeliveryStatus, SearchStudy, StudyStatus, WebhookDelivery, WebhookEvent
@@ -153,7 +153,9 @@ class SearchCollector(Collector):
                                  labels=["study", "budget"])
         ended = GaugeMetricFamily("regsearch_study_search_ended", names["regsearch_study_search_ended"], labels=["study", "reason"])
         seconds = _rdb.trial_seconds(session)
-        for row in session.scalars(sa.select(SearchStudy).where(SearchStudy.deleted_at.is_(None))):
+        columns = (SearchStudy.name, SearchStudy.started_at, SearchStudy.finished_at, SearchStudy.max_runtime_s,
+                   SearchStudy.max_trial_hours, SearchStudy.search_ended_by)  # what the gauges need, not the specs
+        for row in session.scalars(sa.select(SearchStudy).options(load_only(*columns)).where(SearchStudy.deleted_at.is_(None))):
             spent = stages.usage(session, row, seconds)
             elapsed = spent.runtime_s or 0.0
             runtime.add_metric([row.name], elapsed)

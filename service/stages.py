@@ -95,7 +95,7 @@ def usage(session: Session, row: SearchStudy, seconds: Mapping[tuple[str, str], 
     """What the study has spent: runtime from its first trial's start, trial-hours of the search and of the confirmation.
     ``seconds``: :func:`service._rdb.trial_seconds` of several studies, read at once by a caller that lists them
     (read here, for this study alone, otherwise)."""
-    seconds = seconds if seconds is not None else _rdb.trial_seconds(session, row.name)
+    seconds = seconds if seconds is not None else _rdb.trial_seconds(session, [row.name])
     started = as_utc(row.started_at)
     runtime = None if started is None else max(0.0, ((as_utc(row.finished_at) or utc_now()) - started).total_seconds())
     return Usage(runtime_s=runtime, trial_hours=seconds.get((row.name, "search"), 0.0) / 3600,
@@ -174,7 +174,7 @@ def check_confirmation(factory: sessionmaker[Session], storage: Any, row: Search
     if spec.confirm.max_hours is None or row.status != StudyStatus.CONFIRMING or not row.confirm_open:
         return False
     with factory() as session:
-        spent = _rdb.trial_seconds(session, row.name).get((row.name, "confirm"), 0.0) / 3600
+        spent = usage(session, row).confirm_trial_hours
         if spent < spec.confirm.max_hours:
             return False
         waiting = _rdb.waiting_trials(session, row.name, where=_rdb.has_stage(TrialStage.CONFIRM))

@@ -38,8 +38,6 @@ __all__ = [
     "best_model_file",
     "export_lines",
     "importance_out",
-    "is_reference_best",
-    "record_margin",
     "studies_out",
     "study_out",
     "trial_counts",
@@ -101,7 +99,7 @@ def studies_out(session: Session, rows: Sequence[SearchStudy]) -> list[StudyOut]
     query each for the whole listing, not two per study."""
     if not rows:
         return []
-    seconds = _rdb.trial_seconds(session, *(row.name for row in rows))
+    seconds = _rdb.trial_seconds(session, [row.name for row in rows])
     deliveries = webhooks.delivery_counts(session, [row.id for row in rows], of="study")
     return [study_out(session, row, seconds=seconds, deliveries=deliveries[row.id]) for row in rows]
 
@@ -198,11 +196,11 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 # -- issue 11: what the study features add to the answers --
 
 
-def record_margin(record: BestConfigRecord, references: list[tuple[int, float]]) -> MarginOut | None:
+def _record_margin(record: BestConfigRecord, references: list[tuple[int, float]]) -> MarginOut | None:
     """The recorded best's margin over the reference (``references``: :func:`service._rdb.reference_trials`, read
     once by the caller). With the confirmation stage (issue 10) the reference is confirmed like a top config: the
     best's runs against the reference's runs (an interval once both have two); otherwise the single values."""
-    if is_reference_best(record, references):
+    if _is_reference_best(record, references):
         return None  # the best is the reference itself: no margin of a config over itself (BestConfig.is_reference)
     search_runs = [value for _, value in references]
     summary = _uncertainty(record)
@@ -221,13 +219,13 @@ def _features_out(session: Session, name: str, best: BestConfigRecord | None, sp
     model = None if best is None else _rdb.trial_system_attr(session, name, best.trial_number, features.MODEL_ATTR)
     return {
         "reference": features.reference_config(spec.search_space) if spec.reference else None,
-        "margin": None if best is None else record_margin(best, _rdb.reference_trials(session, name)),
+        "margin": None if best is None else _record_margin(best, _rdb.reference_trials(session, name)),
         "warm_start": WarmStartOut.model_validate(warm_start) if warm_start else None,
         "model": ModelInfoOut.model_validate(model) if model else None,
     }
 
 
-def is_reference_best(record: BestConfigRecord, references: list[tuple[int, float]]) -> bool:
+def _is_reference_best(record: BestConfigRecord, references: list[tuple[int, float]]) -> bool:
     """Whether the recorded best is the study's reference run (the defaults; ``references``:
     :func:`service._rdb.reference_trials`)."""
     return record.trial_number in {number for number, _ in references}
@@ -253,8 +251,8 @@ def best_config(session: Session, row: SearchStudy, data_dir: str | None = None)
         metric=METRIC,
         train_size=record.train_size,
         best_since=as_utc(record.created_at),
-        margin=record_margin(record, references),
-        is_reference=is_reference_best(record, references),
+        margin=_record_margin(record, references),
+        is_reference=_is_reference_best(record, references),
         data_dir=data_dir,
     )
 

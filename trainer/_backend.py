@@ -1,4 +1,4 @@
-"""The one place that knows which Keras backend runs: devices, GPU memory caps, the start-up line.
+"""The one place that knows which Keras backend runs: devices, GPU memory caps, the start-up line, what ``fit`` reads.
 
 Everything else in the trainer is written against ``keras`` and ``keras.ops`` and runs unchanged on
 ``KERAS_BACKEND=tensorflow`` (the default) and ``jax`` (``torch`` needs nothing more than its wheel).
@@ -110,16 +110,18 @@ def feed(batches: Any, epochs: int) -> tuple[Any, list[Any], int | None]:
     """What ``model.fit`` reads to train ``epochs`` epochs of :class:`trainer._pipeline.Batches`:
     ``(input, callbacks, steps_per_epoch)``.
 
-    The batches themselves on JAX and torch. On TensorFlow, whole batches without augmentation go in
-    as the same batches gathered inside the graph: a ``tf.data`` pipeline over every epoch's
+    The batches themselves on JAX and torch. On TensorFlow, whole batches of host images without
+    augmentation go in as the same batches gathered inside the graph: a ``tf.data`` pipeline over every epoch's
     :meth:`~trainer._pipeline.Batches.order` (computed here, so the batches stay those of the other
     backends), with no prefetch thread and no autotuning. Keras reads a PyDataset through
     ``Dataset.from_generator``, a Python call per step that cost 4% of the step on 2 cores
     (benchmarks/trainer_throughput.py's step ratio); a prefetch thread cost more than it hid there.
     """
-    if backend_name() != "tensorflow" or batches.augmenter is not None or not batches.drop_remainder:
-        return batches, [batches.follower()], None
     import numpy as np
+
+    host = isinstance(batches.images, np.ndarray)  # measured on CPUs only; a GPU's resident images stay in the PyDataset
+    if backend_name() != "tensorflow" or not host or batches.augmenter is not None or not batches.drop_remainder:
+        return batches, [batches.follower()], None
     import tensorflow as tf
 
     steps, size = len(batches), batches.batch_size

@@ -270,7 +270,7 @@ class _SearchModel:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         self.model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         optimizer.build(self.model.trainable_variables)
-        # The compiled metrics' variables, created now: on TensorFlow, Keras otherwise creates them while
+        # The compiled metrics' variables, created now (any backend): on TensorFlow, Keras otherwise creates them while
         # tracing the first train step, and a tf.function that creates variables is traced twice (the
         # second trace was about 1 s of the first trial's 3 s of build and trace). start_trial resets them.
         self.model.compute_metrics(None, np.zeros((1,), "int32"), np.full((1, num_classes), 1.0 / num_classes, "float32"))

@@ -132,21 +132,44 @@ def test_fit_reads_epoch_e_in_epoch_e_s_order(cifar_dir):
 
 def test_what_fit_reads_is_every_epoch_s_batches_in_order(cifar_dir):
     """``_backend.feed``, what ``train`` hands ``fit``: on TensorFlow an in-graph pipeline, which must give
-    exactly ``Batches.batch(epoch, index)`` for every epoch; elsewhere the batches themselves."""
+    ``fit`` exactly ``Batches.batch(epoch, index)`` for every epoch, each epoch in its own order (a model
+    records each step's labels and pixel sum); elsewhere the batches themselves."""
     from trainer import _backend
 
     data = load_cifar10(cifar_dir, train_size=100, seed=0)
     batches = make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3, drop_remainder=True)
-    fed, callbacks, steps = _backend.feed(batches, 3)
+    epochs = 3
+    fed, callbacks, steps = _backend.feed(batches, epochs)
     if keras.backend.backend() != "tensorflow":
         assert fed is batches and steps is None and len(callbacks) == 1
         return
-    read = list(fed.as_numpy_iterator())
-    assert steps == len(batches) and not callbacks and len(read) == 3 * len(batches)
-    for position, (images, labels) in enumerate(read):
-        expected_images, expected_labels = batches.batch(*divmod(position, len(batches)))
-        assert images.dtype == np.float32
-        np.testing.assert_array_equal(images, keras.ops.convert_to_numpy(expected_images))
-        np.testing.assert_array_equal(labels, keras.ops.convert_to_numpy(expected_labels))
+    assert steps == len(batches) and not callbacks
+
+    class Recorder(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.labels = self.add_weight(shape=(epochs * steps, 16), initializer="zeros", dtype="int32", trainable=False)
+            self.sums = self.add_weight(shape=(epochs * steps,), initializer="zeros", dtype="float32", trainable=False)
+            self.step = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False)
+
+        def call(self, inputs):
+            return inputs
+
+        def train_step(self, data):
+            images, labels = data
+            at = keras.ops.reshape(self.step, (1, 1))
+            self.labels.assign(keras.ops.scatter_update(self.labels, at, keras.ops.cast(labels, "int32")[None]))
+            self.sums.assign(keras.ops.scatter_update(self.sums, at, keras.ops.sum(images)[None]))
+            self.step.assign(self.step + 1)
+            return {"step": self.step}
+
+    recorder = Recorder()
+    recorder.compile()
+    recorder.fit(fed, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False)
+    assert int(keras.ops.convert_to_numpy(recorder.step)) == epochs * steps
+    expected = [batches.batch(*divmod(position, steps)) for position in range(epochs * steps)]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(recorder.labels), [keras.ops.convert_to_numpy(labels) for _, labels in expected])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(recorder.sums), [float(np.sum(keras.ops.convert_to_numpy(images))) for images, _ in expected], rtol=1e-6)
+    assert not np.array_equal(keras.ops.convert_to_numpy(recorder.labels[:steps]), keras.ops.convert_to_numpy(recorder.labels[steps : 2 * steps]))
     augmented = make_dataset(data.x_train, data.y_train, 16, shuffle=True, augment=True, seed=3, drop_remainder=True)
     assert _backend.feed(augmented, 3)[0] is augmented  # augmentation stays in the PyDataset
