@@ -11,7 +11,7 @@ So lanes are continuous by construction: when a trial completes or is pruned (or
 its loop settles it and claims the next trial (of the same study, or of another runnable study);
 a trial of the same shape joins the engine's free lane while the other lanes go on. A trial of
 another shape gets an engine of its own (at most :data:`ENGINES` are kept), and a trial lanes cannot
-train (data augmentation, ``mixed_float16``, fewer images than a batch) trains alone with
+train (``mixed_float16``, fewer images than a batch) trains alone with
 :func:`trainer.train`. A killed process stops all K heartbeats, so other workers fail and re-queue
 all K trials; a graceful stop makes every lane hand its trial back at its next epoch end.
 """

@@ -9,11 +9,14 @@ A GPU spent on one small convnet trial sits nearly idle (issue 16: 1.5% of an H2
   l1, l2 and the two dropout rates, are weights of the search model), Adam state and learning rate (the
   optimizer's variables). ``model.stateless_call`` runs the network on a lane's values and
   ``optimizer.stateless_apply`` updates its weights; ``jax.vmap`` maps both over the lanes.
-* **Per-lane data order.** Each lane draws its own permutation per epoch (:func:`epoch_order`, the
+* **Per-lane data.** Each lane draws its own permutation per epoch (:func:`epoch_order`, the
   single-trial pipeline's order) and may have its own training set (a confirmation repeat has its own
   validation split). While the busy lanes share one training set (a study's search trials), it stays on
   the device and only the ``[K, batch]`` indices cross per step; otherwise each lane's batch is gathered
-  on the host.
+  on the host. A trial with ``data.augment`` has its batch flipped and shifted inside the jitted step,
+  from its own per-batch seed (the single-trial pipeline's, :func:`trainer._pipeline.augment_seed`,
+  passed as a ``[K]`` array): the same transformations as alone, drawn on the device; a lane of a
+  trial without augmentation beside it keeps its batch as is.
 * **Continuous.** Lanes start and end independently: a lane's epoch ends after its own
   ``len(x_train) // batch_size`` steps, then only that lane is validated (precise BatchNorm, the
   validation set, the gap sample: :mod:`trainer._train`'s metrics) and its metrics handed to its
@@ -25,9 +28,9 @@ A GPU spent on one small convnet trial sits nearly idle (issue 16: 1.5% of an H2
   never stall the other lanes), and whatever it raises stops that trial and propagates to that caller.
 
 A trial trained in a lane gives the same result as the same trial trained alone (K=1), within float
-tolerance: lanes never share a number (tests/trainer/test_lanes.py; it also checks the step against
-Keras' own ``model.fit`` on JAX). Data augmentation and ``mixed_float16`` (loss scaling) are not
-lane-able yet (:func:`lanes_unsupported` says why); the service trains such trials alone.
+tolerance, with or without augmentation: lanes never share a number (tests/trainer/test_trainer_lanes.py;
+it also checks the step against Keras' own ``model.fit`` on JAX). ``mixed_float16`` (loss scaling) is not
+lane-able (:func:`lanes_unsupported` says why); the service trains such trials alone.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from trainer._best import BestConfig
 from trainer._data import CifarData
 from trainer._gap import train_sample_indices
 from trainer._models import Knobs, build_search_model
+from trainer._pipeline import _augmenter, augment, augment_seed
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._space import RegularizationConfig
 from trainer._sparsity import weight_stats
@@ -71,8 +75,6 @@ def lanes_unsupported(settings: TrainSettings, data: CifarData | None = None) ->
 
     if keras.backend.backend() != "jax":
         return f"lanes need KERAS_BACKEND=jax (this process runs {keras.backend.backend()})"
-    if settings.data.augment:
-        return "data augmentation is not lane-able yet"
     if settings.precision == "mixed_float16":
         return "mixed_float16 needs loss scaling, which lanes do not do (use mixed_bfloat16)"
     if data is not None and len(data.y_train) < settings.batch_size:
@@ -160,6 +162,7 @@ class LaneEngine:
         self._trainable = list(self.model.trainable_variables)
         self._non_trainable = list(self.model.non_trainable_variables)
         self._knob_ids = {id(v) for v in self.knobs.weights}
+        self._augmenter = _augmenter()  # float32 layers without weights: each lane's seed picks its transformation
         self._optimizer_start = [np.array(v.numpy()) for v in self.optimizer.variables]
         self._learning_rate_index = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer._learning_rate)
         trainable_ids = {id(v): i for i, v in enumerate(self._trainable)}
@@ -175,8 +178,9 @@ class LaneEngine:
         donate = (0,) if jax.default_backend() != "cpu" else ()
         self._step = jax.jit(jax.vmap(self._step_fn), donate_argnums=donate)
         # The same step with every lane's batch gathered on the device from one resident training set.
-        self._step_gather = jax.jit(lambda state, x, y, index: jax.vmap(self._step_fn)(state, x[index], y[index]),
-                                    donate_argnums=donate)
+        self._step_gather = jax.jit(
+            lambda state, x, y, index, *augmenting: jax.vmap(self._step_fn)(state, x[index], y[index], *augmenting),
+            donate_argnums=donate)
         self._resident: tuple[CifarData, Any, Any] | None = None
         self._put = jax.jit(lambda state, index, lane: jax.tree.map(lambda s, v: s.at[index].set(v), state, lane),
                             donate_argnums=donate)
@@ -197,9 +201,15 @@ class LaneEngine:
         penalty = sum((keras.ops.sum(keras.ops.cast(loss, "float32")) for loss in losses), 0.0)
         return outputs, non_trainable, penalty
 
-    def _step_fn(self, lane, images, labels):
+    def _step_fn(self, lane, images, labels, seed=None, augmented=None):
+        """One lane's training step; with ``seed`` and ``augmented`` (:meth:`_augmentation`) its batch is first
+        augmented as :class:`trainer._pipeline.Batches` augments it for that seed, if ``augmented``."""
         import jax
         import keras
+
+        if seed is not None:
+            images = keras.ops.cast(images, "float32")
+            images = keras.ops.where(augmented, augment(images, self._augmenter, seed), images)
 
         def loss_fn(trainable):
             probabilities, non_trainable, penalty = self._forward(trainable, lane["non_trainable"], images, True)
@@ -418,9 +428,10 @@ class LaneEngine:
         import jax
 
         datasets = {id(job.data): job.data for job in jobs if job is not None}
+        augmenting = self._augmentation(jobs)
         if len(datasets) != 1:
             images, labels = self._batches(jobs)
-            self._state = self._step(self._state, images, labels)
+            self._state = self._step(self._state, images, labels, *augmenting)
             return
         (data,) = datasets.values()
         if self._resident is None or self._resident[0] is not data:
@@ -431,7 +442,20 @@ class LaneEngine:
         for lane, job in enumerate(jobs):
             if job is not None:
                 index[lane] = job.order[job.step * batch : (job.step + 1) * batch]
-        self._state = self._step_gather(self._state, self._resident[1], self._resident[2], index)
+        self._state = self._step_gather(self._state, self._resident[1], self._resident[2], index, *augmenting)
+
+    def _augmentation(self, jobs: list[_Job | None]) -> tuple[np.ndarray, ...]:
+        """The step's augmentation arguments: none while no busy lane augments (the plain step), else every
+        lane's seed for this batch (:func:`trainer._pipeline.augment_seed`, as the single-trial pipeline draws
+        it) and whether it augments. Only these ``[K]`` numbers cross per step: the flips and shifts are drawn
+        and applied inside the jitted step, on the device."""
+        if not any(job is not None and job.settings.data.augment for job in jobs):
+            return ()
+        seeds, augmented = np.zeros(self.lanes, np.uint32), np.zeros(self.lanes, bool)
+        for lane, job in enumerate(jobs):
+            if job is not None and job.settings.data.augment:
+                seeds[lane], augmented[lane] = augment_seed(job.settings.seed, job.epoch, job.step), True
+        return seeds, augmented
 
     def _batches(self, jobs: list[_Job | None]) -> tuple[np.ndarray, np.ndarray]:
         batch = self.shape.batch_size

@@ -25,7 +25,7 @@ import numpy as np
 
 from trainer import _backend
 
-__all__ = ["Batches", "augment", "make_dataset", "on_device", "take"]
+__all__ = ["Batches", "augment", "augment_seed", "make_dataset", "on_device", "take"]
 
 _RESIDENT: collections.OrderedDict[int, tuple[np.ndarray, Any]] = collections.OrderedDict()
 _RESIDENT_SIZE = 6  # arrays kept on the device: train and val images and labels of a couple of data sets
@@ -64,11 +64,22 @@ def _augmenter() -> list[keras.layers.Layer]:
     return [keras.layers.RandomFlip("horizontal"), keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest")]
 
 
-def augment(images: Any, layers: list[keras.layers.Layer], seed: int) -> Any:
+def augment_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of batch ``index`` of ``epoch`` of a trial seeded ``seed`` (the lanes draw the same)."""
+    return int(np.random.default_rng([seed, epoch, index, 1]).integers(2**30))
+
+
+def augment(images: Any, layers: list[keras.layers.Layer], seed: Any) -> Any:
     """``images`` through the augmentation ``layers``, each drawing its transformation from ``seed`` alone
-    (stateless: the same seed gives the same flips and shifts, whichever thread asks and in what order)."""
+    (stateless: the same seed gives the same flips and shifts, whichever thread asks and in what order).
+
+    ``seed`` is an int, or on JAX a uint32 scalar, traced inside a jitted step (the lanes engine,
+    :mod:`trainer._lanes`, one seed per lane): Keras draws from an int seed ``s`` with the key
+    ``[s, 0]`` and takes a JAX array as the key itself, so the scalar becomes that same key, and
+    both give the same flips and shifts."""
     for offset, layer in enumerate(layers):
-        transformation = layer.get_random_transformation(images, training=True, seed=seed + offset)
+        key = seed + offset if isinstance(seed, int) else keras.ops.stack([seed + offset, keras.ops.zeros_like(seed)])
+        transformation = layer.get_random_transformation(images, training=True, seed=key)
         images = layer.transform_images(images, transformation, training=True)
     return keras.ops.clip(images, 0.0, 255.0)  # interpolation may overshoot the pixel range by a rounding error
 
@@ -130,7 +141,7 @@ class Batches(keras.utils.PyDataset):
         indices = self.indices(epoch, index)
         images = take(self.images, indices)
         if self.augmenter is not None:
-            images = augment(images, self.augmenter, int(np.random.default_rng([self.seed, epoch, index, 1]).integers(2**30)))
+            images = augment(images, self.augmenter, augment_seed(self.seed, epoch, index))
         if isinstance(self.labels, np.ndarray):
             return images, self.labels[indices]
         labels = keras.ops.take(self.labels, keras.ops.convert_to_tensor(indices.astype(np.int32)), axis=0)

@@ -5,7 +5,7 @@ train (all three trials are handed back and re-queued), the second is killed mid
 stop heart-beating), the third fails the lost trials, retries them and runs the study to its end,
 confirmation included. The study then holds what a one-lane worker leaves: exactly ``n_trials``
 finished search trials, every epoch of each reported, the weak ones pruned, every failed trial
-retried with its params, none left running or waiting.
+retried with its params, none left running or waiting. An augmented study then trains in two lanes.
 """
 
 from __future__ import annotations
@@ -97,3 +97,30 @@ def test_a_lanes_worker_keeps_the_worker_protocol(tmp_path):
     confirmed = [trial for trial in everything if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM]
     assert confirmed and all(trial.state == State.COMPLETE for trial in confirmed)
     assert "in 3 lanes" in log_of("third.log")  # its last line
+
+
+def test_a_lanes_worker_trains_an_augmented_study_in_its_lanes(tmp_path):
+    """``data.augment`` trials train in the lanes, none alone, the confirmation repeats (each
+    with its own split, so its batches gathered on the host) too; every trial completes with every epoch reported."""
+    url = f"sqlite:///{tmp_path / 'regsearch.db'}"
+    settings = Settings(database_url=url)
+    migrate(settings)
+    factory, storage = session_factory(create_engine(settings)), optuna_storage(settings)
+    spec = StudySpec(name="augmented", model="baseline", width=0.25, n_trials=4, epochs=2, batch_size=32, pruner="none",
+                     data={"train_size": 200, "val_fraction": 0.2, "augment": True}, confirm={"top_k": 2, "repeats": 1})
+    studies.submit_study(factory, storage, spec)
+    env = base_env(KERAS_BACKEND="jax", REGSEARCH_DATABASE_URL=url)
+    worker = spawn([REGSEARCH, "worker", "--lanes", "2", "--poll-interval", "0.5", "--exit-when-idle"], env,
+                   tmp_path / "worker.log")
+    assert worker.wait(timeout=600) == 0, (tmp_path / "worker.log").read_text()[-4000:]
+    log = (tmp_path / "worker.log").read_text()
+    with factory() as session:
+        assert studies.get_study(session, "augmented").status == StudyStatus.COMPLETED
+    everything = optuna.load_study(study_name="augmented", storage=storage).get_trials(deepcopy=False)
+    assert all(trial.state == State.COMPLETE for trial in everything)
+    search = [trial for trial in everything if trial_rules.is_search_trial(trial)]
+    confirmed = [trial for trial in everything if trial.user_attrs.get(STAGE_ATTR) == TrialStage.CONFIRM]
+    assert len(search) == 4 and len(confirmed) >= 2
+    for trial in everything:  # every epoch reported
+        assert len(trial.user_attrs["history"]) == 2 and sorted(trial.intermediate_values) == [0, 1]
+    assert "lanes: compiling 2 lane(s)" in log and "trained alone" not in log, log[-4000:]

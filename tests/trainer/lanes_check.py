@@ -5,6 +5,7 @@ Every scenario shares the process so the lane engines compile once: width 0.25, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -13,11 +14,13 @@ import time
 
 os.environ["KERAS_BACKEND"] = "jax"
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import trainer  # noqa: E402
 from trainer._lanes import LaneEngine, LaneShape, epoch_order  # noqa: E402
 from trainer._models import Knobs, build_search_model  # noqa: E402
+from trainer._pipeline import augment_seed, make_dataset  # noqa: E402
 
 DATA_DIR = sys.argv[1]
 data = trainer.load_cifar10(DATA_DIR, train_size=240, val_fraction=0.25, seed=0, include_test=False)
@@ -67,6 +70,22 @@ report["step_vs_fit"] = {
                          for v, w in zip(alone.non_trainable_variables, stepped["non_trainable"])),
 }
 
+# -- 1b. An augmenting step augments each augmented lane's batch exactly as the single-trial pipeline does ------
+pipeline = make_dataset(data.x_train, data.y_train, settings.batch_size, shuffle=True, augment=True, seed=settings.seed,
+                        drop_remainder=True)
+batches = [(0, 1), None, (1, 2)]  # (epoch, index) of lanes 0 and 2; lane 1 trains on a plain batch beside them
+plain = epoch_order(settings.seed, 0, len(data.y_train), settings.batch_size)[: settings.batch_size]
+chosen = [pipeline.indices(*batch) if batch else plain for batch in batches]
+labels = np.stack([data.y_train[c] for c in chosen]).astype(np.int32)
+seeds = np.array([augment_seed(settings.seed, *batch) if batch else 0 for batch in batches], np.uint32)
+inside = three._step(state, np.stack([data.x_train[c] for c in chosen]), labels, seeds,
+                     np.array([batch is not None for batch in batches]))
+augmented_batches = np.stack([np.asarray(pipeline.batch(*batch)[0]) if batch else data.x_train[plain].astype(np.float32)
+                              for batch in batches])
+outside = three._step(state, augmented_batches, labels)
+report["augmented_step_diff"] = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                                    for a, b in zip(jax.tree.leaves(inside), jax.tree.leaves(outside)))
+
 # -- 2. A trial in a lane, started while other lanes are mid-epoch, equals the same trial alone -----------
 one = LaneEngine(shape, 1)
 report["alone"] = history(one.train(config, data, settings))
@@ -91,7 +110,25 @@ for thread in threads:
 report["in_lane"] = history(results["t"])
 report["lane_steps"] = [three.steps_run, three.lane_steps]
 
-# -- 3. Continuous: a pruned trial's lane takes the next trial while the other lanes go on ----------------
+# -- 3. Augmentation: a lane flips and shifts its batches as trainer.train does, beside a lane that does not ----
+# Without L1: its gradient jumps where a weight crosses zero, which turns the float noise between two compiled
+# graphs (1e-6 in a step) into 1e-3 of the loss within ten augmented steps; without it they stay at float noise.
+smooth = dataclasses.replace(config, l1_ratio=0.0)
+augmented = settings.model_copy(update={"data": settings.data.model_copy(update={"augment": True})})
+report["augmented_alone"] = history(one.train(smooth, data, augmented))
+report["augmented_train"] = history(trainer.train(smooth, data, augmented))
+report["smooth_alone"] = history(one.train(smooth, data, settings))
+before = [three.steps_run, three.lane_steps]
+mixed = [threading.Thread(target=run, args=("augmented", smooth, data, augmented)),
+         threading.Thread(target=run, args=("plain", smooth, data, settings))]
+for thread in mixed:
+    thread.start()
+for thread in mixed:
+    thread.join()
+report["mixed"] = {"augmented": history(results["augmented"]), "plain": history(results["plain"]),
+                   "steps_run": three.steps_run - before[0], "lane_steps": three.lane_steps - before[1]}
+
+# -- 4. Continuous: a pruned trial's lane takes the next trial while the other lanes go on ----------------
 events: list[str] = []
 lock = threading.Lock()
 before, submitted = three.steps_run, three.submitted

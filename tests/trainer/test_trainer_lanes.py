@@ -3,8 +3,8 @@
 tests/trainer/lanes_check.py trains the real search network (width 0.25) on real CIFAR-10 images and
 reports; here we assert: one vmapped step of a lane equals one step of Keras' own ``model.fit`` from
 the same state on the same batch; a trial started in a lane while the other lanes are mid-epoch gives
-the same metrics as the same trial trained alone (K=1); a pruned trial's lane takes the next waiting
-trial while the other lanes go on.
+the same metrics as the same trial trained alone (K=1), with augmentation too (a lane augmenting beside one
+that does not); a pruned trial's lane takes the next waiting trial while the other lanes go on.
 """
 
 from __future__ import annotations
@@ -61,6 +61,28 @@ def test_a_trial_in_a_lane_equals_the_trial_alone(report):
     _assert_same_metrics(report["in_lane"], report["alone"], rel=1e-3, accuracy_abs=0.02)
     steps_run, lane_steps = report["lane_steps"]
     assert lane_steps > steps_run  # the lanes did share steps
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_an_augmenting_step_augments_each_lane_as_the_pipeline_does(report):
+    """Two augmented lanes (other epochs and batches) beside a plain one: the step that flips and shifts them on
+    the device ends where the plain step ends on trainer._pipeline's augmented batches. Bit for bit here; a
+    single different flip or shift would move weights by Adam's first step (~1e-3)."""
+    assert report["augmented_step_diff"] < 1e-6
+
+
+@pytest.mark.one_backend  # a JAX subprocess either way: once is enough
+def test_an_augmented_trial_in_a_lane_equals_the_trial_alone(report):
+    """Augmented trials (without L1: see lanes_check.py) over whole epochs: one lane (K=1) matches
+    trainer.train, and in a three-lane engine an augmented trial and a plain one side by side each match
+    their trial alone."""
+    _assert_same_metrics(report["augmented_alone"], report["augmented_train"], rel=1e-4, accuracy_abs=1e-6)
+    mixed = report["mixed"]
+    _assert_same_metrics(mixed["augmented"], report["augmented_alone"], rel=1e-3, accuracy_abs=0.02)
+    _assert_same_metrics(mixed["plain"], report["smooth_alone"], rel=1e-3, accuracy_abs=0.02)
+    assert mixed["lane_steps"] > mixed["steps_run"]  # the two trials did share steps
+    # The augmentation changed the training far beyond those tolerances: the same trial without it ends elsewhere.
+    assert report["augmented_alone"][0]["loss"] != pytest.approx(report["smooth_alone"][0]["loss"], rel=1e-2)
 
 
 @pytest.mark.one_backend  # a JAX subprocess either way: once is enough
