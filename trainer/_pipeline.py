@@ -76,10 +76,19 @@ def augment(images: Any, layers: list[keras.layers.Layer], seed: Any) -> Any:
     ``seed`` is an int, or on JAX a uint32 scalar, traced inside a jitted step (the lanes engine,
     :mod:`trainer._lanes`, one seed per lane): Keras draws from an int seed ``s`` with the key
     ``[s, 0]`` and takes a JAX array as the key itself, so the scalar becomes that same key, and
-    both give the same flips and shifts."""
+    both give the same flips and shifts.
+
+    Given one key, Keras' ``RandomTranslation`` draws the height and the width shift alike (every shift
+    would be diagonal): the height's comes from a key of its own, ``seed + len(layers) + offset``."""
+
+    def key(offset: int) -> Any:
+        return seed + offset if isinstance(seed, int) else keras.ops.stack([seed + offset, keras.ops.zeros_like(seed)])
+
     for offset, layer in enumerate(layers):
-        key = seed + offset if isinstance(seed, int) else keras.ops.stack([seed + offset, keras.ops.zeros_like(seed)])
-        transformation = layer.get_random_transformation(images, training=True, seed=key)
+        transformation = layer.get_random_transformation(images, training=True, seed=key(offset))
+        if isinstance(layer, keras.layers.RandomTranslation):  # translations: [width, height] per image
+            heights = layer.get_random_transformation(images, training=True, seed=key(len(layers) + offset))["translations"]
+            transformation["translations"] = keras.ops.concatenate([transformation["translations"][:, :1], heights[:, 1:]], axis=1)
         images = layer.transform_images(images, transformation, training=True)
     return keras.ops.clip(images, 0.0, 255.0)  # interpolation may overshoot the pixel range by a rounding error
 

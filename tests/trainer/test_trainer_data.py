@@ -104,6 +104,25 @@ def test_pipeline_batches_float_pixels_and_augments(cifar_dir):
     assert not np.array_equal(to_numpy(again.batch(1, 0)[0]), to_numpy(augmented[0]))
 
 
+def test_augmentation_shifts_height_and_width_independently_within_ten_percent():
+    """Two bright pixels per image, symmetric about the middle column (so a flip leaves them alone), through flips
+    and shifts: their row and column move by different amounts (Keras, given one seed, draws both shifts alike:
+    every shift was diagonal), each within 10% of the 32 pixels."""
+    from trainer._pipeline import _augmenter, augment
+
+    images = np.zeros((64, 32, 32, 3), dtype=np.float32)
+    images[:, 16, 15:17, :] = 255.0
+    moved = keras.ops.convert_to_numpy(augment(keras.ops.convert_to_tensor(images), _augmenter(), 12345))[..., 0]
+    rows, columns = np.indices((32, 32))
+    weights = moved.sum(axis=(1, 2))
+    assert np.all(weights > 0)  # the pixels stay inside the image
+    row_shift = (moved * rows).sum(axis=(1, 2)) / weights - 16
+    column_shift = (moved * columns).sum(axis=(1, 2)) / weights - 15.5
+    assert np.all(np.abs(row_shift) <= 3.2 + 1e-3) and np.all(np.abs(column_shift) <= 3.2 + 1e-3)
+    assert np.std(row_shift - column_shift) > 1.0  # diagonal shifts only: the difference stays 0
+    np.testing.assert_array_equal(moved, keras.ops.convert_to_numpy(augment(keras.ops.convert_to_tensor(images), _augmenter(), 12345))[..., 0])
+
+
 def test_shuffled_batches_are_a_seeded_permutation_per_epoch(cifar_dir):
     data = load_cifar10(cifar_dir, train_size=100, seed=0)
     batches = make_dataset(data.x_train, data.y_train, 16, shuffle=True, seed=3, drop_remainder=True)
