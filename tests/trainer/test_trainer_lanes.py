@@ -78,8 +78,11 @@ def test_an_augmented_trial_in_a_lane_equals_the_trial_alone(report):
     their trial alone."""
     _assert_same_metrics(report["augmented_alone"], report["augmented_train"], rel=1e-4, accuracy_abs=1e-6)
     mixed = report["mixed"]
-    _assert_same_metrics(mixed["augmented"], report["augmented_alone"], rel=1e-3, accuracy_abs=0.02)
-    _assert_same_metrics(mixed["plain"], report["smooth_alone"], rel=1e-3, accuracy_abs=0.02)
+    # Three lanes vmapped against one: other XLA reductions, whose float noise the shifts' interpolation and the
+    # max-pools grow over two epochs (1.2e-3 of the loss seen here, and CPUs differ; the augmenting step itself is
+    # bit-exact, above, and a trial without augmentation ends 4% away, below).
+    _assert_same_metrics(mixed["augmented"], report["augmented_alone"], rel=1e-2, accuracy_abs=0.02)
+    _assert_same_metrics(mixed["plain"], report["smooth_alone"], rel=1e-2, accuracy_abs=0.02)
     assert mixed["lane_steps"] > mixed["steps_run"]  # the two trials did share steps
     # The augmentation changed the training far beyond those tolerances: the same trial without it ends elsewhere.
     assert report["augmented_alone"][0]["loss"] != pytest.approx(report["smooth_alone"][0]["loss"], rel=1e-2)
