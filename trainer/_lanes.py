@@ -47,12 +47,12 @@ import numpy as np
 from trainer._best import BestConfig
 from trainer._data import CifarData
 from trainer._gap import train_sample_indices
-from trainer._models import Knobs, build_search_model
+from trainer._models import Knobs, build_search_model, penalized_kernels
 from trainer._pipeline import _augmenter, augment, augment_seed
 from trainer._settings import PRECISIONS, TrainSettings
 from trainer._space import RegularizationConfig
 from trainer._sparsity import weight_stats
-from trainer._train import seeded_start
+from trainer._train import batch_moments, seeded_start
 
 __all__ = ["LaneEngine", "LaneShape", "epoch_order", "lanes_unsupported", "resolve_lane_precision"]
 
@@ -166,7 +166,7 @@ class LaneEngine:
         self._optimizer_start = [np.array(v.numpy()) for v in self.optimizer.variables]
         self._learning_rate_index = next(i for i, v in enumerate(self.optimizer.variables) if v is self.optimizer._learning_rate)
         trainable_ids = {id(v): i for i, v in enumerate(self._trainable)}
-        self._kernel_index = [trainable_ids[id(layer.kernel)] for layer in self.model.layers if hasattr(layer, "kernel")]
+        self._kernel_index = [trainable_ids[id(kernel)] for kernel in penalized_kernels(self.model)]
         self._layers = self.model.layers[1:]  # both networks are chains; skip the InputLayer
         weight_ids = {id(v): ("t", i) for i, v in enumerate(self._trainable)}
         weight_ids.update({id(v): ("n", i) for i, v in enumerate(self._non_trainable)})
@@ -234,25 +234,16 @@ class LaneEngine:
 
     def _precise_bn_fn(self, trainable, non_trainable, grouped_images):
         """Every BN layer's moving statistics := its per-batch moments averaged over ``[groups, batch, ...]``
-        (trainer._train's precise BatchNorm, as one traced call); returns the new non-trainable values."""
+        (trainer._train's precise BatchNorm, :func:`trainer._train.batch_moments`, as one traced call); returns
+        the new non-trainable values."""
         import keras
-        from keras import ops
 
-        groups, per_group = grouped_images.shape[0], grouped_images.shape[1]
         mapping = [*zip(self._trainable, trainable), *zip(self._non_trainable, non_trainable)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
-            x = ops.reshape(ops.cast(grouped_images, "float32"), (groups * per_group, *grouped_images.shape[2:]))
-            for layer in self._layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    values = ops.cast(x, "float32")
-                    grouped = ops.reshape(values, (groups, per_group, *values.shape[1:]))
-                    mean, variance = ops.moments(grouped, axes=[1, 2, 3], keepdims=True)
-                    normalized = (grouped - mean) / ops.sqrt(variance + layer.epsilon) * layer.gamma + layer.beta
-                    x = ops.cast(ops.reshape(normalized, values.shape), x.dtype)
-                    layer.moving_mean.assign(ops.reshape(ops.mean(mean, axis=0), layer.moving_mean.shape))
-                    layer.moving_variance.assign(ops.reshape(ops.mean(variance, axis=0), layer.moving_variance.shape))
-                else:
-                    x = layer(x, training=False)
+            batchnorms = [layer for layer in self._layers if isinstance(layer, keras.layers.BatchNormalization)]
+            for layer, (mean, variance) in zip(batchnorms, batch_moments(self._layers, grouped_images)):
+                layer.moving_mean.assign(keras.ops.reshape(mean, layer.moving_mean.shape))
+                layer.moving_variance.assign(keras.ops.reshape(variance, layer.moving_variance.shape))
         return [scope.get_current_value(v) for v in self._non_trainable]
 
     # ------------------------------------------------------------------------------------------
@@ -261,8 +252,7 @@ class LaneEngine:
 
     def _initial_lane(self, config: RegularizationConfig, learning_rate: float, seed: int) -> dict[str, Any]:
         """Where a freshly built model with this seed starts (trainer._train seeds the same way)."""
-        dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
-        values = {id(variable): np.asarray(value) for variable, value in seeded_start(self.model.layers, dropouts, seed)}
+        values = {id(variable): np.asarray(value) for variable, value in seeded_start(self.model, seed)}
         for name, value in config.keras_values().items():
             values[id(getattr(self.knobs, name))] = np.asarray(value, dtype="float32")
         optimizer = [start.copy() for start in self._optimizer_start]

@@ -22,7 +22,10 @@ from trainer._best import BestConfig
 from trainer._recipe import Recipe
 from trainer._space import RegularizationConfig
 
-__all__ = ["Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_search_model", "plain_weights", "scaled"]
+__all__ = [
+    "Knobs", "TunableDropout", "TunableL1L2", "build_model", "build_search_model", "penalized_kernels", "plain_weights", "scaled",
+    "tunable_dropouts",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,6 +207,16 @@ def build_model(
         dropout=lambda which, name: keras.layers.Dropout(rates[which], name=name),
     )
     return _network(model, float(width), tuple(input_shape), num_classes, parts)
+
+
+def penalized_kernels(model: keras.Model) -> list[keras.Variable]:
+    """The kernels the penalty applies to (every Conv2D's and Dense's), in layer order."""
+    return [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+
+
+def tunable_dropouts(model: keras.Model) -> list[TunableDropout]:
+    """A search model's dropout layers, in layer order."""
+    return [layer for layer in model.layers if isinstance(layer, TunableDropout)]
 
 
 def build_search_model(

@@ -54,7 +54,7 @@ import numpy as np
 from trainer import _backend
 from trainer._data import CifarData
 from trainer._gap import train_sample_indices
-from trainer._models import Knobs, build_model, build_search_model, plain_weights
+from trainer._models import Knobs, build_model, build_search_model, penalized_kernels, plain_weights, tunable_dropouts
 from trainer._pipeline import make_dataset, on_device, take
 from trainer._recipe import TrialMetrics
 from trainer._settings import PRECISIONS, TrainSettings
@@ -201,12 +201,12 @@ def resolve_precision(precision: str) -> str:
 _PARAMETERS = ("kernel", "bias", "gamma", "beta", "moving_mean", "moving_variance")
 
 
-def seeded_start(layers: Any, dropouts: Any, seed: int) -> Iterator[tuple[Any, Any]]:
-    """``(variable, value)``: where a freshly built model with this trial ``seed`` starts, the one rule that
-    :func:`train` and the lanes engine (:mod:`trainer._lanes`) share. Each initialized parameter drawn by
-    its own initializer with a seed of (trial seed, layer, parameter); each dropout's seed state set from
-    (trial seed, dropout)."""
-    for index, layer in enumerate(layers):
+def seeded_start(model: Any, seed: int) -> Iterator[tuple[Any, Any]]:
+    """``(variable, value)``: where a freshly built search ``model`` with this trial ``seed`` starts, the one
+    rule that :func:`train` and the lanes engine (:mod:`trainer._lanes`) share. Each initialized parameter
+    drawn by its own initializer with a seed of (trial seed, layer, parameter); each dropout's seed state set
+    from (trial seed, dropout)."""
+    for index, layer in enumerate(model.layers):
         for offset, name in enumerate(_PARAMETERS):
             variable = getattr(layer, name, None)
             initializer = getattr(layer, f"{name}_initializer", None)
@@ -216,7 +216,7 @@ def seeded_start(layers: Any, dropouts: Any, seed: int) -> Iterator[tuple[Any, A
             if "seed" in initializer_config:
                 initializer = type(initializer).from_config({**initializer_config, "seed": seed * 1009 + index * 7 + offset})
             yield variable, initializer(variable.shape, dtype=variable.dtype)
-    for index, layer in enumerate(dropouts):
+    for index, layer in enumerate(tunable_dropouts(model)):
         state = layer.seed_generator.state
         yield state, np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
 
@@ -224,34 +224,39 @@ def seeded_start(layers: Any, dropouts: Any, seed: int) -> Iterator[tuple[Any, A
 _PREDICT_CHUNK = 256
 
 
-class _BatchMoments(keras.Model):
-    """Precise BN's statistics pass over a chain of layers (shared with the search model, so no weights
-    of its own): ``[groups, per_group, H, W, C]`` images in; for each BN layer, the mean over the groups
-    of each group's mean and variance out (``[mean_0, variance_0, mean_1, ...]``), each BN layer
-    normalizing every group with that group's moments. ``predict_on_batch`` compiles it on any backend."""
+def batch_moments(layers: Iterable[Any], grouped: Any) -> list[tuple[Any, Any]]:
+    """Precise BN's statistics pass, in ``keras.ops`` (:class:`_BatchMoments` compiles it; the lanes engine
+    traces it per lane): ``[groups, per_group, H, W, C]`` images through a chain of ``layers``, dropout off,
+    each BN layer normalizing every group with that group's own moments (as in training); for each BN layer,
+    the mean over the groups of each group's mean and variance."""
+    per_group, shape = int(grouped.shape[1]), tuple(grouped.shape[2:])
+    x = keras.ops.reshape(keras.ops.cast(grouped, "float32"), (-1, *shape))
+    moments = []
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = keras.ops.cast(x, "float32")
+            features = tuple(values.shape[1:])
+            groups = keras.ops.reshape(values, (-1, per_group, *features))
+            mean, variance = keras.ops.moments(groups, axes=[1, 2, 3], keepdims=True)
+            inverse = keras.ops.rsqrt(variance + layer.epsilon) * layer.gamma  # in keras.ops.batch_normalization's order
+            normalized = groups * inverse + (layer.beta - mean * inverse)
+            x = keras.ops.cast(keras.ops.reshape(normalized, (-1, *features)), x.dtype)
+            moments.append((keras.ops.mean(mean, axis=(0, 1, 2, 3)), keras.ops.mean(variance, axis=(0, 1, 2, 3))))
+        else:
+            x = layer(x, training=False)
+    return moments
 
-    def __init__(self, layers: list, per_group: int) -> None:
+
+class _BatchMoments(keras.Model):
+    """:func:`batch_moments` over a chain of layers (shared with the search model, so no weights of its own),
+    as a model: ``[mean_0, variance_0, mean_1, ...]`` out. ``predict_on_batch`` compiles it on any backend."""
+
+    def __init__(self, layers: list) -> None:
         super().__init__(name="batch_moments")
         self.chain = list(layers)
-        self.per_group = int(per_group)
 
     def call(self, grouped):
-        shape = tuple(grouped.shape[2:])
-        x = keras.ops.reshape(grouped, (-1, *shape))
-        moments = []
-        for layer in self.chain:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                values = keras.ops.cast(x, "float32")
-                features = tuple(values.shape[1:])
-                per_group = keras.ops.reshape(values, (-1, self.per_group, *features))
-                mean, variance = keras.ops.moments(per_group, axes=[1, 2, 3], keepdims=True)
-                inverse = keras.ops.rsqrt(variance + layer.epsilon) * layer.gamma  # in keras.ops.batch_normalization's order
-                normalized = per_group * inverse + (layer.beta - mean * inverse)
-                x = keras.ops.cast(keras.ops.reshape(normalized, (-1, *features)), x.dtype)
-                moments += [keras.ops.mean(mean, axis=(0, 1, 2, 3)), keras.ops.mean(variance, axis=(0, 1, 2, 3))]
-            else:
-                x = layer(x, training=False)
-        return moments
+        return [value for pair in batch_moments(self.chain, grouped) for value in pair]
 
 
 class _SearchModel:
@@ -276,9 +281,8 @@ class _SearchModel:
         self.model.compute_metrics(None, np.zeros((1,), "int32"), np.full((1, num_classes), 1.0 / num_classes, "float32"))
         self.optimizer = optimizer
         self._optimizer_start = [keras.ops.convert_to_numpy(variable.value).copy() for variable in optimizer.variables]
-        self.kernels = [layer.kernel for layer in self.model.layers if hasattr(layer, "kernel")]
+        self.kernels = penalized_kernels(self.model)
         self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        self.dropouts = [layer for layer in self.model.layers if hasattr(layer, "seed_generator") and hasattr(layer, "which")]
         self._moments_model_cache: Any = None
 
     def start_trial(self, config: RegularizationConfig, learning_rate: float, seed: int) -> None:
@@ -287,7 +291,7 @@ class _SearchModel:
         # shuffling, augmentation). Not keras.utils.set_random_seed: tf.random.set_seed clears
         # TensorFlow's kernel cache, which made the first step of every trial cost ~1.3 s here.
         self.knobs.assign(config)
-        for variable, value in seeded_start(self.model.layers, self.dropouts, seed):
+        for variable, value in seeded_start(self.model, seed):
             variable.assign(value)
         for variable, start in zip(self.optimizer.variables, self._optimizer_start):
             variable.assign(start)
@@ -301,7 +305,7 @@ class _SearchModel:
         (as in training) and outputs their mean over the groups. Vectorized over the groups, so the whole
         pass is one call with no per-batch Python or host round trips."""
         if self._moments_model_cache is None:
-            self._moments_model_cache = _BatchMoments(self.model.layers[1:], self.batch_size)
+            self._moments_model_cache = _BatchMoments(self.model.layers[1:])
         return self._moments_model_cache
 
     def precise_batchnorm(self, images: Any, max_images: int) -> None:
@@ -318,7 +322,7 @@ class _SearchModel:
         groups = max(1, min(count, max(max_images, per_group)) // per_group)
         sample = keras.ops.cast(images[: groups * per_group], "float32")
         grouped = keras.ops.reshape(sample, (groups, per_group, *tuple(images.shape[1:])))
-        moments = _BatchMoments(self.model.layers[1:], per_group) if per_group != self.batch_size else self._moments_model()
+        moments = _BatchMoments(self.model.layers[1:]) if per_group != self.batch_size else self._moments_model()
         values = moments.predict_on_batch(grouped)
         for layer, mean, variance in zip(self.batchnorms, values[0::2], values[1::2]):
             layer.moving_mean.assign(np.reshape(mean, layer.moving_mean.shape))
