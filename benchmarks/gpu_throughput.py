@@ -24,7 +24,8 @@ Adam), so TFLOP/s = trial-images/s x that / 1e12.
 ``--small`` (the default where JAX has no accelerator) runs everything tiny (width 0.25, a few steps,
 an 8-trial study of 2 epochs at K=1 against K=4) and the JSON says plainly that its figures are not
 GPU figures. Results: ``benchmarks/results/gpu_throughput.json`` with the device's name.
-Usage: ``KERAS_BACKEND=jax .venv/bin/python benchmarks/gpu_throughput.py [--small] [--skip-study]``.
+Usage: ``KERAS_BACKEND=jax .venv/bin/python benchmarks/gpu_throughput.py [--small] [--skip-study]``; on the GPU
+machine without a package index, through ``benchmarks/gpu_check.sh``.
 """
 
 from __future__ import annotations
@@ -221,6 +222,8 @@ def lanes_rate(args, lanes: int) -> dict:
 
 
 def _study_data(args, workdir: Path) -> str:
+    if args.study_data:
+        return args.study_data
     if args.small:
         return str(TEST_DATA)
     target = workdir / "cifar10"
@@ -290,6 +293,8 @@ def main(argv=None) -> int:
     parser.add_argument("--small", action="store_true", default=None, help="tiny run (default where JAX has no accelerator)")
     parser.add_argument("--full", dest="small", action="store_false", help="full run even on a CPU")
     parser.add_argument("--skip-study", action="store_true", help="skip the end-to-end study (f)")
+    parser.add_argument("--study-data", help="a CIFAR-10 directory for the study (f), e.g. carried to a machine without ../shared "
+                        "(default: made from ../shared/datasets/cifar10, or the tests' subset in small mode)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", choices=["fit"], help=argparse.SUPPRESS)
     parser.add_argument("--go-file", help=argparse.SUPPRESS)

@@ -1,10 +1,11 @@
-"""benchmarks/gpu_throughput.py in its small CPU mode, tiny: every part runs on JAX's CPU backend and the
-JSON says plainly that its figures are not GPU figures (the end-to-end study is tested as
-tests/service/test_service_lanes.py's worker runs)."""
+"""benchmarks/gpu_throughput.py in its small CPU mode, tiny, through benchmarks/gpu_check.sh (the device machine's
+one command): every part runs on JAX's CPU backend, the JSON lands in $OUT and says plainly that its figures are
+not GPU figures (the end-to-end study is tested as tests/service/test_service_lanes.py's worker runs)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,12 +17,13 @@ pytest.importorskip("jax")
 
 
 @pytest.mark.one_backend  # a JAX subprocess either way: once is enough
-def test_the_gpu_benchmark_runs_small_on_a_cpu_and_says_so(tmp_path):
+def test_the_gpu_check_runs_small_on_a_cpu_and_says_so(tmp_path):
     out = tmp_path / "gpu_throughput.json"
+    path = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"  # its python3: this environment's
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--small", "--skip-study", "--steps", "2",
-         "--processes", "1", "--lanes", "2", "--batch-size", "16", "--out", str(out)],
-        env=base_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600, cwd=ROOT,
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--small", "--skip-study", "--steps", "2", "--processes", "1",
+         "--lanes", "2", "--batch-size", "16"],
+        env=base_env(JAX_PLATFORMS="cpu", OUT=str(tmp_path), PATH=path), capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(out.read_text())
