@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import _rdb, coordination, features, stages, webhooks
 from service._optuna import METRIC, open_study
 from service.db import session_scope
-from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchEnd, SearchStudy, StudyStatus, utc_now
+from service.models import ACTIVE_STATUSES, ADMIN_OWNER, BestConfigRecord, SearchEnd, SearchStudy, StudyStatus, as_utc, utc_now
 from service.schemas import StudySpec
 
 __all__ = [
@@ -246,7 +246,9 @@ def edit_study(factory: sessionmaker[Session], name: str, changes: dict[str, Any
                 used = stages.usage(session, row)
                 spent = stages.budget_spent(row.started_at, spec.max_runtime_s, spec.max_trial_hours, used.trial_hours)
                 if spent is not None:
-                    amount = f"{used.runtime_s:.0f} s" if spent == SearchEnd.MAX_RUNTIME_S else f"{used.trial_hours:.4f} h"
+                    # the runtime as budget_spent counts it: since the first trial started, up to now (not to the end)
+                    runtime = (utc_now() - as_utc(row.started_at)).total_seconds()
+                    amount = f"{runtime:.0f} s" if spent == SearchEnd.MAX_RUNTIME_S else f"{used.trial_hours:.4f} h"
                     raise BudgetSpent(spent.value, f"{spent.value} {budgets[spent.value]:g} is spent ({amount} used): raise it "
                                       "in the same edit to resume the search")
                 moved = coordination.resume_search(session, row.id, row.status, spec.n_trials, **values)
