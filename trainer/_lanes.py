@@ -241,7 +241,7 @@ class LaneEngine:
         mapping = [*zip(self._trainable, trainable), *zip(self._non_trainable, non_trainable)]
         with keras.StatelessScope(state_mapping=mapping) as scope:
             batchnorms = [layer for layer in self._layers if isinstance(layer, keras.layers.BatchNormalization)]
-            for layer, (mean, variance) in zip(batchnorms, batch_moments(self._layers, grouped_images)):
+            for layer, (mean, variance) in zip(batchnorms, batch_moments(self._layers, grouped_images)[0]):
                 layer.moving_mean.assign(keras.ops.reshape(mean, layer.moving_mean.shape))
                 layer.moving_variance.assign(keras.ops.reshape(variance, layer.moving_variance.shape))
         return [scope.get_current_value(v) for v in self._non_trainable]

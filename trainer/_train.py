@@ -21,15 +21,16 @@ Three choices shape this module:
   per-batch means and variances are averaged and written into ``moving_mean``/``moving_variance``.
   The pass is one compiled call over all sampled images (BN normalizes each batch-sized group with
   its own moments), a small Keras model over the search model's layers, so each backend compiles
-  it: one forward pass and no per-batch Python. The architecture keeps the book's BN layers and
-  momentum.
+  it: one forward pass and no per-batch Python; the same call validates (below). The architecture
+  keeps the book's BN layers and momentum.
 
 * **Metrics that explain regularization.** Each epoch records train/val loss and accuracy, the
   generalization gap (``train_accuracy - val_accuracy``, both in inference mode, the training side on
   a fixed sample: :mod:`trainer._gap`; ``accuracy`` stays Keras' running training-mode mean), the L1 and L2 norms of the penalized kernels and
   their sparsity (share of |w| < 1e-3, which L1 raises), the epoch's wall time and images/s.
   Losses include the regularization penalty (Keras adds it to both). Validation and the gap's
-  training side are compiled inference passes (``predict_on_batch``), scored on the host.
+  training side go through precise BN's call, each BN layer on the statistics just computed (what
+  the model predicts once they are its moving statistics), scored on the host.
 
 Everything here is ``keras``/``keras.ops`` and runs on any Keras backend; what differs between
 backends lives in :mod:`trainer._backend`.
@@ -220,17 +221,20 @@ def seeded_start(model: Any, seed: int) -> Iterator[tuple[Any, Any]]:
         state = layer.seed_generator.state
         yield state, np.array([seed * 1009 + 500 + index, 0], dtype=state.dtype)
 
-#: Images per compiled inference call (validation and the gap's training sample).
-_PREDICT_CHUNK = 256
+#: Images per compiled inference call (validation and the gap's training sample, together).
+_PREDICT_CHUNK = 512
 
 
-def batch_moments(layers: Iterable[Any], grouped: Any) -> list[tuple[Any, Any]]:
-    """Precise BN's statistics pass, in ``keras.ops`` (:class:`_BatchMoments` compiles it; the lanes engine
+def batch_moments(layers: Iterable[Any], grouped: Any, images: Any = None) -> tuple[list[tuple[Any, Any]], Any]:
+    """Precise BN's statistics pass, in ``keras.ops`` (:class:`_Evaluation` compiles it; the lanes engine
     traces it per lane): ``[groups, per_group, H, W, C]`` images through a chain of ``layers``, dropout off,
     each BN layer normalizing every group with that group's own moments (as in training); for each BN layer,
-    the mean over the groups of each group's mean and variance."""
+    the mean over the groups of each group's mean and variance. ``images``, if given, go through the same
+    layers in inference mode, each BN layer normalizing with those new statistics: what the network predicts
+    once they are its moving statistics, in the same pass (second item; None without ``images``)."""
     per_group, shape = int(grouped.shape[1]), tuple(grouped.shape[2:])
     x = keras.ops.reshape(keras.ops.cast(grouped, "float32"), (-1, *shape))
+    y = None if images is None else keras.ops.cast(images, "float32")
     moments = []
     for layer in layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -241,22 +245,31 @@ def batch_moments(layers: Iterable[Any], grouped: Any) -> list[tuple[Any, Any]]:
             inverse = keras.ops.rsqrt(variance + layer.epsilon) * layer.gamma  # in keras.ops.batch_normalization's order
             normalized = groups * inverse + (layer.beta - mean * inverse)
             x = keras.ops.cast(keras.ops.reshape(normalized, (-1, *features)), x.dtype)
-            moments.append((keras.ops.mean(mean, axis=(0, 1, 2, 3)), keras.ops.mean(variance, axis=(0, 1, 2, 3))))
+            statistics = (keras.ops.mean(mean, axis=(0, 1, 2, 3)), keras.ops.mean(variance, axis=(0, 1, 2, 3)))
+            moments.append(statistics)
+            if y is not None:  # as BatchNormalization.call in inference mode, on the new statistics
+                y = keras.ops.cast(keras.ops.batch_normalization(
+                    keras.ops.cast(y, "float32"), mean=statistics[0], variance=statistics[1], axis=layer.axis,
+                    offset=layer.beta, scale=layer.gamma, epsilon=layer.epsilon), layer.compute_dtype)
         else:
             x = layer(x, training=False)
-    return moments
+            y = None if y is None else layer(y, training=False)
+    return moments, y
 
 
-class _BatchMoments(keras.Model):
+class _Evaluation(keras.Model):
     """:func:`batch_moments` over a chain of layers (shared with the search model, so no weights of its own),
-    as a model: ``[mean_0, variance_0, mean_1, ...]`` out. ``predict_on_batch`` compiles it on any backend."""
+    as a model: ``[grouped sample, images]`` in, ``[mean_0, variance_0, mean_1, ..., probabilities]`` out.
+    ``predict_on_batch`` compiles it on any backend: one call per epoch sets precise BN and validates."""
 
     def __init__(self, layers: list) -> None:
-        super().__init__(name="batch_moments")
+        super().__init__(name="evaluation")
         self.chain = list(layers)
 
-    def call(self, grouped):
-        return [value for pair in batch_moments(self.chain, grouped) for value in pair]
+    def call(self, inputs):
+        grouped, images = inputs
+        moments, probabilities = batch_moments(self.chain, grouped, images)
+        return [value for pair in moments for value in pair] + [probabilities]
 
 
 class _SearchModel:
@@ -283,7 +296,7 @@ class _SearchModel:
         self._optimizer_start = [keras.ops.convert_to_numpy(variable.value).copy() for variable in optimizer.variables]
         self.kernels = penalized_kernels(self.model)
         self.batchnorms = [layer for layer in self.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        self._moments_model_cache: Any = None
+        self._evaluation: _Evaluation | None = None
 
     def start_trial(self, config: RegularizationConfig, learning_rate: float, seed: int) -> None:
         """Put the model where a freshly built one with this seed would start."""
@@ -298,46 +311,37 @@ class _SearchModel:
         self.optimizer.learning_rate = learning_rate
         self.model.reset_metrics()
 
-    def _moments_model(self) -> Any:
-        """The statistics pass as a Keras model over the search model's own layers (built once, compiled by
-        the backend on first call): a forward pass over ``[groups, batch, H, W, C]`` images, dropout off,
-        in which each BN layer normalizes every group of ``batch`` images with that group's own moments
-        (as in training) and outputs their mean over the groups. Vectorized over the groups, so the whole
-        pass is one call with no per-batch Python or host round trips."""
-        if self._moments_model_cache is None:
-            self._moments_model_cache = _BatchMoments(self.model.layers[1:])
-        return self._moments_model_cache
+    def evaluate(self, sample: Any, max_sample: int, images: Any) -> np.ndarray:
+        """Precise BN, then inference: every BN layer's moving statistics set to the average of its batch
+        moments over whole batches of ``batch_size`` from ``sample`` (training images, at most ``max_sample``
+        but at least one batch; skipped when ``sample`` is None, ``max_sample`` 0 or the network has no BN),
+        then the class probabilities of ``images`` under them (float32 or uint8, numpy or a backend tensor).
 
-    def precise_batchnorm(self, images: Any, max_images: int) -> None:
-        """Set every BN layer's moving statistics to the average of its batch moments over training batches.
-
-        ``images``: float32 or uint8 images (numpy or a backend tensor). Uses whole batches of
-        ``batch_size`` (the batch statistics training normalized with), at most ``max_images`` images but
-        at least one batch.
+        The statistics and the first ``_PREDICT_CHUNK`` images are one compiled call (:class:`_Evaluation`,
+        built once); more images follow in chunks of that size (the last one padded), one call each.
         """
         count = int(images.shape[0])
-        if not self.batchnorms or max_images <= 0 or count == 0:
-            return
-        per_group = min(self.batch_size, count)
-        groups = max(1, min(count, max(max_images, per_group)) // per_group)
-        sample = keras.ops.cast(images[: groups * per_group], "float32")
-        grouped = keras.ops.reshape(sample, (groups, per_group, *tuple(images.shape[1:])))
-        moments = _BatchMoments(self.model.layers[1:]) if per_group != self.batch_size else self._moments_model()
-        values = moments.predict_on_batch(grouped)
-        for layer, mean, variance in zip(self.batchnorms, values[0::2], values[1::2]):
-            layer.moving_mean.assign(np.reshape(mean, layer.moving_mean.shape))
-            layer.moving_variance.assign(np.reshape(variance, layer.moving_variance.shape))
-
-    def predict(self, images: Any, indices: np.ndarray) -> np.ndarray:
-        """Class probabilities (inference mode) of ``images[indices]``, ``images`` held on the device
-        (:func:`trainer._pipeline.on_device`), in chunks of one fixed shape (the last one padded), each
-        one compiled call."""
-        chunk = min(_PREDICT_CHUNK, len(indices))
-        outputs = []
-        for start in range(0, len(indices), chunk):
-            part = indices[start : start + chunk]
-            padded = np.concatenate([part, np.zeros(chunk - len(part), dtype=part.dtype)]) if len(part) < chunk else part
-            outputs.append(np.asarray(self.model.predict_on_batch(take(images, padded)), dtype=np.float64)[: len(part)])
+        head = min(count, _PREDICT_CHUNK)
+        size = 0 if sample is None else int(sample.shape[0])
+        if self.batchnorms and max_sample > 0 and size > 0:
+            per_group = min(self.batch_size, size)
+            groups = max(1, min(size, max(max_sample, per_group)) // per_group)
+            grouped = keras.ops.reshape(keras.ops.cast(sample[: groups * per_group], "float32"), (groups, per_group, *tuple(sample.shape[1:])))
+            if self._evaluation is None:
+                self._evaluation = _Evaluation(self.model.layers[1:])
+            values = self._evaluation.predict_on_batch([grouped, keras.ops.cast(images[:head], "float32")])
+            for layer, mean, variance in zip(self.batchnorms, values[0:-1:2], values[1:-1:2]):
+                layer.moving_mean.assign(np.reshape(mean, layer.moving_mean.shape))
+                layer.moving_variance.assign(np.reshape(variance, layer.moving_variance.shape))
+            outputs = [np.asarray(values[-1], dtype=np.float64)]
+        else:
+            outputs = [np.asarray(self.model.predict_on_batch(keras.ops.cast(images[:head], "float32")), dtype=np.float64)]
+        for start in range(head, count, _PREDICT_CHUNK):
+            part = keras.ops.cast(images[start : start + _PREDICT_CHUNK], "float32")
+            size = int(part.shape[0])
+            if size < _PREDICT_CHUNK:  # one shape for every chunk: one trace
+                part = keras.ops.pad(part, [[0, _PREDICT_CHUNK - size]] + [[0, 0]] * (len(part.shape) - 1))
+            outputs.append(np.asarray(self.model.predict_on_batch(part), dtype=np.float64)[:size])
         return np.concatenate(outputs)
 
     def weight_stats(self) -> tuple[float, float, float]:
@@ -412,19 +416,20 @@ def _epoch_reporter(
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
             train_time = time.perf_counter() - self._start
+            sample = None
             if settings.precise_bn_images > 0:
-                sample = rng.choice(len(data.y_train), size=min(len(data.y_train), settings.precise_bn_images), replace=False)
-                searchable.precise_batchnorm(take(x_train, sample), settings.precise_bn_images)
+                sample = take(x_train, rng.choice(len(data.y_train), size=min(len(data.y_train), settings.precise_bn_images), replace=False))
             l1_sum, l2_norm, sparsity = searchable.weight_stats()
-            # Validation and the gap's training side in inference mode, each one compiled pass; the loss
+            # Precise BN, validation and the gap's training side in inference mode: one compiled call; the loss
             # includes the penalty as Keras' evaluate reports it (l1 * sum|w| + l2 * sum w**2).
             penalty = keras_values["l1"] * l1_sum + keras_values["l2"] * l2_norm**2
-            val_probabilities = searchable.predict(x_val, val_indices)
+            probabilities = searchable.evaluate(sample, settings.precise_bn_images, keras.ops.concatenate([take(x_val, val_indices), take(x_train, gap_sample)]))
+            val_probabilities, gap_probabilities = probabilities[: len(val_indices)], probabilities[len(val_indices) :]
             val_accuracy = float(np.mean(np.argmax(val_probabilities, axis=-1) == data.y_val))
             val_loss = _cross_entropy(val_probabilities, data.y_val) + penalty
             # The gap measured alike for every trial: inference mode on a fixed training sample (see trainer._gap),
             # not Keras' running training-mode "accuracy" (dropout on, weights moving).
-            train_accuracy = float(np.mean(np.argmax(searchable.predict(x_train, gap_sample), axis=-1) == data.y_train[gap_sample]))
+            train_accuracy = float(np.mean(np.argmax(gap_probabilities, axis=-1) == data.y_train[gap_sample]))
             metrics = {
                 "epoch": epoch + 1,
                 "loss": float(logs["loss"]),

@@ -163,7 +163,9 @@ def test_invalid_settings_raise_value_error_naming_the_field(data):
 
 
 def test_precise_batchnorm_sets_the_average_of_each_batchs_moments(data):
-    """The one-pass precise BN equals, per BN layer, the mean over batches of the moments training normalizes with."""
+    """The one-pass precise BN equals, per BN layer, the mean over batches of the moments training normalizes with;
+    the probabilities the same call returns are the model's own predictions under those statistics, also past
+    the first chunk."""
     from trainer._train import _CACHE
 
     no_dropout = RegularizationConfig(weight_decay=1e-4, l1_ratio=0.2, dropout_conv=0.0, dropout_dense=0.0)
@@ -180,7 +182,9 @@ def test_precise_batchnorm_sets_the_average_of_each_batchs_moments(data):
             for batch in (keras.ops.convert_to_numpy(features(images[start : start + QUICK.batch_size], training=True)) for start in range(0, len(images), QUICK.batch_size))
         ]
         expected.append((np.mean([mean for mean, _ in moments], axis=0), np.mean([variance for _, variance in moments], axis=0)))
-    searchable.precise_batchnorm(images, len(images))
+    others = data.x_val[np.arange(600) % len(data.x_val)].astype("float32")  # more than one chunk of 512
+    probabilities = searchable.evaluate(images, len(images), others)
+    np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(searchable.model.predict_on_batch(others)), rtol=1e-4, atol=1e-6)
     for layer, (mean, variance) in zip(searchable.batchnorms, expected):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean.value), mean, rtol=1e-3, atol=1e-5, err_msg=layer.name)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance.value), variance, rtol=1e-3, atol=1e-5, err_msg=layer.name)
