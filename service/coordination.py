@@ -174,13 +174,15 @@ def record_failure(factory: sessionmaker[Session], study_id: int, message: str, 
 
 
 def _search_done(name: str) -> sa.ColumnElement[bool]:
-    """The search's ``n_trials`` have finished (complete or pruned), or it was ended (:func:`end_search`), and no
-    trial runs."""
+    """The search's ``n_trials`` have finished (complete or pruned), or it was ended (:func:`end_search`) and every
+    search slot still held has its trial finished, and no trial runs. (A worker that claimed a slot just before the
+    end has no trial yet: it records one, pruned untrained, which ``n_trials`` counts; moving on without it left the
+    study short of its ``n_trials``. A slot whose worker died is given back by :func:`reclaim_leaked_slots`.)"""
+    finished = _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial())
     return sa.and_(
         sa.or_(
-            SearchStudy.search_ended_by.is_not(None),
-            sa.and_(SearchStudy.claimed >= SearchStudy.n_trials,
-                    _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial()) >= SearchStudy.n_trials),
+            sa.and_(SearchStudy.search_ended_by.is_not(None), finished >= _SEARCH_HELD),
+            sa.and_(SearchStudy.claimed >= SearchStudy.n_trials, finished >= SearchStudy.n_trials),
         ),
         _rdb.count(name, "RUNNING") == 0,
     )

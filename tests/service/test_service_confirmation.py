@@ -17,7 +17,7 @@ from scipy import stats
 
 from service import coordination, studies, views
 from service.confirmation import repeat_seed
-from service.models import SearchStudy
+from service.models import SearchEnd, SearchStudy
 from service.schemas import StudySpec
 from service.trials import is_search_trial
 from service.objective import Trained
@@ -395,3 +395,23 @@ def test_lowering_n_trials_ends_the_search_then_raising_it_resumes_and_a_spent_c
     assert confirm.status == "completed" and confirm.usage.confirm_trial_hours > 1e-7
     assert len(repeats) == 4 and 1 <= len(dropped) <= 3 and confirm.confirm_finished == 4 - len(dropped)
     assert all(trial.state.name == "FAIL" for trial in dropped)
+
+
+def test_an_ended_search_waits_for_a_slot_claimed_just_before_the_end(database):
+    """A worker that claimed a search slot just before a budget ended the search has no trial yet: the confirmation
+    waits for it (its trial, pruned untrained, is one of the n_trials end_search kept), and moves on once the slot is
+    given back. It began at once before, and that worker's trial then failed as nothing-to-confirm, leaving the
+    completed study one trial short of its n_trials (seen under load in test_service_e2e's budgets test)."""
+    settings, factory, storage = database
+    studies.submit_study(factory, storage, StudySpec(name="late-claim", n_trials=5, epochs=1, pruner="none", reference=False,
+                                                     confirm={"top_k": 1, "repeats": 1}))
+    with factory() as session:
+        row = studies.get_study(session, "late-claim")
+    assert coordination.claim_slot(factory, row.id) is not None  # its worker has not asked for a trial yet
+    assert coordination.end_search(factory, row.id, SearchEnd.MAX_TRIAL_HOURS)
+    with factory() as session:
+        assert studies.get_study(session, "late-claim").n_trials == 1  # the slot taken counts
+    assert not coordination.begin_confirmation(factory, row.id, row.name)
+    coordination.release_slot(factory, row.id)  # e.g. its worker failed the trial, or died and the slot was reclaimed
+    assert coordination.begin_confirmation(factory, row.id, row.name)
+
