@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -12,6 +14,18 @@ import sqlalchemy as sa
 from tests.support import CIFAR_DIR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config) -> None:
+    """One JAX compilation cache for the whole run, this process (the JAX pass) and every JAX subprocess: the same
+    network compiles to the same XLA program in each new model, each lanes worker and each benchmark child, and is
+    compiled once (the programs are XLA's own output either way). Set before any test module imports Keras; a cache
+    the caller names is kept."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="regsearch-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 POSTGRES_ADMIN_URL = os.environ.get("REGSEARCH_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 

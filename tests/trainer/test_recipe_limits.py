@@ -12,6 +12,9 @@ from trainer._architecture import MIN_WIDTH
 from trainer._data import _balanced_subset, _stratified_split
 from trainer._recipe import MAX_VAL_FRACTION, MIN_TRAIN_SIZE
 
+# No Keras here: the JAX pass of `make test` would only repeat these.
+pytestmark = pytest.mark.one_backend
+
 
 @pytest.mark.parametrize("val_fraction", [1e-6, 0.1, 0.5, np.nextafter(MAX_VAL_FRACTION, 0)])
 def test_every_allowed_train_size_and_val_fraction_leaves_each_class_in_both_splits(val_fraction):

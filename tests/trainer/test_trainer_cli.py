@@ -37,6 +37,7 @@ def test_train_command_writes_its_metrics(cifar_dir, tmp_path):
     assert metrics["val_accuracy"] == epoch["val_accuracy"] and metrics["images_per_second"] > 0
 
 
+@pytest.mark.one_backend  # refused before any training, flags from the recipe: nothing of the backend's
 def test_train_command_reports_bad_input_in_one_line(cifar_dir, tmp_path):
     bad_ratio = subprocess.run([REGSEARCH, "train", "--l1-ratio", "1.5"], env=base_env(), capture_output=True, text=True, timeout=60)
     assert bad_ratio.returncode == 1
@@ -46,6 +47,7 @@ def test_train_command_reports_bad_input_in_one_line(cifar_dir, tmp_path):
     assert f"no CIFAR-10 data in {tmp_path}" in no_data.stderr and "data_batch_1" in no_data.stderr
 
 
+@pytest.mark.one_backend  # refused before any training, flags from the recipe: nothing of the backend's
 def test_recipe_flags_are_generated_from_the_recipe():
     """train's defaults are TrainSettings'; submit and retrain leave unset flags out (the spec's / the study's)."""
     from service.cli import build_parser

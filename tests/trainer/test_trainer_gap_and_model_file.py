@@ -40,6 +40,7 @@ def result(data):
     return train(CONFIG, data, TrainSettings(width=0.25, epochs=1, batch_size=32, seed=0))
 
 
+@pytest.mark.one_backend  # no Keras: nothing of the backend's
 def test_training_sample_is_fixed_by_the_seed():
     first = train_sample_indices(240, 100, seed=3)
     assert len(first) == 100 and np.array_equal(first, train_sample_indices(240, 100, seed=3))
@@ -122,6 +123,7 @@ def _files(store_dir):
     return sorted(path.name for path in store_dir.iterdir() if path.is_file())
 
 
+@pytest.mark.one_backend  # which files the store keeps; the .keras file on each backend: the two tests above
 def test_the_best_configs_model_is_kept_and_older_ones_removed(result, sqlite_url, tmp_path):
     store = make_artifact_store(tmp_path / "artifacts")
     better = build_model(RegularizationConfig(weight_decay=1e-3, l1_ratio=0.0, dropout_conv=0.4, dropout_dense=0.3), width=0.25)
@@ -148,6 +150,7 @@ def test_the_best_configs_model_is_kept_and_older_ones_removed(result, sqlite_ur
     assert carried == pytest.approx({"l1": 0.0, "l2": 1e-3, "dropout_conv": 0.4, "dropout_dense": 0.3})
 
 
+@pytest.mark.one_backend  # which files the store keeps; the .keras file on each backend: the two tests above
 def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(result, sqlite_url, tmp_path):
     """Any of them can be the best once the confirmation stage has ranked them by their mean."""
     store = make_artifact_store(tmp_path / "artifacts")
@@ -163,6 +166,7 @@ def test_with_confirmation_the_top_configs_and_the_reference_keep_their_models(r
     assert disk_usage(study, make_artifact_store(tmp_path / "artifacts"), confirm)["artifacts"] == 3
 
 
+@pytest.mark.one_backend  # which files the store keeps; the .keras file on each backend: the two tests above
 def test_tied_trials_finishing_in_any_order_keep_the_model_of_the_best(result, sqlite_url, tmp_path):
     """Two workers' tied trials: the later-numbered one finishes first, yet the best (ties: the lower number)
     has its model, and the other's file goes."""
@@ -182,6 +186,7 @@ def test_tied_trials_finishing_in_any_order_keep_the_model_of_the_best(result, s
     assert best.trial_number == 0 and download_model(study, store, 0, tmp_path / "best.keras") == earlier
 
 
+@pytest.mark.one_backend  # no Keras: nothing of the backend's
 def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
     study = optuna.create_study(direction="maximize", storage=sqlite_url, study_name="empty")
     with pytest.raises(NoBestModel, match="'empty': no model is stored for the best config"):
@@ -189,6 +194,7 @@ def test_no_stored_model_is_a_clear_lookup_error(sqlite_url, tmp_path):
     assert disk_usage(study, make_artifact_store(tmp_path / "a")) == {"artifacts": 0, "bytes": 0}
 
 
+@pytest.mark.one_backend  # no Keras: nothing of the backend's
 def test_artifact_store_urls(tmp_path):
     assert type(make_artifact_store(f"file://{tmp_path}/a")).__name__ == "FileSystemArtifactStore"
     assert (tmp_path / "a").is_dir()

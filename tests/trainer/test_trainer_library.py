@@ -11,6 +11,9 @@ from trainer import ARCHITECTURES, MODELS, BestConfig, Recipe, RegularizationCon
 
 TRAINER = Path(__file__).resolve().parents[2] / "trainer"
 
+# Source and declarations, no Keras: the JAX pass of `make test` would only repeat these.
+pytestmark = pytest.mark.one_backend
+
 
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
