@@ -133,7 +133,7 @@ def reclaim_leaked_slots(factory: sessionmaker[Session], study_id: int, name: st
     fail outright under WAL.)
     """
     cutoff = dt.timedelta(seconds=grace_period_s)
-    in_use = _rdb.count(name, "COMPLETE", "PRUNED", "RUNNING", where=_rdb.holds_slot())
+    in_use = _slots_in_use(name)
     return _update(
         factory, study_id,
         SearchStudy.status.in_(ACTIVE_STATUSES),
@@ -173,16 +173,21 @@ def record_failure(factory: sessionmaker[Session], study_id: int, message: str, 
         return True
 
 
+def _slots_in_use(name: str) -> sa.ScalarSelect:
+    """The slots the study's trials hold: its finished or running search trials and confirmation repeats."""
+    return _rdb.count(name, "COMPLETE", "PRUNED", "RUNNING", where=_rdb.holds_slot())
+
+
 def _search_done(name: str) -> sa.ColumnElement[bool]:
     """The search's ``n_trials`` have finished (complete or pruned), or it was ended (:func:`end_search`) and every
-    search slot still held has its trial finished, and no trial runs. (A worker that claimed a slot just before the
-    end has no trial yet: it records one, pruned untrained, which ``n_trials`` counts; moving on without it left the
-    study short of its ``n_trials``. A slot whose worker died is given back by :func:`reclaim_leaked_slots`.)"""
-    finished = _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial())
+    slot held has its trial, and no trial runs. (A worker that claimed a slot just before the end has no trial yet:
+    it records one, pruned untrained, which ``n_trials`` counts; moving on without it left the study short of its
+    ``n_trials``. A slot whose worker died is given back by :func:`reclaim_leaked_slots`.)"""
     return sa.and_(
         sa.or_(
-            sa.and_(SearchStudy.search_ended_by.is_not(None), finished >= _SEARCH_HELD),
-            sa.and_(SearchStudy.claimed >= SearchStudy.n_trials, finished >= SearchStudy.n_trials),
+            sa.and_(SearchStudy.search_ended_by.is_not(None), _slots_in_use(name) >= SearchStudy.claimed),
+            sa.and_(SearchStudy.claimed >= SearchStudy.n_trials,
+                    _rdb.count(name, "COMPLETE", "PRUNED", where=_rdb.search_trial()) >= SearchStudy.n_trials),
         ),
         _rdb.count(name, "RUNNING") == 0,
     )

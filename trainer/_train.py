@@ -404,7 +404,8 @@ def _epoch_reporter(
     # equally precise, and measuring it costs no more than validating (it was a pass over up to 2,000
     # training images per epoch, a third of a 2,000-image epoch's compute).
     gap_sample = train_sample_indices(len(data.y_train), min(settings.gap_sample_images, len(data.y_val)), settings.seed)
-    val_indices = np.arange(len(data.y_val))
+    val_count = len(data.y_val)
+    scored = keras.ops.concatenate([take(x_val, np.arange(val_count)), take(x_train, gap_sample)])  # validated each epoch
     keras_values = config.keras_values()
 
     class EpochReporter(keras.callbacks.Callback):
@@ -423,8 +424,8 @@ def _epoch_reporter(
             # Precise BN, validation and the gap's training side in inference mode: one compiled call; the loss
             # includes the penalty as Keras' evaluate reports it (l1 * sum|w| + l2 * sum w**2).
             penalty = keras_values["l1"] * l1_sum + keras_values["l2"] * l2_norm**2
-            probabilities = searchable.evaluate(sample, settings.precise_bn_images, keras.ops.concatenate([take(x_val, val_indices), take(x_train, gap_sample)]))
-            val_probabilities, gap_probabilities = probabilities[: len(val_indices)], probabilities[len(val_indices) :]
+            probabilities = searchable.evaluate(sample, settings.precise_bn_images, scored)
+            val_probabilities, gap_probabilities = probabilities[:val_count], probabilities[val_count:]
             val_accuracy = float(np.mean(np.argmax(val_probabilities, axis=-1) == data.y_val))
             val_loss = _cross_entropy(val_probabilities, data.y_val) + penalty
             # The gap measured alike for every trial: inference mode on a fixed training sample (see trainer._gap),
